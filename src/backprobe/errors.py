@@ -1,0 +1,28 @@
+"""Errors a user can act on.
+
+Every error that comes from what the user gave us (a model, a path, a run id, an option)
+derives from :class:`BackprobeError`. The CLI prints such errors as one line and exits
+non-zero; anything else is a bug in backprobe and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class BackprobeError(Exception):
+    """Base class for errors caused by user input; the message says what to do."""
+
+
+class ProbeConfigError(BackprobeError, ValueError):
+    """A Probe was given a model, filter or option it cannot use."""
+
+
+class UnsupportedModuleError(BackprobeError, TypeError):
+    """A selected module cannot be probed and the probe was told ``unsupported="error"``."""
+
+
+class RunDatabaseError(BackprobeError):
+    """A run database is missing, corrupt, foreign, or of a newer schema."""
+
+
+class RunNotFoundError(BackprobeError, LookupError):
+    """No run with the given id or name is stored in the run database."""

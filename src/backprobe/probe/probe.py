@@ -1,0 +1,390 @@
+"""The Probe: hooks on a user's model that record gradient health while it trains.
+
+::
+
+    probe = bp.Probe(model, every=1, db="backprobe-runs/runs.db", name="my-run")
+    with probe:                       # attach on enter, flush + detach + close on exit
+        for x, y in loader:
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            probe.step(loss)          # records when the schedule says so
+            opt.step(); opt.zero_grad()
+
+On a recorded step, forward hooks summarise each probed layer's output and register a
+tensor hook on it for the backward signal; ``step()`` adds the parameter norms, moves
+everything to the host in one transfer and appends one row per statistic to the run.
+On other steps the hooks return at once. The hooks never change a value: training with
+the probe attached is bitwise identical to training without it.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import defaultdict
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from ..errors import ProbeConfigError, UnsupportedModuleError
+from ..store import DEFAULT_DB, LayerInfo, MemoryRun, RunView, RunWriter
+from .outputs import floating_tensors
+from .schedule import Schedule, make_schedule
+from .selection import (
+    UNSUPPORTED_MODES,
+    LayerFilter,
+    UnsupportedMode,
+    activation_family,
+    is_unsupported,
+    select_layers,
+)
+from .stats import Field, StepBuffer, StepStats
+
+
+def _check_model(model: object) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise ProbeConfigError(
+            f"Expected a torch.nn.Module to probe, but got {type(model).__name__}. "
+            "Pass the model itself (e.g. bp.Probe(model)), not its output or parameters."
+        )
+    if not any(True for _ in model.parameters()):
+        raise ProbeConfigError(
+            f"Expected a model with parameters, but this {type(model).__name__} has none: "
+            "there is no gradient to probe."
+        )
+    return model
+
+
+class Probe:
+    """Records per-layer gradient and activation statistics of ``model`` during training.
+
+    Args:
+        model: the ``nn.Module`` to watch.
+        every: record every N-th ``step()`` (0, N, 2N, …) or a callable ``step -> bool``.
+        db: run database path; ``None`` keeps the run in memory only.
+        name: run name shown by ``backprobe runs`` (default: the model's class name).
+        include / exclude: glob patterns on qualified module names and/or module types.
+            By default modules owning parameters and activation modules are probed.
+        unsupported: what to do with a selected module the probe cannot watch
+            (TorchScript modules; modules whose output holds no floating-point tensor):
+            ``"ignore"``, ``"warn"`` (default) or ``"error"``.
+        scaler: the ``torch.amp.GradScaler`` of a mixed-precision loop, so that recorded
+            gradients are unscaled.
+        config: anything JSON-serialisable to store with the run (hyper-parameters…).
+        flush_every: seconds records may wait in memory before they are written.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        every: int | Schedule = 1,
+        db: str | Path | None = DEFAULT_DB,
+        name: str | None = None,
+        include: LayerFilter = None,
+        exclude: LayerFilter = None,
+        unsupported: UnsupportedMode = "warn",
+        scaler: torch.amp.GradScaler | None = None,
+        config: dict | None = None,
+        flush_every: float = 2.0,
+    ) -> None:
+        self.model = _check_model(model)
+        self.schedule = make_schedule(every)
+        if unsupported not in UNSUPPORTED_MODES:
+            raise ProbeConfigError(
+                f"Expected unsupported to be one of {UNSUPPORTED_MODES}, got {unsupported!r}."
+            )
+        if flush_every <= 0:
+            raise ProbeConfigError(f"Expected flush_every > 0 seconds, got {flush_every!r}.")
+        self.unsupported = unsupported
+        self.scaler = scaler
+        self.db = None if db is None else Path(db)
+        self.name = name or type(model).__name__
+        self.flush_every = flush_every
+        self._user_config = dict(config or {})
+        self._filters = (include, exclude)
+
+        selected = select_layers(model, include, exclude)
+        self._modules: list[nn.Module] = []
+        self._names: list[str] = []
+        for layer_name, module in selected:
+            if is_unsupported(module):
+                self._report_unsupported(layer_name, module, "TorchScript modules run no hooks")
+                continue
+            self._modules.append(module)
+            self._names.append(layer_name)
+        if not self._modules:
+            raise ProbeConfigError("No selected module can be probed (all are unsupported).")
+        self._families = [activation_family(m) for m in self._modules]
+        # (layer, parameter) pairs for the parameter norms, in registration order
+        self._params = [
+            (i, p) for i, m in enumerate(self._modules) for p in m.parameters(recurse=False)
+        ]
+        self._warned: set[int] = set()
+        self._handles: list[RemovableHandle] = []
+        self._sink: RunWriter | MemoryRun | None = None
+        self._closed = False
+        self._step = 0  # index of the step in progress
+        self._epoch = 0  # bumped at every step: late tensor hooks from an old step are ignored
+        self._recording = False
+        self._buffer = StepBuffer()
+        self._first_call: dict[int, int] = {}
+        self._order: np.ndarray | None = None  # hook index of each layer, input → output
+        self._layer_info: list[LayerInfo] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def attach(self) -> Probe:
+        """Register the hooks and open the run; calling it again does nothing."""
+        if self._closed:
+            raise ProbeConfigError("This probe's run is closed; create a new Probe.")
+        if self.attached:
+            return self
+        if self._sink is None:
+            self._sink = self._open_sink()
+        for i, module in enumerate(self._modules):
+            self._handles.append(module.register_forward_hook(partial(self._on_forward, i)))
+        self._recording = bool(self.schedule(self._step))
+        return self
+
+    def detach(self) -> None:
+        """Remove every hook and flush; safe to call twice. The run stays open."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._epoch += 1
+        self._buffer = StepBuffer()
+        if self._sink is not None:
+            self._sink.flush()
+
+    def close(self, status: str = "finished", error: str | None = None) -> None:
+        """Detach and mark the run finished (or failed); safe to call twice."""
+        self.detach()
+        if self._sink is not None and not self._closed:
+            self._sink.close(status, error)
+        self._closed = True
+
+    def __enter__(self) -> Probe:
+        return self.attach()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close("finished")
+        else:
+            self.close("failed", f"{exc_type.__name__}: {exc}")
+
+    def _open_sink(self) -> RunWriter | MemoryRun:
+        if self.db is None:
+            return MemoryRun()
+        every = self.schedule.__name__ if callable(self.schedule) else self.schedule
+        include, exclude = self._filters
+        config = {
+            "probe": {"every": every, "include": repr(include), "exclude": repr(exclude),
+                      "unsupported": self.unsupported, "amp": self.scaler is not None},
+            **self._user_config,
+        }
+        params = list(self.model.parameters())
+        model = {
+            "class": type(self.model).__name__,
+            "parameters": sum(p.numel() for p in params),
+            "trainable": sum(p.numel() for p in params if p.requires_grad),
+            "device": str(params[0].device),
+            "dtype": str(params[0].dtype),
+        }
+        return RunWriter(self.db, self.name, config, model, flush_every=self.flush_every)
+
+    # -- hooks ----------------------------------------------------------------------------
+
+    def _report_unsupported(self, name: str, module: nn.Module, why: str) -> None:
+        message = (
+            f"backprobe cannot probe layer {name!r} ({type(module).__name__}): {why}. "
+            f"Exclude it (exclude=[{name!r}]) or pass unsupported='ignore'."
+        )
+        if self.unsupported == "error":
+            raise UnsupportedModuleError(message)
+        if self.unsupported == "warn":
+            warnings.warn(message, stacklevel=3)
+
+    def _on_forward(self, i: int, module: nn.Module, inputs: object, output: object) -> None:
+        if not self._recording or not torch.is_grad_enabled():
+            return
+        tensors = floating_tensors(output)
+        if not tensors:
+            if i not in self._warned:
+                self._warned.add(i)
+                self._report_unsupported(self._names[i], module,
+                                         "its output holds no floating-point tensor")
+            return
+        self._first_call.setdefault(i, len(self._first_call))
+        family = self._families[i]
+        self._buffer.add_output(
+            i, tensors[0], family.saturation if family else None,
+            family.can_die if family else False,
+        )
+        on_grad = partial(self._on_grad, i, self._epoch)
+        for t in tensors:
+            if t.requires_grad:
+                t.register_hook(on_grad)
+
+    def _on_grad(self, i: int, epoch: int, grad: torch.Tensor) -> None:
+        if epoch == self._epoch:
+            self._buffer.add_grad(i, grad)
+
+    # -- recording ------------------------------------------------------------------------
+
+    def step(self, loss: torch.Tensor | float | None = None) -> bool:
+        """End a training step: record it if the schedule says so. Returns whether it did.
+
+        Call it after ``backward()`` (after all micro-batches when accumulating gradients)
+        and before ``optimizer.zero_grad()``. ``loss`` is stored with the step.
+        """
+        if not self.attached:
+            raise ProbeConfigError(
+                "Probe.step() was called while the probe is not attached. Use `with probe:` "
+                "around the training loop, or call probe.attach() first."
+            )
+        recorded = self._recording
+        if recorded:
+            self._record(loss)
+        self._step += 1
+        self._epoch += 1
+        self._buffer = StepBuffer()
+        self._recording = bool(self.schedule(self._step))
+        return recorded
+
+    def _record(self, loss: torch.Tensor | float | None) -> None:
+        buffer = self._buffer
+        self._add_parameter_norms(buffer)
+        if loss is not None:
+            value = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(loss)
+            buffer.add(0, Field.LOSS, value.reshape(1).float())
+        params_scaled = False
+        scale = self._current_scale()
+        if scale is not None:
+            buffer.add(0, Field.SCALE, scale.reshape(1).float())
+            params_scaled = self._grads_still_scaled()
+        stats = buffer.to_host().reduce(len(self._modules), params_scaled)
+        if self._order is None:
+            self._fix_layer_order()
+        assert self._sink is not None and self._layer_info is not None
+        self._sink.append(self._step, self._series(stats))
+
+    def _add_parameter_norms(self, buffer: StepBuffer) -> None:
+        trainable = [(i, p) for i, p in self._params if p.requires_grad]
+        with_grad = [(i, p.grad) for i, p in trainable if p.grad is not None]
+        groups: dict[tuple[Field, torch.device], list[tuple[int, torch.Tensor]]] = (
+            defaultdict(list))
+        for i, p in trainable:
+            groups[(Field.PARAM_NORM, p.device)].append((i, p.detach()))
+        for i, g in with_grad:
+            groups[(Field.PARAM_GRAD_NORM, g.device)].append((i, g))
+        for (kind, _), items in groups.items():
+            # foreach: one fused kernel per device on accelerators, no host sync
+            norms = torch._foreach_norm([t for _, t in items])
+            for (i, _), norm in zip(items, norms):
+                buffer.add(i, kind, norm.reshape(1).float())
+
+    def _current_scale(self) -> torch.Tensor | None:
+        scaler = self.scaler
+        if scaler is None or not scaler.is_enabled():
+            return None
+        # The scale as a device tensor; scaler.get_scale() would synchronise.
+        return getattr(scaler, "_scale", None)
+
+    def _grads_still_scaled(self) -> bool:
+        """Whether parameter gradients still carry the loss scale: true until the loop
+        calls ``scaler.unscale_(optimizer)`` (as clipping code does) before ``step()``."""
+        states = getattr(self.scaler, "_per_optimizer_states", {})
+        unscaled = torch.amp.grad_scaler.OptState.UNSCALED
+        return not any(state.get("stage") is unscaled for state in states.values())
+
+    def _fix_layer_order(self) -> None:
+        """Layers in the order their forwards finished at the first recorded step (input →
+        output for feed-forward nets); layers that did not run keep registration order."""
+        n = len(self._modules)
+        self._order = np.asarray(
+            sorted(range(n), key=lambda i: (self._first_call.get(i, math.inf), i)), np.int64
+        )
+        self._layer_info = []
+        for position, i in enumerate(self._order):
+            module = self._modules[i]
+            own = list(module.parameters(recurse=False))
+            family = self._families[i]
+            self._layer_info.append(LayerInfo(
+                index=position,
+                name=self._names[i],
+                type=type(module).__name__,
+                family=family.name if family else "",
+                n_params=sum(p.numel() for p in own if p.requires_grad),
+                frozen=bool(own) and not any(p.requires_grad for p in own),
+            ))
+        assert self._sink is not None
+        self._sink.set_layers(self._layer_info)
+
+    def _series(self, stats: StepStats) -> dict[str, np.ndarray]:
+        order = self._order
+        assert order is not None
+        position = np.empty_like(order)
+        position[order] = np.arange(order.size)
+        layer, phase = stats.first_nonfinite
+        first = (int(position[layer]), phase) if layer >= 0 else (-1, -1)
+        per_layer = {
+            name: getattr(stats, name)[order]
+            for name in ("grad_norm", "weight_norm", "signal_norm", "act_mean", "act_std",
+                         "saturated", "dead", "nonfinite_out", "nonfinite_grad")
+        }
+        return {**per_layer, "loss": np.array([stats.loss]),
+                "first_nonfinite": np.array(first, dtype=np.float64)}
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _view(self) -> RunView:
+        if self._sink is None:
+            raise ProbeConfigError("Nothing recorded yet: attach the probe and train first.")
+        return self._sink.view()
+
+    @property
+    def run_id(self) -> int | None:
+        """Id of the run in the run database (None before attach or with ``db=None``)."""
+        return self._sink.run_id if isinstance(self._sink, RunWriter) else None
+
+    @property
+    def layers(self) -> list[str]:
+        """Probed layer names, input → output order (registration order until the first
+        recorded step has shown the execution order)."""
+        if self._layer_info is None:
+            return list(self._names)
+        return [layer.name for layer in self._layer_info]
+
+    @property
+    def layer_info(self) -> list[LayerInfo]:
+        return self._view().layer_info
+
+    @property
+    def steps(self) -> np.ndarray:
+        """Recorded step indices, int64 [S]."""
+        return self._view().steps
+
+    def history(self, stat: str) -> np.ndarray:
+        """A statistic over recorded steps, [S, layers] (see :meth:`RunView.history`)."""
+        return self._view().history(stat)
+
+    def summary(self, step: int | None = None, console: object | None = None) -> None:
+        """Print the per-layer gradient-flow table and verdict of a recorded step."""
+        from ..report.text import print_summary
+
+        print_summary(self._view(), step=step, console=console, title=self.name)
+
+    def __repr__(self) -> str:
+        state = "attached" if self.attached else ("closed" if self._closed else "detached")
+        return (f"Probe({type(self.model).__name__}, layers={len(self._modules)}, "
+                f"step={self._step}, {state})")
+

@@ -1,0 +1,111 @@
+"""The terminal summary: a per-layer table with log-scale bars, and the verdict.
+
+The bars are the seeds' "long network" picture drawn in a terminal: each layer's
+parameter-gradient norm on a log scale, so that a factor of 10⁻⁹ between the first and
+the last layer is as visible as a factor of 2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ..diagnose.verdict import Verdict, verdict
+from ..store.view import RunView
+
+BAR_WIDTH = 12
+_STYLE = {"healthy": "green", "vanishing": "yellow", "exploding": "yellow",
+          "nonfinite": "bold red", "unknown": "dim"}
+
+
+def _fmt(value: float, kind: str = "g") -> str:
+    """Short numbers for narrow terminals: ``0.123``, ``4.5e-9``, ``93%``."""
+    if value is None or np.isnan(value):
+        return ""
+    if kind == "%":
+        return f"{100 * value:.0f}%"
+    if kind == "int":
+        return f"{value:.0f}"
+    if value == 0 or 1e-2 <= abs(value) < 1e3:
+        return f"{value:{'.3g' if kind == 'g' else kind}}"
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def log_span(values: np.ndarray) -> tuple[float, float]:
+    """(top, decades): the largest positive finite value and how many decades the bars
+    span, at least 2 so that a healthy profile does not look dramatic."""
+    positive = values[np.isfinite(values) & (values > 0)]
+    if positive.size == 0:
+        return 0.0, 2.0
+    top = float(positive.max())
+    return top, max(2.0, math.ceil(math.log10(top / float(positive.min()))))
+
+
+def log_bar(value: float, top: float, decades: float, width: int = BAR_WIDTH) -> str:
+    """A bar whose length is linear in log10(value), full at ``top``."""
+    if not np.isfinite(value) or value <= 0 or top <= 0:
+        return "·" if value == 0 else ""
+    fill = 1.0 - math.log10(top / value) / decades
+    return "█" * max(1, round(width * fill))
+
+
+def summary_table(run: RunView, step: int | None = None, params_only: bool = False) -> Table:
+    """The per-layer table of one recorded step (default: the last).
+
+    Columns: gradient norm with its log bar, gradient-to-weight ratio (the update scale
+    per unit learning rate), gain of the backward signal through the layer, output std,
+    saturated (sigmoid/tanh family) or dead (ReLU family) fraction, non-finite samples.
+    """
+    row = run.step_index(step)
+    at = int(run.steps[row])
+    stats = {name: run.history(name)[row] for name in (
+        "grad_norm", "grad_to_weight", "gain", "act_std", "saturated", "dead", "nonfinite")}
+    top, decades = log_span(stats["grad_norm"])
+    table = Table(title=f"gradient flow at step {at}", title_justify="left",
+                  caption=f"bar: log10 gradient norm over {decades:.0f} decades, "
+                          f"full = {_fmt(top)}", caption_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for header, width in (("#", 3), ("layer", None), ("grad", 7), ("", BAR_WIDTH),
+                          ("grad/w", 7), ("gain", 5), ("std", 5), ("sat/dead", 3),
+                          ("nan", 3)):
+        table.add_column(header, justify="left" if header in ("layer", "") else "right",
+                         no_wrap=True, min_width=width, overflow="crop" if width else "ellipsis")
+    for layer in run.layer_info:
+        i = layer.index
+        if params_only and np.isnan(stats["grad_norm"][i]):
+            continue
+        label = Text(layer.name)
+        label.append(f" {layer.type}" + (" frozen" if layer.frozen else ""), style="dim")
+        fraction = stats["saturated"][i] if layer.family and not np.isnan(
+            stats["saturated"][i]) else stats["dead"][i]
+        nonfinite = stats["nonfinite"][i]
+        table.add_row(
+            str(i), label, _fmt(stats["grad_norm"][i]),
+            Text(log_bar(stats["grad_norm"][i], top, decades), style="cyan"),
+            _fmt(stats["grad_to_weight"][i]), _fmt(stats["gain"][i], ".2g"),
+            _fmt(stats["act_std"][i], ".2g"), _fmt(fraction, "%"),
+            Text(_fmt(nonfinite, "int"), style="bold red" if nonfinite > 0 else ""),
+        )
+    return table
+
+
+def verdict_text(v: Verdict) -> Text:
+    return Text(f"verdict: {v.message}", style=_STYLE[v.status])
+
+
+def print_summary(run: RunView, step: int | None = None, console: Console | None = None,
+                  title: str | None = None, params_only: bool = False) -> Verdict:
+    """Print the table and the verdict of a recorded step; return the verdict."""
+    console = console or Console()
+    if title:
+        console.print(Text(title, style="bold"))
+    console.print(summary_table(run, step, params_only))
+    v = verdict(run, step)
+    console.print(verdict_text(v))
+    return v

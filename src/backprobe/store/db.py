@@ -1,0 +1,229 @@
+"""The run database: one SQLite file (standard library), many runs.
+
+Opening checks that the file is a backprobe run database of a schema this version
+reads; a corrupt or foreign file is refused with a clear error and never overwritten.
+WAL mode and a busy timeout let several processes write different runs at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._version import __version__
+from ..errors import RunDatabaseError, RunNotFoundError
+
+DEFAULT_DB = Path("backprobe-runs") / "runs.db"
+#: Environment variable naming the run database for the CLI.
+DB_ENV = "BACKPROBE_DB"
+SCHEMA_VERSION = 1
+#: SQLite header field identifying our files (ASCII "BPRB").
+APPLICATION_ID = 0x42505242
+BUSY_TIMEOUT_S = 30.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,              -- running | finished | failed
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    pid INTEGER, host TEXT,            -- to tell a live run from one whose process died
+    backprobe_version TEXT,
+    config TEXT NOT NULL DEFAULT '{}', -- JSON: probe options and the user's config
+    model TEXT NOT NULL DEFAULT '{}',  -- JSON: model class, parameter count
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS layers (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL, name TEXT NOT NULL, type TEXT NOT NULL, family TEXT NOT NULL,
+    n_params INTEGER NOT NULL, frozen INTEGER NOT NULL,
+    PRIMARY KEY (run_id, idx)
+);
+-- one row per recorded step and statistic, data = float32 values over layers
+CREATE TABLE IF NOT EXISTS series (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    stat TEXT NOT NULL, step INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (run_id, stat, step)
+) WITHOUT ROWID;
+-- one row per recorded step and recurrent layer, data = float32 values over time steps
+CREATE TABLE IF NOT EXISTS time_profiles (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    layer_idx INTEGER NOT NULL, step INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (run_id, layer_idx, step)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS findings (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    step INTEGER, kind TEXT NOT NULL, severity TEXT NOT NULL,
+    payload TEXT NOT NULL               -- JSON: where, evidence, cause, remedies, references
+);
+"""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A row of the runs table, with ``status`` "interrupted" for a run still marked
+    running whose process on this host is gone."""
+
+    id: int
+    name: str
+    status: str
+    created: float
+    updated: float
+    steps: int
+    layers: int
+    config: dict
+    model: dict
+    error: str | None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunDatabase:
+    """An open run database file.
+
+    ``create=True`` makes the file (and its folder) if missing; otherwise a missing file
+    is an error. The connection is usable from any thread; callers serialise access.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, create: bool = False) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            if not create:
+                raise RunDatabaseError(
+                    f"No run database at {self.path}. Record a run first (bp.Probe(model, "
+                    f"db='{self.path}') or `backprobe demo`), or pass --db / set {DB_ENV}."
+                )
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif self.path.is_dir():
+            raise RunDatabaseError(f"{self.path} is a folder; expected a run database file.")
+        self.conn = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False,
+            isolation_level=None,  # explicit BEGIN/COMMIT where we write
+        )
+        self._check_or_create(create)
+
+    def _check_or_create(self, create: bool) -> None:
+        c = self.conn
+        try:
+            app_id = c.execute("PRAGMA application_id").fetchone()[0]
+            tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as exc:
+            c.close()
+            raise RunDatabaseError(
+                f"{self.path} is not a backprobe run database (SQLite says: {exc}). "
+                "It was left untouched; pass another path with --db."
+            ) from exc
+        if app_id == APPLICATION_ID:
+            self._check_version()
+        elif tables:
+            self._refuse("it holds other tables (a foreign SQLite database)")
+        elif not create:
+            self._refuse("it is empty")
+        else:
+            self._create_schema()
+        c.execute("PRAGMA foreign_keys=ON")
+
+    def _refuse(self, why: str) -> None:
+        self.conn.close()
+        raise RunDatabaseError(
+            f"{self.path} is not a backprobe run database: {why}. It was left untouched; "
+            "pass another path with --db."
+        )
+
+    def _check_version(self) -> None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            self._refuse("its meta table has no schema version")
+        version = int(row[0])
+        if version > SCHEMA_VERSION:
+            self.conn.close()
+            raise RunDatabaseError(
+                f"{self.path} has run database schema {version}, newer than this backprobe "
+                f"({__version__}) reads (schema {SCHEMA_VERSION}). Upgrade backprobe."
+            )
+
+    def _create_schema(self) -> None:
+        c = self.conn
+        c.execute("PRAGMA journal_mode=WAL")
+        c.execute("BEGIN IMMEDIATE")  # two processes creating one file: one waits
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    c.execute(statement)
+            c.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('application', 'backprobe'), "
+                "('schema_version', ?)", (str(SCHEMA_VERSION),),
+            )
+            c.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- runs ---------------------------------------------------------------------------
+
+    def create_run(self, name: str, config: dict, model: dict) -> int:
+        now = time.time()
+        cur = self.conn.execute(
+            "INSERT INTO runs(name, status, created, updated, pid, host, backprobe_version, "
+            "config, model) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+            (name, now, now, os.getpid(), socket.gethostname(), __version__,
+             json.dumps(config, default=str), json.dumps(model, default=str)),
+        )
+        return int(cur.lastrowid)
+
+    def runs(self) -> list[RunInfo]:
+        """All runs, oldest first."""
+        rows = self.conn.execute(
+            "SELECT r.id, r.name, r.status, r.created, r.updated, r.pid, r.host, r.config, "
+            "r.model, r.error, "
+            "(SELECT COUNT(*) FROM series s WHERE s.run_id = r.id AND s.stat = 'loss'), "
+            "(SELECT COUNT(*) FROM layers l WHERE l.run_id = r.id) "
+            "FROM runs r ORDER BY r.id"
+        ).fetchall()
+        host = socket.gethostname()
+        infos = []
+        for (id_, name, status, created, updated, pid, run_host, config, model, error,
+             steps, layers) in rows:
+            if status == "running" and run_host == host and pid and not _pid_alive(pid):
+                status = "interrupted"
+            infos.append(RunInfo(id_, name, status, created, updated, steps, layers,
+                                 json.loads(config), json.loads(model), error))
+        return infos
+
+    def resolve(self, run: int | str) -> int:
+        """Run id from an id or a name (the newest run of that name)."""
+        text = str(run)
+        if text.isdigit():
+            row = self.conn.execute("SELECT id FROM runs WHERE id=?", (int(text),)).fetchone()
+        else:
+            row = self.conn.execute(
+                "SELECT id FROM runs WHERE name=? ORDER BY id DESC LIMIT 1", (text,)
+            ).fetchone()
+        if row is None:
+            known = [f"{r.id} ({r.name})" for r in self.runs()[-5:]]
+            raise RunNotFoundError(
+                f"No run {run!r} in {self.path}. Expected a run id or name; "
+                f"latest runs: {', '.join(known) if known else 'none'} "
+                "(`backprobe runs` lists them)."
+            )
+        return int(row[0])

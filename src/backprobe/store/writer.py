@@ -1,0 +1,116 @@
+"""Appending one run's records to the run database, batched.
+
+Records are buffered in memory and written in one transaction at most ``flush_every``
+seconds after they arrive (a background thread keeps that promise even when training
+stalls), when a reader asks, and when the run closes — also at interpreter exit, so a
+run that was never closed still keeps its data. A process killed with SIGKILL loses only
+what arrived after the last flush.
+"""
+
+from __future__ import annotations
+
+import atexit
+import sys
+import threading
+import time
+import weakref
+from pathlib import Path
+
+import numpy as np
+
+from .db import RunDatabase
+from .run import StoredRun
+from .view import LayerInfo, RunView
+
+_open_writers: weakref.WeakSet[RunWriter] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_writers() -> None:
+    # An unhandled exception sets sys.last_value before atexit handlers run.
+    status = "failed" if getattr(sys, "last_value", None) is not None else "finished"
+    for writer in list(_open_writers):
+        writer.close(status, error="process exited without closing the probe")
+
+
+class RunWriter:
+    """Writes one run: its layers once, then per-step series rows, batched."""
+
+    def __init__(self, path: str | Path, name: str, config: dict, model: dict,
+                 flush_every: float = 2.0) -> None:
+        self.db = RunDatabase(path, create=True)
+        self.run_id = self.db.create_run(name, config, model)
+        self.flush_every = flush_every
+        self._lock = threading.Lock()
+        self._pending_layers: list[LayerInfo] | None = None
+        self._pending_rows: list[tuple[int, str, int, bytes]] = []
+        self._closed = False
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._flush_loop, name="backprobe-flush",
+                                        daemon=True)
+        self._thread.start()
+        _open_writers.add(self)
+
+    def _flush_loop(self) -> None:
+        while not self._wake.wait(self.flush_every):
+            self.flush()
+
+    def set_layers(self, layers: list[LayerInfo]) -> None:
+        with self._lock:
+            self._pending_layers = list(layers)
+
+    def append(self, step: int, series: dict[str, np.ndarray]) -> None:
+        rows = [
+            (self.run_id, stat, step, np.asarray(values, dtype=np.float32).tobytes())
+            for stat, values in series.items()
+        ]
+        with self._lock:
+            self._pending_rows.extend(rows)
+
+    def flush(self) -> None:
+        """Write everything buffered so far in one transaction."""
+        with self._lock:
+            if self._closed or (self._pending_layers is None and not self._pending_rows):
+                return
+            conn = self.db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if self._pending_layers is not None:
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO layers(run_id, idx, name, type, family, "
+                        "n_params, frozen) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [(self.run_id, lay.index, lay.name, lay.type, lay.family,
+                          lay.n_params, int(lay.frozen)) for lay in self._pending_layers],
+                    )
+                conn.executemany(
+                    "INSERT OR REPLACE INTO series(run_id, stat, step, data) "
+                    "VALUES (?, ?, ?, ?)", self._pending_rows,
+                )
+                conn.execute("UPDATE runs SET updated=? WHERE id=?", (time.time(), self.run_id))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            self._pending_layers = None
+            self._pending_rows = []
+
+    def close(self, status: str, error: str | None = None) -> None:
+        """Flush, mark the run ``status`` ("finished" or "failed"), release the file."""
+        if self._closed:
+            return
+        self._wake.set()
+        self._thread.join()
+        self.flush()
+        with self._lock:
+            self.db.conn.execute(
+                "UPDATE runs SET status=?, error=?, updated=? WHERE id=?",
+                (status, error, time.time(), self.run_id),
+            )
+            self.db.close()
+            self._closed = True
+        _open_writers.discard(self)
+
+    def view(self) -> RunView:
+        """A reader of everything written so far (flushes first)."""
+        self.flush()
+        return StoredRun(self.db.path, self.run_id)
