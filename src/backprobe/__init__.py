@@ -1,13 +1,13 @@
 """backprobe: see, explain and cure vanishing and exploding gradients in PyTorch.
 
-    import backprobe as bp
-    probe = bp.Probe(model)
-    with probe:
-        for x, y in loader:
-            loss = loss_fn(model(x), y); loss.backward()
-            probe.step(loss)
-            opt.step(); opt.zero_grad()
-    probe.summary()
+import backprobe as bp
+probe = bp.Probe(model)
+with probe:
+    for x, y in loader:
+        loss = loss_fn(model(x), y); loss.backward()
+        probe.step(loss)
+        opt.step(); opt.zero_grad()
+probe.summary()
 """
 
 from ._version import __version__

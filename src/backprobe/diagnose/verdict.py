@@ -59,8 +59,7 @@ def format_ratio(ratio: float) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
-def verdict(run: RunView, step: int | None = None,
-            thresholds: Thresholds | None = None) -> Verdict:
+def verdict(run: RunView, step: int | None = None, thresholds: Thresholds | None = None) -> Verdict:
     """The verdict on a recorded step of ``run`` (a Probe or a stored run); default: the
     last recorded step."""
     t = thresholds or Thresholds()
@@ -73,27 +72,44 @@ def verdict(run: RunView, step: int | None = None,
         layer, phase = int(np.flatnonzero(np.isinf(grad))[0]), 1
     if layer >= 0:
         where = "forward output" if phase == 0 else "gradient"
-        return Verdict("nonfinite", at, f"non-finite at step {at} in layer {layer} "
-                       f"({names[layer]}): first NaN/inf in its {where}", layer=layer)
+        return Verdict(
+            "nonfinite",
+            at,
+            f"non-finite at step {at} in layer {layer} "
+            f"({names[layer]}): first NaN/inf in its {where}",
+            layer=layer,
+        )
     measured = np.flatnonzero(np.isfinite(grad))
     if measured.size < 2:
-        return Verdict("unknown", at, f"step {at}: fewer than two layers with parameter "
-                       "gradients; nothing to compare")
+        return Verdict(
+            "unknown",
+            at,
+            f"step {at}: fewer than two layers with parameter gradients; nothing to compare",
+        )
     reference = grad[measured[-1]]
     if reference <= 0:
-        return Verdict("unknown", at, f"step {at}: the last layer's gradient is zero "
-                       "(is the loss constant?)")
+        return Verdict(
+            "unknown", at, f"step {at}: the last layer's gradient is zero (is the loss constant?)"
+        )
     relative = grad[measured] / reference
     ratio = float(relative[0])
-    for status, bad in (("vanishing", relative < t.vanishing_ratio),
-                        ("exploding", relative > t.exploding_ratio)):
+    for status, bad in (
+        ("vanishing", relative < t.vanishing_ratio),
+        ("exploding", relative > t.exploding_ratio),
+    ):
         if bad[0]:
             # the last layer of the unbroken run of bad layers that starts at the input
             run_length = bad.size if bad.all() else int(np.argmin(bad))
             reach = int(measured[run_length - 1])
             direction = "down" if status == "vanishing" else "down, growing toward the input"
-            return Verdict(status, at, f"{status} from layer {reach} ({names[reach]}) "
-                           f"{direction}: first/last gradient ratio {format_ratio(ratio)}",
-                           layer=reach, ratio=ratio)
-    return Verdict("healthy", at, f"healthy: first/last gradient ratio {format_ratio(ratio)}",
-                   ratio=ratio)
+            return Verdict(
+                status,
+                at,
+                f"{status} from layer {reach} ({names[reach]}) "
+                f"{direction}: first/last gradient ratio {format_ratio(ratio)}",
+                layer=reach,
+                ratio=ratio,
+            )
+    return Verdict(
+        "healthy", at, f"healthy: first/last gradient ratio {format_ratio(ratio)}", ratio=ratio
+    )

@@ -187,8 +187,13 @@ class Probe:
         every = self.schedule.__name__ if callable(self.schedule) else self.schedule
         include, exclude = self._filters
         config = {
-            "probe": {"every": every, "include": repr(include), "exclude": repr(exclude),
-                      "unsupported": self.unsupported, "amp": self.scaler is not None},
+            "probe": {
+                "every": every,
+                "include": repr(include),
+                "exclude": repr(exclude),
+                "unsupported": self.unsupported,
+                "amp": self.scaler is not None,
+            },
             **self._user_config,
         }
         params = list(self.model.parameters())
@@ -220,13 +225,16 @@ class Probe:
         if not tensors:
             if i not in self._warned:
                 self._warned.add(i)
-                self._report_unsupported(self._names[i], module,
-                                         "its output holds no floating-point tensor")
+                self._report_unsupported(
+                    self._names[i], module, "its output holds no floating-point tensor"
+                )
             return
         self._first_call.setdefault(i, len(self._first_call))
         family = self._families[i]
         self._buffer.add_output(
-            i, tensors[0], family.saturation if family else None,
+            i,
+            tensors[0],
+            family.saturation if family else None,
             family.can_die if family else False,
         )
         on_grad = partial(self._on_grad, i, self._epoch)
@@ -280,8 +288,7 @@ class Probe:
     def _add_parameter_norms(self, buffer: StepBuffer) -> None:
         trainable = [(i, p) for i, p in self._params if p.requires_grad]
         with_grad = [(i, p.grad) for i, p in trainable if p.grad is not None]
-        groups: dict[tuple[Field, torch.device], list[tuple[int, torch.Tensor]]] = (
-            defaultdict(list))
+        groups: dict[tuple[Field, torch.device], list[tuple[int, torch.Tensor]]] = defaultdict(list)
         for i, p in trainable:
             groups[(Field.PARAM_NORM, p.device)].append((i, p.detach()))
         for i, g in with_grad:
@@ -289,7 +296,7 @@ class Probe:
         for (kind, _), items in groups.items():
             # foreach: one fused kernel per device on accelerators, no host sync
             norms = torch._foreach_norm([t for _, t in items])
-            for (i, _), norm in zip(items, norms):
+            for (i, _), norm in zip(items, norms, strict=True):
                 buffer.add(i, kind, norm.reshape(1).float())
 
     def _current_scale(self) -> torch.Tensor | None:
@@ -318,14 +325,16 @@ class Probe:
             module = self._modules[i]
             own = list(module.parameters(recurse=False))
             family = self._families[i]
-            self._layer_info.append(LayerInfo(
-                index=position,
-                name=self._names[i],
-                type=type(module).__name__,
-                family=family.name if family else "",
-                n_params=sum(p.numel() for p in own if p.requires_grad),
-                frozen=bool(own) and not any(p.requires_grad for p in own),
-            ))
+            self._layer_info.append(
+                LayerInfo(
+                    index=position,
+                    name=self._names[i],
+                    type=type(module).__name__,
+                    family=family.name if family else "",
+                    n_params=sum(p.numel() for p in own if p.requires_grad),
+                    frozen=bool(own) and not any(p.requires_grad for p in own),
+                )
+            )
         assert self._sink is not None
         self._sink.set_layers(self._layer_info)
 
@@ -338,11 +347,23 @@ class Probe:
         first = (int(position[layer]), phase) if layer >= 0 else (-1, -1)
         per_layer = {
             name: getattr(stats, name)[order]
-            for name in ("grad_norm", "weight_norm", "signal_norm", "act_mean", "act_std",
-                         "saturated", "dead", "nonfinite_out", "nonfinite_grad")
+            for name in (
+                "grad_norm",
+                "weight_norm",
+                "signal_norm",
+                "act_mean",
+                "act_std",
+                "saturated",
+                "dead",
+                "nonfinite_out",
+                "nonfinite_grad",
+            )
         }
-        return {**per_layer, "loss": np.array([stats.loss]),
-                "first_nonfinite": np.array(first, dtype=np.float64)}
+        return {
+            **per_layer,
+            "loss": np.array([stats.loss]),
+            "first_nonfinite": np.array(first, dtype=np.float64),
+        }
 
     # -- reading --------------------------------------------------------------------------
 
@@ -385,6 +406,7 @@ class Probe:
 
     def __repr__(self) -> str:
         state = "attached" if self.attached else ("closed" if self._closed else "detached")
-        return (f"Probe({type(self.model).__name__}, layers={len(self._modules)}, "
-                f"step={self._step}, {state})")
-
+        return (
+            f"Probe({type(self.model).__name__}, layers={len(self._modules)}, "
+            f"step={self._step}, {state})"
+        )

@@ -25,10 +25,30 @@ UNSUPPORTED_MODES: tuple[str, ...] = ("ignore", "warn", "error")
 #: Activation modules probed by default. Softmax-like modules normalise rather than
 #: activate, and are left out.
 ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardsigmoid, nn.Softsign, nn.ReLU, nn.ReLU6,
-    nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
-    nn.Mish, nn.Softplus, nn.Hardswish, nn.LogSigmoid, nn.Tanhshrink, nn.Softshrink,
-    nn.Hardshrink, nn.Threshold, nn.GLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Hardsigmoid,
+    nn.Softsign,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.RReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Softplus,
+    nn.Hardswish,
+    nn.LogSigmoid,
+    nn.Tanhshrink,
+    nn.Softshrink,
+    nn.Hardshrink,
+    nn.Threshold,
+    nn.GLU,
 )
 
 #: A unit's derivative below this fraction of the activation's maximum derivative counts
@@ -127,9 +147,7 @@ def _as_filters(spec: LayerFilter) -> tuple[list[str], list[type[nn.Module]]]:
 
 
 def _matches(name: str, module: nn.Module, patterns: list[str], types: list[type]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns) or isinstance(
-        module, tuple(types)
-    )
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns) or isinstance(module, tuple(types))
 
 
 def select_layers(

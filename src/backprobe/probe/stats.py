@@ -87,8 +87,9 @@ class StepBuffer:
         self.fields.append(int(kind))
         self.numels.append(numel)
 
-    def add_output(self, layer: int, out: torch.Tensor, sat: Saturation | None,
-                   can_die: bool) -> None:
+    def add_output(
+        self, layer: int, out: torch.Tensor, sat: Saturation | None, can_die: bool
+    ) -> None:
         """Forward statistics of a layer's primary output."""
         out = out.detach()
         n = out.numel()
@@ -109,8 +110,9 @@ class StepBuffer:
             if len({m.shape for m in maxima}) != 1:
                 continue  # forwards of different shapes: units are not comparable
             peak = maxima[0] if len(maxima) == 1 else torch.stack(maxima).amax(dim=0)
-            self.add(layer, Field.DEAD, peak.le(0).sum(dtype=torch.float32).reshape(1),
-                     peak.numel())
+            self.add(
+                layer, Field.DEAD, peak.le(0).sum(dtype=torch.float32).reshape(1), peak.numel()
+            )
         self.unit_max.clear()
 
     def to_host(self) -> HostStep:
@@ -123,8 +125,10 @@ class StepBuffer:
         segments: list[np.ndarray] = [np.zeros(0)] * len(self.tensors)
         for idx in by_device.values():
             # One device-to-host copy per device: the only synchronisation of the step.
-            host = torch.cat([self.tensors[i].reshape(-1) for i in idx]).to("cpu", torch.float64)
-            for i, part in zip(idx, np.split(host.numpy(), np.cumsum(lengths[idx])[:-1])):
+            flat = torch.cat([self.tensors[i].reshape(-1) for i in idx])
+            host = flat.to("cpu", torch.float64).numpy()
+            parts = np.split(host, np.cumsum(lengths[idx])[:-1])
+            for i, part in zip(idx, parts, strict=True):
                 segments[i] = part
         return HostStep(
             values=np.concatenate(segments) if segments else np.zeros(0),
@@ -179,7 +183,8 @@ class HostStep:
             std = np.sqrt(np.maximum(second - mean * mean, 0.0))
             std = np.where(np.isfinite(second), std, second)
             saturated = per_layer(Field.OUT_SATURATED, sums) / per_layer(
-                Field.OUT_SATURATED, self.numels)
+                Field.OUT_SATURATED, self.numels
+            )
             dead = per_layer(Field.DEAD, sums) / per_layer(Field.DEAD, self.numels)
             scale = self._scalar(Field.SCALE, sums, default=1.0)
             signal = np.sqrt(per_layer(Field.GRAD_NORM, squares)) / scale

@@ -19,8 +19,13 @@ from ..diagnose.verdict import Verdict, verdict
 from ..store.view import RunView
 
 BAR_WIDTH = 12
-_STYLE = {"healthy": "green", "vanishing": "yellow", "exploding": "yellow",
-          "nonfinite": "bold red", "unknown": "dim"}
+_STYLE = {
+    "healthy": "green",
+    "vanishing": "yellow",
+    "exploding": "yellow",
+    "nonfinite": "bold red",
+    "unknown": "dim",
+}
 
 
 def _fmt(value: float, kind: str = "g") -> str:
@@ -64,32 +69,67 @@ def summary_table(run: RunView, step: int | None = None, params_only: bool = Fal
     """
     row = run.step_index(step)
     at = int(run.steps[row])
-    stats = {name: run.history(name)[row] for name in (
-        "grad_norm", "grad_to_weight", "gain", "act_std", "saturated", "dead", "nonfinite")}
+    stats = {
+        name: run.history(name)[row]
+        for name in (
+            "grad_norm",
+            "grad_to_weight",
+            "gain",
+            "act_std",
+            "saturated",
+            "dead",
+            "nonfinite",
+        )
+    }
     top, decades = log_span(stats["grad_norm"])
-    table = Table(title=f"gradient flow at step {at}", title_justify="left",
-                  caption=f"bar: log10 gradient norm over {decades:.0f} decades, "
-                          f"full = {_fmt(top)}", caption_justify="left",
-                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for header, width in (("#", 3), ("layer", None), ("grad", 7), ("", BAR_WIDTH),
-                          ("grad/w", 7), ("gain", 5), ("std", 5), ("sat/dead", 3),
-                          ("nan", 3)):
-        table.add_column(header, justify="left" if header in ("layer", "") else "right",
-                         no_wrap=True, min_width=width, overflow="crop" if width else "ellipsis")
+    table = Table(
+        title=f"gradient flow at step {at}",
+        title_justify="left",
+        caption=f"bar: log10 gradient norm over {decades:.0f} decades, full = {_fmt(top)}",
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for header, width in (
+        ("#", 3),
+        ("layer", None),
+        ("grad", 7),
+        ("", BAR_WIDTH),
+        ("grad/w", 7),
+        ("gain", 5),
+        ("std", 5),
+        ("sat/dead", 3),
+        ("nan", 3),
+    ):
+        table.add_column(
+            header,
+            justify="left" if header in ("layer", "") else "right",
+            no_wrap=True,
+            min_width=width,
+            overflow="crop" if width else "ellipsis",
+        )
     for layer in run.layer_info:
         i = layer.index
         if params_only and np.isnan(stats["grad_norm"][i]):
             continue
         label = Text(layer.name)
         label.append(f" {layer.type}" + (" frozen" if layer.frozen else ""), style="dim")
-        fraction = stats["saturated"][i] if layer.family and not np.isnan(
-            stats["saturated"][i]) else stats["dead"][i]
+        fraction = (
+            stats["saturated"][i]
+            if layer.family and not np.isnan(stats["saturated"][i])
+            else stats["dead"][i]
+        )
         nonfinite = stats["nonfinite"][i]
         table.add_row(
-            str(i), label, _fmt(stats["grad_norm"][i]),
+            str(i),
+            label,
+            _fmt(stats["grad_norm"][i]),
             Text(log_bar(stats["grad_norm"][i], top, decades), style="cyan"),
-            _fmt(stats["grad_to_weight"][i]), _fmt(stats["gain"][i], ".2g"),
-            _fmt(stats["act_std"][i], ".2g"), _fmt(fraction, "%"),
+            _fmt(stats["grad_to_weight"][i]),
+            _fmt(stats["gain"][i], ".2g"),
+            _fmt(stats["act_std"][i], ".2g"),
+            _fmt(fraction, "%"),
             Text(_fmt(nonfinite, "int"), style="bold red" if nonfinite > 0 else ""),
         )
     return table
@@ -99,8 +139,13 @@ def verdict_text(v: Verdict) -> Text:
     return Text(f"verdict: {v.message}", style=_STYLE[v.status])
 
 
-def print_summary(run: RunView, step: int | None = None, console: Console | None = None,
-                  title: str | None = None, params_only: bool = False) -> Verdict:
+def print_summary(
+    run: RunView,
+    step: int | None = None,
+    console: Console | None = None,
+    title: str | None = None,
+    params_only: bool = False,
+) -> Verdict:
     """Print the table and the verdict of a recorded step; return the verdict."""
     console = console or Console()
     if title:

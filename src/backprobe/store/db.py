@@ -113,7 +113,9 @@ class RunDatabase:
         elif self.path.is_dir():
             raise RunDatabaseError(f"{self.path} is a folder; expected a run database file.")
         self.conn = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False,
+            self.path,
+            timeout=BUSY_TIMEOUT_S,
+            check_same_thread=False,
             isolation_level=None,  # explicit BEGIN/COMMIT where we write
         )
         self._check_or_create(create)
@@ -168,7 +170,8 @@ class RunDatabase:
                     c.execute(statement)
             c.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('application', 'backprobe'), "
-                "('schema_version', ?)", (str(SCHEMA_VERSION),),
+                "('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
             )
             c.execute(f"PRAGMA application_id={APPLICATION_ID}")
             c.execute("COMMIT")
@@ -186,8 +189,16 @@ class RunDatabase:
         cur = self.conn.execute(
             "INSERT INTO runs(name, status, created, updated, pid, host, backprobe_version, "
             "config, model) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?)",
-            (name, now, now, os.getpid(), socket.gethostname(), __version__,
-             json.dumps(config, default=str), json.dumps(model, default=str)),
+            (
+                name,
+                now,
+                now,
+                os.getpid(),
+                socket.gethostname(),
+                __version__,
+                json.dumps(config, default=str),
+                json.dumps(model, default=str),
+            ),
         )
         return int(cur.lastrowid)
 
@@ -202,12 +213,36 @@ class RunDatabase:
         ).fetchall()
         host = socket.gethostname()
         infos = []
-        for (id_, name, status, created, updated, pid, run_host, config, model, error,
-             steps, layers) in rows:
+        for (
+            id_,
+            name,
+            status,
+            created,
+            updated,
+            pid,
+            run_host,
+            config,
+            model,
+            error,
+            steps,
+            layers,
+        ) in rows:
             if status == "running" and run_host == host and pid and not _pid_alive(pid):
                 status = "interrupted"
-            infos.append(RunInfo(id_, name, status, created, updated, steps, layers,
-                                 json.loads(config), json.loads(model), error))
+            infos.append(
+                RunInfo(
+                    id_,
+                    name,
+                    status,
+                    created,
+                    updated,
+                    steps,
+                    layers,
+                    json.loads(config),
+                    json.loads(model),
+                    error,
+                )
+            )
         return infos
 
     def resolve(self, run: int | str) -> int:

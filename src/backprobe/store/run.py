@@ -21,7 +21,8 @@ class StoredRun(RunView):
             self.info: RunInfo = next(r for r in self._db.runs() if r.id == self.id)
             rows = self._db.conn.execute(
                 "SELECT idx, name, type, family, n_params, frozen FROM layers "
-                "WHERE run_id=? ORDER BY idx", (self.id,),
+                "WHERE run_id=? ORDER BY idx",
+                (self.id,),
             ).fetchall()
             self._layers = [LayerInfo(i, n, t, f, p, bool(z)) for i, n, t, f, p, z in rows]
             self._series = self._load_series()

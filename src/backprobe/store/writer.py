@@ -36,8 +36,9 @@ def _close_open_writers() -> None:
 class RunWriter:
     """Writes one run: its layers once, then per-step series rows, batched."""
 
-    def __init__(self, path: str | Path, name: str, config: dict, model: dict,
-                 flush_every: float = 2.0) -> None:
+    def __init__(
+        self, path: str | Path, name: str, config: dict, model: dict, flush_every: float = 2.0
+    ) -> None:
         self.db = RunDatabase(path, create=True)
         self.run_id = self.db.create_run(name, config, model)
         self.flush_every = flush_every
@@ -46,8 +47,9 @@ class RunWriter:
         self._pending_rows: list[tuple[int, str, int, bytes]] = []
         self._closed = False
         self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._flush_loop, name="backprobe-flush",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._flush_loop, name="backprobe-flush", daemon=True
+        )
         self._thread.start()
         _open_writers.add(self)
 
@@ -79,12 +81,22 @@ class RunWriter:
                     conn.executemany(
                         "INSERT OR REPLACE INTO layers(run_id, idx, name, type, family, "
                         "n_params, frozen) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [(self.run_id, lay.index, lay.name, lay.type, lay.family,
-                          lay.n_params, int(lay.frozen)) for lay in self._pending_layers],
+                        [
+                            (
+                                self.run_id,
+                                lay.index,
+                                lay.name,
+                                lay.type,
+                                lay.family,
+                                lay.n_params,
+                                int(lay.frozen),
+                            )
+                            for lay in self._pending_layers
+                        ],
                     )
                 conn.executemany(
-                    "INSERT OR REPLACE INTO series(run_id, stat, step, data) "
-                    "VALUES (?, ?, ?, ?)", self._pending_rows,
+                    "INSERT OR REPLACE INTO series(run_id, stat, step, data) VALUES (?, ?, ?, ?)",
+                    self._pending_rows,
                 )
                 conn.execute("UPDATE runs SET updated=? WHERE id=?", (time.time(), self.run_id))
                 conn.execute("COMMIT")
