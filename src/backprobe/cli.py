@@ -1,0 +1,149 @@
+"""The ``backprobe`` command: thin commands over the library.
+
+Heavy parts (torch, the lab) are imported inside the commands, so ``--help`` is quick.
+Errors caused by user input print one line and exit with status 1, no traceback.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ._version import __version__
+from .errors import BackprobeError
+from .store.db import DB_ENV, DEFAULT_DB
+
+app = typer.Typer(
+    name="backprobe",
+    help=(
+        "See, explain and cure vanishing and exploding gradients in PyTorch models.\n\n"
+        "Start with `backprobe demo`: it trains a short and two deep networks side by side "
+        "and shows, layer by layer, where the gradient vanishes. Every run is stored in a "
+        "run database (default ./backprobe-runs/runs.db); `backprobe runs` lists them and "
+        "`backprobe show RUN` summarises one."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+DbOption = Annotated[
+    Path,
+    typer.Option(
+        "--db",
+        envvar=DB_ENV,
+        help=f"Run database file (env {DB_ENV}).",
+        show_default=True,
+    ),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"backprobe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """See, explain and cure vanishing and exploding gradients in PyTorch models."""
+
+
+@app.command()
+def demo(
+    db: DbOption = DEFAULT_DB,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Fewer steps: a smoke run for CI, seconds.")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Random seed for data and weights.")] = 0,
+) -> None:
+    """Replay the seeds' story: a short vs a 50-layer network, sigmoid vs ReLU + He init.
+
+    Trains each model on the same synthetic task with the probe attached, prints its
+    per-layer gradient profile and verdict, and stores every run in the run database.
+    """
+    from .lab.demo import run_demo
+
+    run_demo(db=db, quick=quick, seed=seed, console=Console())
+
+
+@app.command()
+def runs(db: DbOption = DEFAULT_DB) -> None:
+    """List the runs stored in the run database, oldest first."""
+    from .store.db import RunDatabase
+
+    database = RunDatabase(db)
+    try:
+        infos = database.runs()
+    finally:
+        database.close()
+    table = Table(title=f"runs in {db}", title_justify="left")
+    for header in ("id", "name", "status", "steps", "layers", "started"):
+        table.add_column(header, justify="right" if header in ("id", "steps", "layers") else "left")
+    for r in infos:
+        started = dt.datetime.fromtimestamp(r.created).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(str(r.id), r.name, r.status, str(r.steps), str(r.layers), started)
+    Console().print(table if infos else f"No runs in {db} yet.")
+
+
+@app.command()
+def show(
+    run: Annotated[str, typer.Argument(help="Run id, or name (the newest run of that name).")],
+    db: DbOption = DEFAULT_DB,
+    step: Annotated[
+        int | None, typer.Option(help="Recorded step to show (default: the last one).")
+    ] = None,
+    params_only: Annotated[
+        bool, typer.Option("--params-only", help="Only layers that own parameters.")
+    ] = False,
+) -> None:
+    """Summarise a stored run: per-layer gradient flow at a step, and the verdict."""
+    from .report.text import print_summary
+    from .store.run import open_run
+
+    stored = open_run(db, run)
+    console = Console()
+    console.print(
+        f"run {stored.id} [bold]{stored.name}[/bold] — {stored.status}, "
+        f"{stored.steps.size} recorded steps"
+    )
+    print_summary(stored, step=step, console=console, params_only=params_only)
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit status 1."""
+    try:
+        app(standalone_mode=False)
+    except BackprobeError as exc:
+        print(f"backprobe: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("backprobe: aborted", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("backprobe: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()
