@@ -137,11 +137,12 @@ def main() -> None:
         print("backprobe: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+        # click's usage errors, recognised by their interface: recent typer vendors click
+        # (typer._click), so `import click` may fail.
+        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            sys.exit(code)
         raise
 
 

@@ -59,7 +59,7 @@ def _check_model(model: object) -> nn.Module:
     return model
 
 
-class Probe:
+class Probe(RunView):
     """Records per-layer gradient and activation statistics of ``model`` during training.
 
     Args:
@@ -135,6 +135,7 @@ class Probe:
         self._first_call: dict[int, int] = {}
         self._order: np.ndarray | None = None  # hook index of each layer, input → output
         self._layer_info: list[LayerInfo] | None = None
+        self._reader: RunView | None = None  # cached until the next recorded step
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -284,6 +285,7 @@ class Probe:
             self._fix_layer_order()
         assert self._sink is not None and self._layer_info is not None
         self._sink.append(self._step, self._series(stats))
+        self._reader = None
 
     def _add_parameter_norms(self, buffer: StepBuffer) -> None:
         trainable = [(i, p) for i, p in self._params if p.requires_grad]
@@ -370,7 +372,9 @@ class Probe:
     def _view(self) -> RunView:
         if self._sink is None:
             raise ProbeConfigError("Nothing recorded yet: attach the probe and train first.")
-        return self._sink.view()
+        if self._reader is None:
+            self._reader = self._sink.view()
+        return self._reader
 
     @property
     def run_id(self) -> int | None:
@@ -394,9 +398,8 @@ class Probe:
         """Recorded step indices, int64 [S]."""
         return self._view().steps
 
-    def history(self, stat: str) -> np.ndarray:
-        """A statistic over recorded steps, [S, layers] (see :meth:`RunView.history`)."""
-        return self._view().history(stat)
+    def _stored(self, stat: str) -> np.ndarray:
+        return self._view()._stored(stat)
 
     def summary(self, step: int | None = None, console: object | None = None) -> None:
         """Print the per-layer gradient-flow table and verdict of a recorded step."""
