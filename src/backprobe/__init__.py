@@ -1,19 +1,47 @@
 """backprobe: see, explain and cure vanishing and exploding gradients in PyTorch.
 
-import backprobe as bp
-probe = bp.Probe(model)
-with probe:
-    for x, y in loader:
-        loss = loss_fn(model(x), y); loss.backward()
-        probe.step(loss)
-        opt.step(); opt.zero_grad()
-probe.summary()
+    import backprobe as bp
+    probe = bp.Probe(model)
+    with probe:
+        for x, y in loader:
+            loss = loss_fn(model(x), y); loss.backward()
+            probe.step(loss)
+            opt.step(); opt.zero_grad()
+    probe.summary()
+
+Names are imported on first use, so that ``backprobe --help`` does not load torch.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from ._version import __version__
-from .diagnose.verdict import Verdict, verdict
 from .errors import BackprobeError
-from .probe import Probe
-from .store import open_run
+
+if TYPE_CHECKING:
+    from .diagnose.verdict import Verdict, verdict
+    from .probe import Probe
+    from .store import open_run
+
+_LAZY = {
+    "Probe": ".probe",
+    "Verdict": ".diagnose.verdict",
+    "verdict": ".diagnose.verdict",
+    "open_run": ".store",
+}
 
 __all__ = ["BackprobeError", "Probe", "Verdict", "__version__", "open_run", "verdict"]
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'backprobe' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

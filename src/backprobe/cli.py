@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ._version import __version__
@@ -88,13 +89,14 @@ def runs(db: DbOption = DEFAULT_DB) -> None:
         infos = database.runs()
     finally:
         database.close()
-    table = Table(title=f"runs in {db}", title_justify="left")
+    # escape(): names and paths are text, not rich markup ("net[relu]", "a[/b]")
+    table = Table(title=f"runs in {escape(str(db))}", title_justify="left")
     for header in ("id", "name", "status", "steps", "layers", "started"):
         table.add_column(header, justify="right" if header in ("id", "steps", "layers") else "left")
     for r in infos:
         started = dt.datetime.fromtimestamp(r.created).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(str(r.id), r.name, r.status, str(r.steps), str(r.layers), started)
-    Console().print(table if infos else f"No runs in {db} yet.")
+        table.add_row(str(r.id), escape(r.name), r.status, str(r.steps), str(r.layers), started)
+    Console().print(table if infos else f"No runs in {escape(str(db))} yet.")
 
 
 @app.command()
@@ -115,7 +117,7 @@ def show(
     stored = open_run(db, run)
     console = Console()
     console.print(
-        f"run {stored.id} [bold]{stored.name}[/bold] — {stored.status}, "
+        f"run {stored.id} [bold]{escape(stored.name)}[/bold] — {stored.status}, "
         f"{stored.steps.size} recorded steps"
     )
     print_summary(stored, step=step, console=console, params_only=params_only)

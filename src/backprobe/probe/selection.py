@@ -130,7 +130,8 @@ LayerFilter = str | type[nn.Module] | Sequence[str | type[nn.Module]] | None
 def _as_filters(spec: LayerFilter) -> tuple[list[str], list[type[nn.Module]]]:
     if spec is None:
         return [], []
-    items: Iterable = [spec] if isinstance(spec, (str, type)) else spec
+    single = isinstance(spec, (str, type)) or not isinstance(spec, Iterable)
+    items: Iterable = [spec] if single else spec
     patterns: list[str] = []
     types: list[type[nn.Module]] = []
     for item in items:

@@ -123,8 +123,11 @@ class RunDatabase:
     def _check_or_create(self, create: bool) -> None:
         c = self.conn
         try:
+            # One read snapshot: another process may be creating the schema meanwhile.
+            c.execute("BEGIN")
             app_id = c.execute("PRAGMA application_id").fetchone()[0]
             tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            c.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             c.close()
             raise RunDatabaseError(
@@ -149,7 +152,10 @@ class RunDatabase:
         )
 
     def _check_version(self) -> None:
-        row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        try:
+            row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.DatabaseError:
+            row = None  # our header, but the meta table is gone: damaged
         if row is None:
             self._refuse("its meta table has no schema version")
         version = int(row[0])
@@ -162,7 +168,7 @@ class RunDatabase:
 
     def _create_schema(self) -> None:
         c = self.conn
-        c.execute("PRAGMA journal_mode=WAL")
+        self._enable_wal()
         c.execute("BEGIN IMMEDIATE")  # two processes creating one file: one waits
         try:
             for statement in _SCHEMA.split(";"):
@@ -178,6 +184,19 @@ class RunDatabase:
         except BaseException:
             c.execute("ROLLBACK")
             raise
+
+    def _enable_wal(self) -> None:
+        # Switching to WAL needs an exclusive lock, and SQLite answers "database is locked"
+        # at once, without waiting the busy timeout, while another process uses the file.
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def close(self) -> None:
         self.conn.close()

@@ -28,9 +28,10 @@ _open_writers: weakref.WeakSet[RunWriter] = weakref.WeakSet()
 @atexit.register
 def _close_open_writers() -> None:
     # An unhandled exception sets sys.last_value before atexit handlers run.
-    status = "failed" if getattr(sys, "last_value", None) is not None else "finished"
+    exc = getattr(sys, "last_value", None)
+    error = None if exc is None else f"{type(exc).__name__}: {exc} (probe closed at exit)"
     for writer in list(_open_writers):
-        writer.close(status, error="process exited without closing the probe")
+        writer.close("finished" if exc is None else "failed", error=error)
 
 
 class RunWriter:
