@@ -68,8 +68,6 @@ def verdict(run: RunView, step: int | None = None, thresholds: Thresholds | None
     names = run.layers
     layer, phase = (int(v) for v in run.history("first_nonfinite")[row])
     grad = run.history("grad_norm")[row]
-    if layer < 0 and np.isinf(grad).any():
-        layer, phase = int(np.flatnonzero(np.isinf(grad))[0]), 1
     if layer >= 0:
         where = "forward output" if phase == 0 else "gradient"
         return Verdict(
@@ -78,6 +76,18 @@ def verdict(run: RunView, step: int | None = None, thresholds: Thresholds | None
             f"non-finite at step {at} in layer {layer} "
             f"({names[layer]}): first NaN/inf in its {where}",
             layer=layer,
+        )
+    overflow = np.flatnonzero(np.isinf(grad))
+    if overflow.size:
+        # The hooks saw only finite values, yet a norm overflowed float32: the gradient
+        # is finite but beyond 1e19 per element, which is exploding by any standard.
+        first = int(overflow[0])
+        return Verdict(
+            "exploding",
+            at,
+            f"exploding at step {at}: the gradient norm of layer {first} ({names[first]}) "
+            "overflows float32",
+            layer=first,
         )
     measured = np.flatnonzero(np.isfinite(grad))
     if measured.size < 2:

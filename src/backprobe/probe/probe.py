@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from collections import defaultdict
 from functools import partial
 from pathlib import Path
@@ -57,6 +58,37 @@ def _check_model(model: object) -> nn.Module:
             "there is no gradient to probe."
         )
     return model
+
+
+def _in_backward() -> bool:
+    """Whether autograd is running a backward pass in this thread: a checkpointed segment
+    recomputing its forward, whose outputs were already measured in the real forward."""
+    return torch._C._current_graph_task_id() != -1
+
+
+class _ForwardHook:
+    """A module forward hook that calls back into its probe.
+
+    It holds the probe weakly, and a deep copy or a pickle of the model (an EMA copy, a
+    saved checkpoint) gets an inert hook: a copy must not record into the original's run.
+    """
+
+    __slots__ = ("_probe", "index")
+
+    def __init__(self, probe: Probe | None, index: int) -> None:
+        self._probe = None if probe is None else weakref.ref(probe)
+        self.index = index
+
+    def __call__(self, module: nn.Module, inputs: object, output: object) -> None:
+        probe = None if self._probe is None else self._probe()
+        if probe is not None:
+            probe._on_forward(self.index, module, output)
+
+    def __deepcopy__(self, memo: dict) -> _ForwardHook:
+        return _ForwardHook(None, self.index)
+
+    def __reduce__(self) -> tuple:
+        return (_ForwardHook, (None, self.index))
 
 
 class Probe(RunView):
@@ -152,7 +184,7 @@ class Probe(RunView):
         if self._sink is None:
             self._sink = self._open_sink()
         for i, module in enumerate(self._modules):
-            self._handles.append(module.register_forward_hook(partial(self._on_forward, i)))
+            self._handles.append(module.register_forward_hook(_ForwardHook(self, i)))
         self._recording = bool(self.schedule(self._step))
         return self
 
@@ -185,7 +217,8 @@ class Probe(RunView):
     def _open_sink(self) -> RunWriter | MemoryRun:
         if self.db is None:
             return MemoryRun()
-        every = self.schedule.__name__ if callable(self.schedule) else self.schedule
+        # a partial or a callable object has no __name__
+        every = getattr(self.schedule, "__name__", None) or repr(self.schedule)
         include, exclude = self._filters
         config = {
             "probe": {
@@ -219,8 +252,8 @@ class Probe(RunView):
         if self.unsupported == "warn":
             warnings.warn(message, stacklevel=3)
 
-    def _on_forward(self, i: int, module: nn.Module, inputs: object, output: object) -> None:
-        if not self._recording or not torch.is_grad_enabled():
+    def _on_forward(self, i: int, module: nn.Module, output: object) -> None:
+        if not self._recording or not torch.is_grad_enabled() or _in_backward():
             return
         tensors = floating_tensors(output)
         if not tensors:

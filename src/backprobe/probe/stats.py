@@ -42,23 +42,35 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(1, 1) if t.dim() == 0 else t.reshape(t.shape[0], -1)
 
 
+def _accumulator(t: torch.Tensor) -> torch.dtype:
+    """float32, or the tensor's own dtype when wider (float64): narrowing a float64
+    tensor would overflow above float32's maximum, and vector_norm refuses to."""
+    return torch.promote_types(t.dtype, torch.float32)
+
+
 def row_sums(t: torch.Tensor) -> torch.Tensor:
     """[samples] sums. Non-finite exactly when the sample holds a non-finite value
     (barring overflow of values near the dtype's maximum), and it costs one pass.
     """
-    return _rows(t).sum(dim=1, dtype=torch.float32)
+    rows, acc = _rows(t), _accumulator(t)
+    # an explicit dtype equal to the input's takes a slower kernel: pass it only to widen
+    return rows.sum(dim=1) if rows.dtype == acc else rows.sum(dim=1, dtype=acc)
 
 
 def row_norms(t: torch.Tensor) -> torch.Tensor:
-    """[samples] L2 norms, accumulated in float32 whatever the tensor's dtype."""
-    return torch.linalg.vector_norm(_rows(t), dim=1, dtype=torch.float32)
+    """[samples] L2 norms, accumulated in float32 (float64 for float64 tensors)."""
+    rows, acc = _rows(t), _accumulator(t)
+    if rows.dtype == acc:
+        return torch.linalg.vector_norm(rows, dim=1)
+    return torch.linalg.vector_norm(rows, dim=1, dtype=acc)
 
 
 def saturated_per_row(t: torch.Tensor, sat: Saturation) -> torch.Tensor:
     """[samples] counts of units with ``|y - center| > half_width`` (``>=`` if inclusive)."""
     dist = _rows(t).sub(sat.center).abs_() if sat.center else _rows(t).abs()
+    # in place on our own copy: the mask is 0./1. in the output's dtype
     mask = dist.ge_(sat.half_width) if sat.inclusive else dist.gt_(sat.half_width)
-    return mask.sum(dim=1, dtype=torch.float32)
+    return mask.sum(dim=1) if mask.dtype == torch.float32 else mask.sum(1, dtype=torch.float32)
 
 
 def max_per_unit(t: torch.Tensor) -> torch.Tensor:
