@@ -1,14 +1,17 @@
 """Overhead of the probe against plain training and against peers, in one process run.
 
 Workload (issue 2): a 16-layer 512-wide tanh MLP, batch 256, SGD, 2 threads. Variants
-run interleaved in rounds, so that drifts of the machine hit all of them alike; each
-round times ``--steps`` training steps per variant, and the table gives the median time
-per step and its ratio to plain training measured in the same run.
+run interleaved in rounds, so that drifts of the machine hit all of them alike: each
+round times ``--steps`` training steps of every variant between two runs of plain
+training, and a variant's ratio in that round is against the mean of those two. The
+table gives the median time per step, and the median and interquartile range of the
+per-round ratios.
 
 Peers, when installed (``pip install -e ".[bench]"``): Lightning's ``grad_norm`` (norms
 of parameter gradients only) and TensorBoard's ``add_histogram`` for every parameter's
-gradient. Peak memory is measured per variant in a fresh subprocess (max RSS above the
-RSS before the first step), because one process's high-water mark cannot be split.
+gradient. Peak memory is measured per variant in a fresh subprocess: the process's peak
+resident memory over the timed steps, with the kernel's high-water mark reset after a
+warm-up (Linux), so that imports and set-up do not count.
 
     python benchmarks/overhead.py            # full table (about 2 minutes)
     python benchmarks/overhead.py --quick    # smoke run, seconds
@@ -18,8 +21,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -109,7 +112,8 @@ def available_variants() -> list[str]:
 
 
 def peak_memory_mb(variant: str, args: argparse.Namespace) -> float:
-    """Max RSS growth (MB) over ``args.steps`` steps of one variant in a fresh process."""
+    """Peak resident memory (MB) over ``args.steps`` steps of one variant, in a fresh
+    process."""
     cmd = [
         sys.executable,
         __file__,
@@ -135,15 +139,26 @@ def _measure_memory(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         variant = Variant(args.memory_of, model, x, Path(tmp))
         del model
-        before = _rss_mb()
-        variant.run(args.steps, 0)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
-    print(json.dumps({"peak_mb": max(peak, 0.0)}))
+        variant.run(2, 0)  # first step: allocator warm-up, probe's layer order, DB file
+        _reset_peak_rss()
+        variant.run(args.steps, 2)
+        peak = _status_mb("VmHWM")
+    print(json.dumps({"peak_mb": peak}))
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+def _reset_peak_rss() -> None:
+    """Reset the kernel's high-water mark of resident memory (Linux), so that imports
+    and set-up do not count."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def main() -> None:
@@ -168,36 +183,44 @@ def main() -> None:
     names = available_variants()
     model = make_model(args.depth, args.width)
     x = torch.randn(args.batch, args.width)
+    ratios: dict[str, list[float]] = {name: [] for name in names}
     times: dict[str, list[float]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as tmp:
-        variants = [Variant(name, model, x, Path(tmp)) for name in names]
-        for v in variants:  # warm-up: allocator, first-step layer ordering, DB creation
+        variants = {name: Variant(name, model, x, Path(tmp)) for name in names}
+        for v in variants.values():  # warm-up: allocator, first-step layer order, DB file
             v.run(2, 0)
+        gc.disable()  # a collection inside one variant's timing would bias it
         for r in range(args.rounds):
-            for v in variants:
-                times[v.name].append(v.run(args.steps, 2 + r * args.steps))
-        for v in variants:
+            step = 2 + r * args.steps
+            before = variants["plain"].run(args.steps, step)
+            measured = {n: variants[n].run(args.steps, step) for n in names if n != "plain"}
+            after = variants["plain"].run(args.steps, step)
+            plain = (before + after) / 2  # paired: the machine's speed in this round
+            measured["plain"] = plain
+            for name, seconds in measured.items():
+                times[name].append(seconds)
+                ratios[name].append(seconds / plain)
+        gc.enable()
+        for v in variants.values():
             if hasattr(v, "probe"):
                 v.probe.close()
 
-    plain = statistics.median(times["plain"])
     memory = {} if args.no_memory else {n: peak_memory_mb(n, args) for n in names}
     print(
         f"\n{args.depth}-layer {args.width}-wide tanh MLP, batch {args.batch}, "
-        f"{args.threads} threads, torch {torch.__version__}; median of {args.rounds} rounds "
-        f"x {args.steps} steps\n"
+        f"{args.threads} threads, torch {torch.__version__}; {args.rounds} rounds of "
+        f"{args.steps} steps per variant, each round between two plain runs\n"
     )
-    print("| variant | ms / step | ratio to plain | peak memory (MB) | memory ratio |")
-    print("|---|---:|---:|---:|---:|")
+    print("| variant | ms / step | ratio to plain (median, IQR) | peak memory (MB) |")
+    print("|---|---:|---:|---:|")
     for name in names:
-        median = statistics.median(times[name])
+        q1, median, q3 = statistics.quantiles(ratios[name], n=4)
         mem = memory.get(name)
-        mem_cells = (
-            f"{mem:.0f} | {mem / memory['plain']:.2f}x"
-            if mem is not None and memory.get("plain")
-            else "- | -"
+        mem_cell = "-" if mem is None else f"{mem:.0f}"
+        print(
+            f"| {name} | {1e3 * statistics.median(times[name]):.1f} | "
+            f"{median:.3f}x ({q1:.3f}-{q3:.3f}) | {mem_cell} |"
         )
-        print(f"| {name} | {1e3 * median:.1f} | {median / plain:.3f}x | {mem_cells} |")
 
 
 if __name__ == "__main__":

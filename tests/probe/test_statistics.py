@@ -233,3 +233,19 @@ def test_custom_module_with_own_parameter_is_a_layer(probe_one_step):
     )
     assert probe.layer_info[root].n_params == 4
     assert_matches(probe, expected_stats(rec, probe.layers))
+
+
+def test_tiny_gradients_are_measured_not_rounded_to_zero(make_probe):
+    """Entries near 1e-25 square to 1e-50, below float32's smallest number: norms must be
+    accumulated wider, or a vanishing gradient reads as exactly zero."""
+    model = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1))
+    probe = make_probe(model).attach()
+    hidden = model[1](model[0](torch.randn(8, 64)))
+    hidden.retain_grad()
+    (model[2](hidden).sum() * 1e-25).backward()
+    probe.step()
+    expected = torch.cat([p.grad.double().reshape(-1) for p in model[0].parameters()]).norm()
+    assert 0 < expected.item() < 1e-20
+    np.testing.assert_allclose(probe.history("grad_norm")[0, 0], expected.item(), rtol=1e-5)
+    signal = hidden.grad.double().norm().item()
+    np.testing.assert_allclose(probe.history("signal_norm")[0, 1], signal, rtol=1e-5)

@@ -116,15 +116,30 @@ def test_verdict_of_a_chosen_step(make_probe):
         bp.verdict(probe, step=1)
 
 
-def test_finite_gradient_overflowing_float32_is_exploding_not_nonfinite(make_probe):
-    """Elements of 1e20 are finite, but their squares overflow float32: the norm is inf,
-    the hooks saw no NaN or inf, so the verdict is exploding at that layer."""
+def test_huge_finite_gradients_are_measured_exactly(make_probe):
+    """Entries of 1e20 are finite; their float32 squares would overflow, float64 ones don't."""
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
     probe = make_probe(model).attach()
     loss = model(torch.ones(2, 4)).sum() * 1e20
     loss.backward()
     probe.step(loss)
+    expected = torch.cat([p.grad.double().reshape(-1) for p in model[0].parameters()]).norm()
+    np.testing.assert_allclose(probe.history("grad_norm")[0, 0], expected.item(), rtol=1e-6)
+    assert probe.history("first_nonfinite")[-1].tolist() == [-1, -1]
+    assert bp.verdict(probe).status != "nonfinite"
+
+
+def test_gradient_norm_beyond_float32_range_is_exploding_not_nonfinite(make_probe):
+    """Every entry is finite, but the norm exceeds float32's maximum, so the stored value
+    is inf: the verdict calls it exploding at that layer, not non-finite."""
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 1))
+    with torch.no_grad():
+        model[1].weight.fill_(1.0)
+    probe = make_probe(model).attach()
+    (model(torch.ones(2, 64)).sum() * 1e37).backward()
+    probe.step()
     assert torch.isfinite(model[0].weight.grad).all()
+    assert np.isinf(probe.history("grad_norm")[0, 0])
     assert probe.history("first_nonfinite")[-1].tolist() == [-1, -1]
     v = bp.verdict(probe)
     assert v.status == "exploding"

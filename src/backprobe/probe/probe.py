@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
-from collections import defaultdict
 from functools import partial
 from pathlib import Path
 
@@ -43,7 +42,7 @@ from .selection import (
     is_unsupported,
     select_layers,
 )
-from .stats import Field, StepBuffer, StepStats
+from .stats import Field, StepBuffer, StepStats, add_tensor_norms, refine_norms
 
 
 def _check_model(model: object) -> nn.Module:
@@ -304,7 +303,15 @@ class Probe(RunView):
 
     def _record(self, loss: torch.Tensor | float | None) -> None:
         buffer = self._buffer
-        self._add_parameter_norms(buffer)
+        trainable = [(i, p) for i, p in self._params if p.requires_grad]
+        weights = add_tensor_norms(
+            buffer, [(i, p.detach()) for i, p in trainable], Field.PARAM_NORM
+        )
+        grads = add_tensor_norms(
+            buffer,
+            [(i, p.grad) for i, p in trainable if p.grad is not None],
+            Field.PARAM_GRAD_NORM,
+        )
         if loss is not None:
             value = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(loss)
             buffer.add(0, Field.LOSS, value.reshape(1).float())
@@ -313,26 +320,15 @@ class Probe(RunView):
         if scale is not None:
             buffer.add(0, Field.SCALE, scale.reshape(1).float())
             params_scaled = self._grads_still_scaled()
-        stats = buffer.to_host().reduce(len(self._modules), params_scaled)
+        host = buffer.to_host()
+        refine_norms(host, Field.PARAM_NORM, weights)
+        refine_norms(host, Field.PARAM_GRAD_NORM, grads)
+        stats = host.reduce(len(self._modules), params_scaled)
         if self._order is None:
             self._fix_layer_order()
         assert self._sink is not None and self._layer_info is not None
         self._sink.append(self._step, self._series(stats))
         self._reader = None
-
-    def _add_parameter_norms(self, buffer: StepBuffer) -> None:
-        trainable = [(i, p) for i, p in self._params if p.requires_grad]
-        with_grad = [(i, p.grad) for i, p in trainable if p.grad is not None]
-        groups: dict[tuple[Field, torch.device], list[tuple[int, torch.Tensor]]] = defaultdict(list)
-        for i, p in trainable:
-            groups[(Field.PARAM_NORM, p.device)].append((i, p.detach()))
-        for i, g in with_grad:
-            groups[(Field.PARAM_GRAD_NORM, g.device)].append((i, g))
-        for (kind, _), items in groups.items():
-            # foreach: one fused kernel per device on accelerators, no host sync
-            norms = torch._foreach_norm([t for _, t in items])
-            for (i, _), norm in zip(items, norms, strict=True):
-                buffer.add(i, kind, norm.reshape(1).float())
 
     def _current_scale(self) -> torch.Tensor | None:
         scaler = self.scaler

@@ -8,11 +8,19 @@ numpy then combines them in float64. No hook ever synchronises with the device.
 Per-sample vectors rather than scalars are kept because they are as cheap to compute
 (one pass each) and let the host count samples with non-finite values without another
 pass over the tensor. A *sample* is an index along the tensor's first dimension.
+
+Backward signals are reduced in float64: a vanishing gradient's entries fall below 1e-19,
+where their float32 squares underflow to zero, and measuring such gradients is the point.
+A float64 norm is also non-finite exactly when an entry is, so it doubles as the
+detector. Parameter and gradient norms are taken in float32 and recomputed in float64
+where float32 may be inexact (:func:`refine_norms`). Activations are reduced in float32
+(float64 for float64 models).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -29,12 +37,17 @@ class Field(IntEnum):
     OUT_NORM = 1  # per-sample L2 norms of the primary output
     OUT_SATURATED = 2  # per-sample counts of saturated units
     DEAD = 3  # one value: units of the layer that were zero for every sample
-    GRAD_SUM = 4  # per-sample sums of dL/d(output); only to spot non-finite values
-    GRAD_NORM = 5  # per-sample norms of dL/d(output), summed over the output tensors
-    PARAM_GRAD_NORM = 6  # norm of one parameter's gradient
-    PARAM_NORM = 7  # norm of one (trainable) parameter
-    LOSS = 8  # the loss given to step()
-    SCALE = 9  # the GradScaler's scale when the gradients were computed
+    GRAD_NORM = 4  # per-sample float64 norms of dL/d(one output tensor)
+    PARAM_GRAD_NORM = 5  # norm of one parameter's gradient (see refine_norms)
+    PARAM_NORM = 6  # norm of one (trainable) parameter
+    LOSS = 7  # the loss given to step()
+    SCALE = 8  # the GradScaler's scale when the gradients were computed
+
+
+#: A float32 norm is exact to 1e-6 (relative) when the tensor's root-mean-square entry
+#: lies between these bounds: below, squares under 1.2e-38 underflow and each may weigh
+#: more than 1e-6 of the mean square; above, squares overflow float32 near 1.8e19.
+FLOAT32_RMS_RANGE = (1e-16, 1e18)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -42,27 +55,88 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(1, 1) if t.dim() == 0 else t.reshape(t.shape[0], -1)
 
 
-def _accumulator(t: torch.Tensor) -> torch.dtype:
+def accumulator(dtype: torch.dtype) -> torch.dtype:
     """float32, or the tensor's own dtype when wider (float64): narrowing a float64
     tensor would overflow above float32's maximum, and vector_norm refuses to."""
-    return torch.promote_types(t.dtype, torch.float32)
+    return torch.promote_types(dtype, torch.float32)
+
+
+def foreach_norms(tensors: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+    """L2 norms accumulated in ``dtype``; one fused kernel on accelerators, no host sync."""
+    try:
+        return list(torch._foreach_norm(tensors, 2, dtype=dtype))
+    except TypeError:  # older torch without the dtype argument
+        return [torch.linalg.vector_norm(t, dtype=dtype) for t in tensors]
+
+
+def _per_row(op: Callable[..., torch.Tensor], t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``op(rows, dim=1)`` accumulated in ``dtype``, over ``t`` as [samples, features]."""
+    rows = _rows(t)
+    # an explicit dtype equal to the input's takes a slower kernel: pass it only to widen
+    return op(rows, dim=1) if rows.dtype == dtype else op(rows, dim=1, dtype=dtype)
 
 
 def row_sums(t: torch.Tensor) -> torch.Tensor:
     """[samples] sums. Non-finite exactly when the sample holds a non-finite value
-    (barring overflow of values near the dtype's maximum), and it costs one pass.
-    """
-    rows, acc = _rows(t), _accumulator(t)
-    # an explicit dtype equal to the input's takes a slower kernel: pass it only to widen
-    return rows.sum(dim=1) if rows.dtype == acc else rows.sum(dim=1, dtype=acc)
+    (barring overflow of values near the dtype's maximum), and it costs one pass."""
+    return _per_row(torch.sum, t, accumulator(t.dtype))
 
 
 def row_norms(t: torch.Tensor) -> torch.Tensor:
     """[samples] L2 norms, accumulated in float32 (float64 for float64 tensors)."""
-    rows, acc = _rows(t), _accumulator(t)
-    if rows.dtype == acc:
-        return torch.linalg.vector_norm(rows, dim=1)
-    return torch.linalg.vector_norm(rows, dim=1, dtype=acc)
+    return _per_row(torch.linalg.vector_norm, t, accumulator(t.dtype))
+
+
+def grad_row_norms(t: torch.Tensor) -> torch.Tensor:
+    """[samples] L2 norms accumulated in float64 (see the module docstring)."""
+    return _per_row(torch.linalg.vector_norm, t, torch.float64)
+
+
+def add_tensor_norms(
+    buffer: StepBuffer, items: list[tuple[int, torch.Tensor]], kind: Field
+) -> list[torch.Tensor]:
+    """One entry of ``kind`` per ``(layer, tensor)``: its norm, accumulated in float32
+    (float64 for float64 tensors), one stacked vector per device and dtype.
+
+    Returns the tensors in entry order, for :func:`refine_norms`.
+    """
+    groups: dict[tuple[torch.device, torch.dtype], list[tuple[int, torch.Tensor]]] = defaultdict(
+        list
+    )
+    for layer, t in items:
+        groups[(t.device, t.dtype)].append((layer, t))
+    ordered: list[torch.Tensor] = []
+    for (_, dtype), group in groups.items():
+        tensors = [t for _, t in group]
+        norms = torch.stack(foreach_norms(tensors, accumulator(dtype)))
+        buffer.add_elements(
+            [layer for layer, _ in group], kind, norms, [t.numel() for t in tensors]
+        )
+        ordered.extend(tensors)
+    return ordered
+
+
+def refine_norms(host: HostStep, kind: Field, tensors: list[torch.Tensor]) -> None:
+    """Recompute in float64 the norms of ``kind`` whose float32 value may be inexact (see
+    ``FLOAT32_RMS_RANGE``; zero and non-finite included) and write them into ``host``.
+
+    The tensors (parameters and their gradients) are still alive at ``step()``. This
+    costs a second transfer only when such norms exist, that is in the vanishing and
+    exploding cases this library is about; healthy runs keep one transfer per step.
+    """
+    entries = np.flatnonzero(host.fields == kind)
+    positions = host.starts[entries]
+    rms = host.values[positions] / np.sqrt(np.maximum(host.numels[entries], 1.0))
+    low, high = FLOAT32_RMS_RANGE
+    with np.errstate(invalid="ignore"):
+        suspect = ~((rms >= low) & (rms <= high))
+    redo = [k for k in np.flatnonzero(suspect) if tensors[k].dtype != torch.float64]
+    by_device: dict[torch.device, list[int]] = defaultdict(list)
+    for k in redo:
+        by_device[tensors[k].device].append(k)
+    for device_redo in by_device.values():
+        exact = torch.stack(foreach_norms([tensors[k] for k in device_redo], torch.float64))
+        host.values[positions[device_redo]] = exact.cpu().numpy()
 
 
 def saturated_per_row(t: torch.Tensor, sat: Saturation) -> torch.Tensor:
@@ -82,22 +156,37 @@ def max_per_unit(t: torch.Tensor) -> torch.Tensor:
 class StepBuffer:
     """Device tensors gathered during one recorded step, in the order the hooks fired.
 
-    ``numels[i]`` is how many tensor elements entry ``i`` summarises (for means and
-    fractions). Units' maxima for dead-unit counting are kept per layer until the step
-    ends, because a unit is dead only if it is zero in every forward of the step.
+    Every tensor is 1-D and holds one *entry* (a per-sample vector of one layer) or, for
+    values gathered together such as parameter norms, one entry per element. Per entry:
+    the layer, the field, its length, and how many tensor elements it summarises
+    (``numel``, for means and fractions). Units' maxima for dead-unit counting are kept
+    per layer until the step ends: a unit is dead only if it is zero in every forward.
     """
 
     tensors: list[torch.Tensor] = field(default_factory=list)
     layers: list[int] = field(default_factory=list)
     fields: list[int] = field(default_factory=list)
     numels: list[int] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
     unit_max: dict[int, list[torch.Tensor]] = field(default_factory=lambda: defaultdict(list))
 
     def add(self, layer: int, kind: Field, values: torch.Tensor, numel: int = 0) -> None:
+        """One entry: a 1-D tensor of one layer."""
         self.tensors.append(values)
         self.layers.append(layer)
-        self.fields.append(int(kind))
+        self.fields.append(kind)
         self.numels.append(numel)
+        self.lengths.append(values.shape[0])
+
+    def add_elements(
+        self, layers: list[int], kind: Field, values: torch.Tensor, numels: list[int]
+    ) -> None:
+        """One entry per element of the 1-D tensor ``values``, of ``layers[i]``."""
+        self.tensors.append(values)
+        self.layers.extend(layers)
+        self.fields.extend([kind] * len(layers))
+        self.numels.extend(numels)
+        self.lengths.extend([1] * len(layers))
 
     def add_output(
         self, layer: int, out: torch.Tensor, sat: Saturation | None, can_die: bool
@@ -114,57 +203,70 @@ class StepBuffer:
 
     def add_grad(self, layer: int, grad: torch.Tensor) -> None:
         """Backward signal: dL/d(one output tensor of the layer)."""
-        self.add(layer, Field.GRAD_SUM, row_sums(grad), grad.numel())
-        self.add(layer, Field.GRAD_NORM, row_norms(grad), grad.numel())
+        self.add(layer, Field.GRAD_NORM, grad_row_norms(grad), grad.numel())
 
     def _close_dead_units(self) -> None:
+        layers, counts, units = [], [], []
         for layer, maxima in self.unit_max.items():
             if len({m.shape for m in maxima}) != 1:
                 continue  # forwards of different shapes: units are not comparable
             peak = maxima[0] if len(maxima) == 1 else torch.stack(maxima).amax(dim=0)
-            self.add(
-                layer, Field.DEAD, peak.le(0).sum(dtype=torch.float32).reshape(1), peak.numel()
-            )
+            layers.append(layer)
+            counts.append(peak.le(0).sum(dtype=torch.float32))
+            units.append(peak.numel())
+        if layers:
+            self.add_elements(layers, Field.DEAD, torch.stack(counts), units)
         self.unit_max.clear()
 
     def to_host(self) -> HostStep:
         """Concatenate per device and copy to the host: one transfer per device."""
         self._close_dead_units()
-        by_device: dict[torch.device, list[int]] = defaultdict(list)
-        for i, t in enumerate(self.tensors):
-            by_device[t.device].append(i)
-        lengths = np.fromiter((t.numel() for t in self.tensors), np.int64, len(self.tensors))
-        segments: list[np.ndarray] = [np.zeros(0)] * len(self.tensors)
-        for idx in by_device.values():
-            # One device-to-host copy per device: the only synchronisation of the step.
-            flat = torch.cat([self.tensors[i].reshape(-1) for i in idx])
-            host = flat.to("cpu", torch.float64).numpy()
-            parts = np.split(host, np.cumsum(lengths[idx])[:-1])
-            for i, part in zip(idx, parts, strict=True):
-                segments[i] = part
+        devices = {t.device for t in self.tensors}
+        if len(devices) <= 1:
+            # One device-to-host copy: the only synchronisation of the step.
+            values = (
+                torch.cat(self.tensors).to("cpu", torch.float64).numpy()
+                if self.tensors
+                else np.zeros(0)
+            )
+        else:
+            values = self._gather_devices(devices)
         return HostStep(
-            values=np.concatenate(segments) if segments else np.zeros(0),
-            segment=np.repeat(np.arange(len(lengths)), lengths),
+            values=values,
+            lengths=np.asarray(self.lengths, np.int64),
             layers=np.asarray(self.layers, np.int64),
             fields=np.asarray(self.fields, np.int64),
             numels=np.asarray(self.numels, np.float64),
         )
 
+    def _gather_devices(self, devices: set[torch.device]) -> np.ndarray:
+        """One copy per device, then the pieces back in firing order."""
+        pieces: list[np.ndarray] = [np.zeros(0)] * len(self.tensors)
+        for device in devices:
+            idx = [i for i, t in enumerate(self.tensors) if t.device == device]
+            host = torch.cat([self.tensors[i] for i in idx]).to("cpu", torch.float64).numpy()
+            sizes = [self.tensors[i].shape[0] for i in idx]
+            for i, part in zip(idx, np.split(host, np.cumsum(sizes)[:-1]), strict=True):
+                pieces[i] = part
+        return np.concatenate(pieces)
+
 
 @dataclass(frozen=True)
 class HostStep:
-    """A recorded step's gathered values on the host, in the order the hooks fired:
-    ``values[segment == i]`` is entry ``i``, described by ``layers[i]``, ``fields[i]``
-    and ``numels[i]``."""
+    """A recorded step's gathered values on the host, in the order the hooks fired: entry
+    ``i`` is the next ``lengths[i]`` values, described by ``layers[i]``, ``fields[i]`` and
+    ``numels[i]``."""
 
     values: np.ndarray
-    segment: np.ndarray
+    lengths: np.ndarray
     layers: np.ndarray
     fields: np.ndarray
     numels: np.ndarray
 
-    def _per_entry(self, data: np.ndarray) -> np.ndarray:
-        return np.bincount(self.segment, weights=data, minlength=len(self.layers))
+    @property
+    def starts(self) -> np.ndarray:
+        """Position of each entry's first value in ``values``."""
+        return np.cumsum(self.lengths) - self.lengths
 
     def reduce(self, n_layers: int, params_scaled: bool = False) -> StepStats:
         """Combine the entries into per-layer statistics (float64, NaN where not measured).
@@ -174,49 +276,57 @@ class HostStep:
         gradients were not unscaled yet when the step was recorded).
         """
         v = self.values
-        sums = self._per_entry(v)
-        squares = self._per_entry(v * v)
-        nonfinite = self._per_entry((~np.isfinite(v)).astype(np.float64))
+        n_entries = self.layers.size
+        segment = np.repeat(np.arange(n_entries), self.lengths)
 
-        def per_layer(kind: Field, data: np.ndarray) -> np.ndarray:
-            sel = self.fields == kind
-            return np.bincount(self.layers[sel], weights=data[sel], minlength=n_layers)
+        def per_entry(data: np.ndarray) -> np.ndarray:
+            return np.bincount(segment, weights=data, minlength=n_entries)
 
-        def present(kind: Field) -> np.ndarray:
-            return np.bincount(self.layers[self.fields == kind], minlength=n_layers) > 0
+        sums = per_entry(v)
+        nonfinite = per_entry(~np.isfinite(v))
+        key = self.fields * n_layers + self.layers
+
+        def table(weights: np.ndarray | None = None) -> np.ndarray:
+            """[fields, layers] totals of a per-entry quantity."""
+            totals = np.bincount(key, weights=weights, minlength=len(Field) * n_layers)
+            return totals.reshape(len(Field), n_layers)
+
+        total, squares, count, bad = (
+            table(sums),
+            table(per_entry(v * v)),
+            table(self.numels),
+            (table(nonfinite)),
+        )
+        present = table() > 0
 
         def masked(kind: Field, data: np.ndarray) -> np.ndarray:
-            return np.where(present(kind), data, np.nan)
+            return np.where(present[kind], data, np.nan)
 
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            n_out = per_layer(Field.OUT_SUM, self.numels)
-            mean = per_layer(Field.OUT_SUM, sums) / n_out
-            second = per_layer(Field.OUT_NORM, squares) / n_out
+            mean = total[Field.OUT_SUM] / count[Field.OUT_SUM]
+            second = squares[Field.OUT_NORM] / count[Field.OUT_SUM]
             std = np.sqrt(np.maximum(second - mean * mean, 0.0))
             std = np.where(np.isfinite(second), std, second)
-            saturated = per_layer(Field.OUT_SATURATED, sums) / per_layer(
-                Field.OUT_SATURATED, self.numels
-            )
-            dead = per_layer(Field.DEAD, sums) / per_layer(Field.DEAD, self.numels)
             scale = self._scalar(Field.SCALE, sums, default=1.0)
-            signal = np.sqrt(per_layer(Field.GRAD_NORM, squares)) / scale
-            grad_norm = np.sqrt(per_layer(Field.PARAM_GRAD_NORM, squares))
+            grad_norm = np.sqrt(squares[Field.PARAM_GRAD_NORM])
             if params_scaled:
                 grad_norm = grad_norm / scale
-            weight_norm = np.sqrt(per_layer(Field.PARAM_NORM, squares))
-        return StepStats(
-            grad_norm=masked(Field.PARAM_GRAD_NORM, grad_norm),
-            weight_norm=masked(Field.PARAM_NORM, weight_norm),
-            signal_norm=masked(Field.GRAD_NORM, signal),
-            act_mean=masked(Field.OUT_SUM, mean),
-            act_std=masked(Field.OUT_SUM, std),
-            saturated=masked(Field.OUT_SATURATED, saturated),
-            dead=masked(Field.DEAD, dead),
-            nonfinite_out=masked(Field.OUT_SUM, per_layer(Field.OUT_SUM, nonfinite)),
-            nonfinite_grad=masked(Field.GRAD_SUM, per_layer(Field.GRAD_SUM, nonfinite)),
-            loss=self._scalar(Field.LOSS, sums, default=np.nan),
-            first_nonfinite=self._first_nonfinite(nonfinite),
-        )
+            return StepStats(
+                grad_norm=masked(Field.PARAM_GRAD_NORM, grad_norm),
+                weight_norm=masked(Field.PARAM_NORM, np.sqrt(squares[Field.PARAM_NORM])),
+                signal_norm=masked(Field.GRAD_NORM, np.sqrt(squares[Field.GRAD_NORM]) / scale),
+                act_mean=masked(Field.OUT_SUM, mean),
+                act_std=masked(Field.OUT_SUM, std),
+                saturated=masked(
+                    Field.OUT_SATURATED,
+                    total[Field.OUT_SATURATED] / count[Field.OUT_SATURATED],
+                ),
+                dead=masked(Field.DEAD, total[Field.DEAD] / count[Field.DEAD]),
+                nonfinite_out=masked(Field.OUT_SUM, bad[Field.OUT_SUM]),
+                nonfinite_grad=masked(Field.GRAD_NORM, bad[Field.GRAD_NORM]),
+                loss=self._scalar(Field.LOSS, sums, default=np.nan),
+                first_nonfinite=self._first_nonfinite(nonfinite),
+            )
 
     def _scalar(self, kind: Field, sums: np.ndarray, default: float) -> float:
         hits = np.flatnonzero(self.fields == kind)
@@ -225,12 +335,12 @@ class HostStep:
     def _first_nonfinite(self, nonfinite: np.ndarray) -> tuple[int, int]:
         """(layer, phase) of the first hook call that saw a non-finite value, phase 0 for
         the forward pass and 1 for the backward pass; (-1, -1) when all were finite."""
-        watched = (self.fields == Field.OUT_SUM) | (self.fields == Field.GRAD_SUM)
+        watched = (self.fields == Field.OUT_SUM) | (self.fields == Field.GRAD_NORM)
         hits = np.flatnonzero(watched & (nonfinite > 0))
         if not hits.size:
             return (-1, -1)
         first = hits[0]
-        return int(self.layers[first]), int(self.fields[first] == Field.GRAD_SUM)
+        return int(self.layers[first]), int(self.fields[first] == Field.GRAD_NORM)
 
 
 @dataclass(frozen=True)

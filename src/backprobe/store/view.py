@@ -162,7 +162,8 @@ class MemoryRun(RunView):
     def append(self, step: int, series: dict[str, np.ndarray]) -> None:
         self._steps.append(step)
         for stat, values in series.items():
-            self._series[stat].append(np.asarray(values, dtype=np.float32))
+            with np.errstate(over="ignore"):  # beyond float32's range is stored as inf
+                self._series[stat].append(np.asarray(values, dtype=np.float32))
 
     def flush(self) -> None:
         """Nothing to write: kept for the sink interface."""

@@ -63,10 +63,11 @@ class RunWriter:
             self._pending_layers = list(layers)
 
     def append(self, step: int, series: dict[str, np.ndarray]) -> None:
-        rows = [
-            (self.run_id, stat, step, np.asarray(values, dtype=np.float32).tobytes())
-            for stat, values in series.items()
-        ]
+        with np.errstate(over="ignore"):  # beyond float32's range is stored as inf
+            rows = [
+                (self.run_id, stat, step, np.asarray(values, dtype=np.float32).tobytes())
+                for stat, values in series.items()
+            ]
         with self._lock:
             self._pending_rows.extend(rows)
 
