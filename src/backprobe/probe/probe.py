@@ -32,6 +32,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..errors import ProbeConfigError, UnsupportedModuleError
 from ..store import DEFAULT_DB, LayerInfo, MemoryRun, RunView, RunWriter
+from ..store.view import LAYER_SERIES
 from .outputs import floating_tensors
 from .schedule import Schedule, make_schedule
 from .selection import (
@@ -376,20 +377,7 @@ class Probe(RunView):
         position[order] = np.arange(order.size)
         layer, phase = stats.first_nonfinite
         first = (int(position[layer]), phase) if layer >= 0 else (-1, -1)
-        per_layer = {
-            name: getattr(stats, name)[order]
-            for name in (
-                "grad_norm",
-                "weight_norm",
-                "signal_norm",
-                "act_mean",
-                "act_std",
-                "saturated",
-                "dead",
-                "nonfinite_out",
-                "nonfinite_grad",
-            )
-        }
+        per_layer = {name: getattr(stats, name)[order] for name in LAYER_SERIES}
         return {
             **per_layer,
             "loss": np.array([stats.loss]),
