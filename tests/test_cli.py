@@ -308,3 +308,24 @@ def test_installed_console_script(db):
     )
     assert done.returncode == 0, done.stderr
     assert "alpha" in done.stdout and "beta" in done.stdout
+
+
+def test_runs_shows_whole_names_at_80_columns(tmp_path, monkeypatch):
+    """The name is what `show` takes: it must not be cut in a standard terminal."""
+    import torch
+    from typer.testing import CliRunner
+
+    from backprobe import Probe
+    from backprobe.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    db = "runs.db"
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    name = "demo/ch1/short-sigmoid"  # the demo's longest name; cut to "short-sigmo…" before
+    with Probe(model, db=db, name=name) as probe:
+        model(torch.randn(3, 2)).sum().backward()
+        probe.step()
+    monkeypatch.setenv("COLUMNS", "80")
+    result = CliRunner().invoke(app, ["runs", "--db", db])
+    assert result.exit_code == 0
+    assert name in result.output

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -90,9 +91,20 @@ def runs(db: DbOption = DEFAULT_DB) -> None:
     finally:
         database.close()
     # escape(): names and paths are text, not rich markup ("net[relu]", "a[/b]")
-    table = Table(title=f"runs in {escape(str(db))}", title_justify="left")
+    table = Table(
+        title=f"runs in {escape(str(db))}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
     for header in ("id", "name", "status", "steps", "layers", "started"):
-        table.add_column(header, justify="right" if header in ("id", "steps", "layers") else "left")
+        numeric = header in ("id", "steps", "layers")
+        # a long name wraps rather than being cut: it is what `show` is called with
+        table.add_column(
+            header,
+            justify="right" if numeric else "left",
+            overflow="fold" if header == "name" else "ellipsis",
+        )
     for r in infos:
         started = dt.datetime.fromtimestamp(r.created).strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(str(r.id), escape(r.name), r.status, str(r.steps), str(r.layers), started)
