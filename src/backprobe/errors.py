@@ -26,3 +26,11 @@ class RunDatabaseError(BackprobeError):
 
 class RunNotFoundError(BackprobeError, LookupError):
     """No run with the given id or name is stored in the run database."""
+
+
+class TheoryInputError(BackprobeError, ValueError):
+    """A theory function was given a matrix, activation, module or number it cannot use."""
+
+
+class FixedPointError(TheoryInputError):
+    """A mean-field variance map neither converged nor diverged within its iterations."""
