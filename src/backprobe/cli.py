@@ -70,7 +70,7 @@ def demo(
     ] = False,
     seed: Annotated[int, typer.Option(help="Random seed for data and weights.")] = 0,
 ) -> None:
-    """Replay the seeds' story: a short vs a 50-layer network, sigmoid vs ReLU + He init.
+    """Watch gradients vanish: a short vs a 50-layer network, sigmoid vs ReLU + He init.
 
     Trains each model on the same synthetic task with the probe attached, prints its
     per-layer gradient profile and verdict, and stores every run in the run database.
