@@ -34,3 +34,7 @@ class TheoryInputError(BackprobeError, ValueError):
 
 class FixedPointError(TheoryInputError):
     """A mean-field variance map neither converged nor diverged within its iterations."""
+
+
+class RecurrentInputError(BackprobeError, ValueError):
+    """An unrolled recurrent pass was given a module, input or state it cannot reproduce."""
