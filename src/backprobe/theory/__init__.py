@@ -7,6 +7,10 @@ those bounds bound.
 ``meanfield``: mean-field theory of wide random feed-forward nets (Poole et al. 2016;
 Schoenholz et al. 2017): the variance map and its fixed point q*, the per-layer gradient
 factor χ1, the depth scale ξ and the edge of chaos.
+
+``jacobian``: singular values of a model's per-example input–output Jacobian and of each
+layer's own Jacobian (full SVD or top-k by jvp/vjp subspace iteration), and how close
+they are to dynamical isometry (Saxe et al. 2014; Pennington et al. 2017).
 """
 
 from ..errors import FixedPointError, TheoryInputError
@@ -18,6 +22,12 @@ from .bounds import (
     pascanu_regime,
     recurrent_regimes,
     spectral_norm,
+)
+from .jacobian import (
+    IsometrySummary,
+    isometry_summary,
+    jacobian_singular_values,
+    layer_jacobian_singular_values,
 )
 from .meanfield import (
     MeanField,
@@ -34,6 +44,7 @@ from .meanfield import (
 
 __all__ = [
     "FixedPointError",
+    "IsometrySummary",
     "MeanField",
     "RecurrentRegime",
     "TheoryInputError",
@@ -44,7 +55,10 @@ __all__ = [
     "fixed_point_q",
     "gaussian_expectation",
     "hochreiter_bound",
+    "isometry_summary",
     "jacobian_norms",
+    "jacobian_singular_values",
+    "layer_jacobian_singular_values",
     "mean_field",
     "pascanu_regime",
     "predicted_gradient_ratio",
