@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TheoryInputError
+from ._inputs import as_tensor
 
 __all__ = [
     "EXPLODING",
@@ -150,13 +151,7 @@ def activation_gamma(name_or_module: Activation) -> float:
 
 def _float64(x: object, what: str) -> torch.Tensor:
     """``x`` (tensor, array or nested sequence) as a detached float64 tensor."""
-    try:
-        t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise TheoryInputError(
-            f"Expected {what} as a torch tensor or numpy array but got {type(x).__name__}; "
-            f"pass e.g. rnn.weight_hh_l0."
-        ) from err
+    t = as_tensor(x, what, "e.g. rnn.weight_hh_l0")
     if t.is_complex() or t.dtype == torch.bool:
         raise TheoryInputError(f"Expected {what} with real entries but got dtype {t.dtype}.")
     return t.to(torch.float64)

@@ -49,6 +49,7 @@ from torch import nn
 from torch.func import functional_call, jacfwd, jacrev, jvp, vjp, vmap
 
 from ..errors import TheoryInputError
+from ._inputs import as_tensor
 
 __all__ = [
     "BAND",
@@ -113,13 +114,7 @@ _JIT_WARNING = r"`torch\.jit\.script` is (deprecated|not supported)"
 
 def _batch(x: object, what: str = "x") -> torch.Tensor:
     """``x`` as a detached float64 tensor ``[B, *in_shape]`` with B ≥ 1 and finite entries."""
-    try:
-        t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise TheoryInputError(
-            f"Expected {what} as a torch tensor or numpy array but got {type(x).__name__}; "
-            f"pass a batch such as torch.randn(8, 32)."
-        ) from err
+    t = as_tensor(x, what, "a batch such as torch.randn(8, 32)")
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
         raise TheoryInputError(
             f"Expected {what} with real floating-point entries but got dtype {t.dtype}; "
