@@ -249,3 +249,14 @@ def test_tiny_gradients_are_measured_not_rounded_to_zero(make_probe):
     np.testing.assert_allclose(probe.history("grad_norm")[0, 0], expected.item(), rtol=1e-5)
     signal = hidden.grad.double().norm().item()
     np.testing.assert_allclose(probe.history("signal_norm")[0, 1], signal, rtol=1e-5)
+
+
+def test_sparse_embedding_gradients_are_measured(make_probe):
+    """nn.Embedding(sparse=True) produces sparse gradients, with repeated indices."""
+    model = nn.Sequential(nn.Embedding(10, 4, sparse=True), nn.Flatten(), nn.Linear(8, 1))
+    probe = make_probe(model).attach()
+    tokens = torch.tensor([[1, 1], [3, 1], [7, 3]])  # repeated rows must be summed first
+    model(tokens).sum().backward()
+    probe.step()
+    expected = model[0].weight.grad.to_dense().norm().item()
+    np.testing.assert_allclose(probe.history("grad_norm")[0, 0], expected, rtol=1e-6)

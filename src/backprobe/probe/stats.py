@@ -96,7 +96,8 @@ def add_tensor_norms(
     buffer: StepBuffer, items: list[tuple[int, torch.Tensor]], kind: Field
 ) -> list[torch.Tensor]:
     """One entry of ``kind`` per ``(layer, tensor)``: its norm, accumulated in float32
-    (float64 for float64 tensors), one stacked vector per device and dtype.
+    (float64 for float64 tensors), one stacked vector per device and dtype. A sparse
+    tensor's norm is that of its coalesced values.
 
     Returns the tensors in entry order, for :func:`refine_norms`.
     """
@@ -104,6 +105,8 @@ def add_tensor_norms(
         list
     )
     for layer, t in items:
+        if t.is_sparse:  # nn.Embedding(sparse=True): duplicates sum, then the values count
+            t = t.coalesce().values()
         groups[(t.device, t.dtype)].append((layer, t))
     ordered: list[torch.Tensor] = []
     for (_, dtype), group in groups.items():
