@@ -260,3 +260,17 @@ def test_sparse_embedding_gradients_are_measured(make_probe):
     probe.step()
     expected = model[0].weight.grad.to_dense().norm().item()
     np.testing.assert_allclose(probe.history("grad_norm")[0, 0], expected, rtol=1e-6)
+
+
+def test_lazy_modules_are_probed_once_materialised(tmp_path):
+    """LazyLinear has no shapes at attach; the run opens, and the first forward fills in."""
+    from backprobe import Probe
+
+    model = nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(1))
+    x = torch.randn(3, 5)
+    with Probe(model, db=tmp_path / "runs.db") as probe:
+        model(x).sum().backward()
+        probe.step()
+    expected = torch.cat([p.grad.reshape(-1) for p in model[0].parameters()]).norm().item()
+    np.testing.assert_allclose(probe.history("grad_norm")[0, 0], expected, rtol=1e-6)
+    assert [layer.n_params for layer in probe.layer_info] == [48, 0, 9]

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 from torch.utils.hooks import RemovableHandle
 
 from ..errors import ProbeConfigError, UnsupportedModuleError
@@ -231,10 +232,12 @@ class Probe(RunView):
             **self._user_config,
         }
         params = list(self.model.parameters())
+        ready = [p for p in params if not is_lazy(p)]  # lazy modules: shapes come later
         model = {
             "class": type(self.model).__name__,
-            "parameters": sum(p.numel() for p in params),
-            "trainable": sum(p.numel() for p in params if p.requires_grad),
+            "parameters": sum(p.numel() for p in ready),
+            "trainable": sum(p.numel() for p in ready if p.requires_grad),
+            "uninitialized": len(params) - len(ready),
             "device": str(params[0].device),
             "dtype": str(params[0].dtype),
         }
@@ -304,7 +307,7 @@ class Probe(RunView):
 
     def _record(self, loss: torch.Tensor | float | None) -> None:
         buffer = self._buffer
-        trainable = [(i, p) for i, p in self._params if p.requires_grad]
+        trainable = [(i, p) for i, p in self._params if p.requires_grad and not is_lazy(p)]
         weights = add_tensor_norms(
             buffer, [(i, p.detach()) for i, p in trainable], Field.PARAM_NORM
         )
