@@ -145,3 +145,23 @@ def test_gradient_norm_beyond_float32_range_is_exploding_not_nonfinite(make_prob
     assert v.status == "exploding"
     assert v.layer == 0
     assert "overflows float32" in v.message
+
+
+def test_summary_table_shows_a_norm_beyond_float32_range(make_probe):
+    """The overflow case of the verdict must also render in the terminal table."""
+    import io
+
+    from rich.console import Console
+
+    from backprobe.report.text import print_summary
+
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 1))
+    with torch.no_grad():
+        model[1].weight.fill_(1.0)
+    probe = make_probe(model).attach()
+    (model(torch.ones(2, 64)).sum() * 1e37).backward()
+    probe.step()
+    out = io.StringIO()
+    print_summary(probe, console=Console(file=out, width=100, color_system=None))
+    assert "inf" in out.getvalue()
+    assert "overflows float32" in out.getvalue()

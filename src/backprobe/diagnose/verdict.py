@@ -8,12 +8,12 @@ of large ones blows them up.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
+from .._format import compact_number
 from ..store.view import RunView
 
 Status = Literal["healthy", "vanishing", "exploding", "nonfinite", "unknown"]
@@ -51,12 +51,7 @@ def format_ratio(ratio: float) -> str:
     """Ratios span dozens of decades: ``3e-9``, ``0.42``, ``0 (underflow)``."""
     if ratio == 0:
         return "0 (underflow)"
-    if not math.isfinite(ratio):
-        return str(ratio)
-    if 1e-2 <= abs(ratio) < 1e3:
-        return f"{ratio:.2g}"
-    mantissa, exponent = f"{ratio:.0e}".split("e")
-    return f"{mantissa}e{int(exponent)}"
+    return compact_number(ratio, significant=2, exponent_decimals=0)
 
 
 def verdict(run: RunView, step: int | None = None, thresholds: Thresholds | None = None) -> Verdict:

@@ -35,6 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from .._format import compact_number
 from ..diagnose.verdict import Verdict, format_ratio, verdict
 from ..probe import Probe
 from ..report.text import log_bar, verdict_text
@@ -333,14 +334,7 @@ def _sparse_rows(n: int, every: int = 5) -> list[int]:
 
 def _fmt_norm(value: float) -> str:
     """Norms in at most 7 characters: ``0.0753``, ``2.0e-18``, ``0``."""
-    if value == 0:
-        return "0"
-    if not math.isfinite(value):
-        return "" if math.isnan(value) else str(value)
-    if 1e-2 <= abs(value) < 1e3:
-        return f"{value:.3g}"
-    mantissa, exponent = f"{value:.1e}".split("e")
-    return f"{mantissa}e{int(exponent)}"
+    return "" if math.isnan(value) else compact_number(value)
 
 
 def _pct(value: float) -> str:

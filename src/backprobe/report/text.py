@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .._format import compact_number
 from ..diagnose.verdict import Verdict, verdict
 from ..store.view import RunView
 
@@ -36,10 +37,7 @@ def _fmt(value: float, kind: str = "g") -> str:
         return f"{100 * value:.0f}%"
     if kind == "int":
         return f"{value:.0f}"
-    if value == 0 or 1e-2 <= abs(value) < 1e3:
-        return f"{value:{'.3g' if kind == 'g' else kind}}"
-    mantissa, exponent = f"{value:.1e}".split("e")
-    return f"{mantissa}e{int(exponent)}"
+    return compact_number(value, significant=2 if kind == ".2g" else 3)
 
 
 def log_span(values: np.ndarray) -> tuple[float, float]:
