@@ -266,7 +266,8 @@ class Probe(RunView):
                     self._names[i], module, "its output holds no floating-point tensor"
                 )
             return
-        self._first_call.setdefault(i, len(self._first_call))
+        if self._order is None:  # only the first recorded step decides the layer order
+            self._first_call.setdefault(i, len(self._first_call))
         family = self._families[i]
         self._buffer.add_output(
             i,
