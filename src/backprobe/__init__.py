@@ -21,18 +21,30 @@ from ._version import __version__
 from .errors import BackprobeError
 
 if TYPE_CHECKING:
+    from .diagnose.finding import Finding, Remedy
     from .diagnose.verdict import Verdict, verdict
     from .probe import Probe
     from .store import open_run
 
 _LAZY = {
+    "Finding": ".diagnose.finding",
+    "Remedy": ".diagnose.finding",
     "Probe": ".probe",
     "Verdict": ".diagnose.verdict",
     "verdict": ".diagnose.verdict",
     "open_run": ".store",
 }
 
-__all__ = ["BackprobeError", "Probe", "Verdict", "__version__", "open_run", "verdict"]
+__all__ = [
+    "BackprobeError",
+    "Finding",
+    "Probe",
+    "Remedy",
+    "Verdict",
+    "__version__",
+    "open_run",
+    "verdict",
+]
 
 
 def __getattr__(name: str) -> object:
