@@ -38,3 +38,8 @@ class FixedPointError(TheoryInputError):
 
 class RecurrentInputError(BackprobeError, ValueError):
     """An unrolled recurrent pass was given a module, input or state it cannot reproduce."""
+
+
+class RemedyError(BackprobeError, ValueError):
+    """A remedy (init, swap, clipping, truncated BPTT, regulariser, ESN, optimiser spec) was
+    given a model, scheme, option or spec it cannot apply."""
