@@ -1,8 +1,9 @@
-"""Models for the lab: a plain multilayer perceptron of any depth, activation and init.
+"""Models for the lab: a plain multilayer perceptron and a recurrent sequence model.
 
 The seeds' "short" and "long" networks are the same building block repeated a different
 number of times, so one class covers both; activation and initialisation are the two
-knobs the seeds (and later chapters) turn to cure a vanishing gradient.
+knobs the seeds (and later chapters) turn to cure a vanishing gradient. Through time the
+knob is the cell: a plain tanh RNN, an IRNN, an LSTM or a GRU around the same readout.
 """
 
 from __future__ import annotations
@@ -10,14 +11,28 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Literal, get_args
 
+import torch
 from torch import nn
 
-__all__ = ["ACTIVATIONS", "INITS", "Activation", "DeepMLP", "Init"]
+__all__ = [
+    "ACTIVATIONS",
+    "CELLS",
+    "INITS",
+    "Activation",
+    "Cell",
+    "DeepMLP",
+    "Init",
+    "Readout",
+    "RecurrentModel",
+]
 
 Activation = Literal["sigmoid", "tanh", "relu"]
 Init = Literal["default", "xavier", "he", "orthogonal"]
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 INITS: tuple[str, ...] = get_args(Init)
+Cell = Literal["rnn", "lstm", "gru", "irnn"]
+CELLS: tuple[str, ...] = get_args(Cell)
+Readout = Literal["last", "all"]
 
 _ACTIVATION_TYPES: dict[str, type[nn.Module]] = {
     "sigmoid": nn.Sigmoid,
@@ -111,3 +126,114 @@ class DeepMLP(nn.Sequential):
 
     def extra_repr(self) -> str:
         return f"depth={self.depth}, width={self.width}, {self.activation}, init={self.init}"
+
+
+_RNN_TYPES: dict[str, type[nn.RNNBase]] = {
+    "rnn": nn.RNN,
+    "irnn": nn.RNN,
+    "lstm": nn.LSTM,
+    "gru": nn.GRU,
+}
+# Le et al. (2015) draw the IRNN's input weights from N(0, 0.001^2).
+_IRNN_INPUT_STD = 1e-3
+
+
+class RecurrentModel(nn.Module):
+    """A sequence model: (embedding →) recurrent core → Linear readout.
+
+    Input is either token ids x int64 [batch, T] (when ``embed`` is given; then the first
+    argument is the vocabulary size) or features x float [batch, T, input_size]. The core
+    is ``self.rnn``, a plain ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` with ``batch_first=True``
+    (so the probe finds it by type and its name reads ``rnn``). The readout ``self.out``
+    is a Linear from the top layer's hidden state to ``n_out`` outputs:
+
+    - ``readout="last"``: from h_T only, output [batch, n_out] — a classifier or
+      regressor that must carry what it needs across the whole sequence;
+    - ``readout="all"``: from every h_t, output [batch, T, n_out] — for the copy task
+      and one-step-ahead forecasts.
+
+    Cells:
+
+    - ``"rnn"``: Elman tanh RNN, PyTorch's default init ``U(±1/√hidden)``;
+    - ``"irnn"``: Le et al. (2015): ReLU RNN with W_hh = identity, all biases zero and
+      input weights ``N(0, 0.001²)``: the state is carried unchanged until learnt
+      otherwise, so the gradient through time neither vanishes nor explodes at first;
+    - ``"lstm"`` / ``"gru"``: the gated cells, PyTorch's default init.
+
+    ``recurrent_norm`` (optional) rescales each layer's W_hh — for LSTM/GRU each gate's
+    block — to that largest singular value λ1 after init: Pascanu et al.'s knob
+    (λ1 < 1/γ: vanishing is certain, λ1 > 1/γ: exploding becomes possible; γ = 1 for tanh).
+    """
+
+    def __init__(
+        self,
+        vocab_or_input_size: int,
+        hidden: int,
+        n_out: int,
+        cell: Cell = "rnn",
+        layers: int = 1,
+        embed: int | None = None,
+        readout: Readout = "last",
+        recurrent_norm: float | None = None,
+    ) -> None:
+        super().__init__()
+        if cell not in _RNN_TYPES:
+            raise ValueError(f"Expected cell in {CELLS}, got {cell!r}.")
+        if readout not in get_args(Readout):
+            raise ValueError(f"Expected readout in {get_args(Readout)}, got {readout!r}.")
+        if min(vocab_or_input_size, hidden, n_out, layers) < 1 or (embed is not None and embed < 1):
+            raise ValueError(
+                "Expected positive vocab_or_input_size, hidden, n_out, layers and embed, got "
+                f"{vocab_or_input_size=}, {hidden=}, {n_out=}, {layers=}, {embed=}."
+            )
+        if recurrent_norm is not None and recurrent_norm < 0:
+            raise ValueError(f"Expected recurrent_norm >= 0 or None, got {recurrent_norm}.")
+        self.cell = cell
+        self.readout = readout
+        self.embedding = None if embed is None else nn.Embedding(vocab_or_input_size, embed)
+        rnn_input = vocab_or_input_size if embed is None else embed
+        kwargs = {"nonlinearity": "relu"} if cell == "irnn" else {}
+        self.rnn = _RNN_TYPES[cell](
+            rnn_input, hidden, num_layers=layers, batch_first=True, **kwargs
+        )
+        self.out = nn.Linear(hidden, n_out)
+        if cell == "irnn":
+            self._init_irnn()
+        if recurrent_norm is not None:
+            self.set_recurrent_norm(recurrent_norm)
+
+    def _init_irnn(self) -> None:
+        with torch.no_grad():
+            for name, p in self.rnn.named_parameters():
+                if name.startswith("weight_hh"):
+                    p.copy_(torch.eye(p.shape[0]))
+                elif name.startswith("weight_ih"):
+                    p.normal_(0.0, _IRNN_INPUT_STD)
+                else:
+                    p.zero_()
+
+    @torch.no_grad()
+    def set_recurrent_norm(self, norm: float) -> None:
+        """Rescale every W_hh block (one per gate) to largest singular value ``norm``."""
+        for name, p in self.rnn.named_parameters():
+            if not name.startswith("weight_hh"):
+                continue
+            for block in p.split(self.rnn.hidden_size, dim=0):  # gate blocks [H, H]
+                sigma = torch.linalg.matrix_norm(block, ord=2)
+                if float(sigma) > 0:
+                    block.mul_(norm / sigma)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: int64 [B, T] (with an embedding) or float [B, T, F] → [B, n_out] or
+        [B, T, n_out] (``readout="all"``)."""
+        if self.embedding is not None:
+            x = self.embedding(x)  # [B, T, E]
+        elif x.dim() == 2:  # one feature per step given as [B, T]
+            x = x.unsqueeze(-1)
+        h, _ = self.rnn(x)  # [B, T, H], the top layer's states
+        if self.readout == "last":
+            h = h[:, -1]
+        return self.out(h)
+
+    def extra_repr(self) -> str:
+        return f"cell={self.cell}, readout={self.readout}"

@@ -1,5 +1,8 @@
 """Synthetic tasks for the lab: small, seeded, generated in a few milliseconds.
 
+Every generator draws from its own ``torch.Generator`` seeded by ``seed`` (the global RNG
+is untouched), so a task is a pure function of its arguments.
+
 The demo needs a task that a short network learns in a few hundred plain-SGD steps, so
 that a deep network failing on it can only be blamed on its depth. Labels come from a
 fixed random *teacher* network: a one-hidden-layer tanh MLP. Its decision boundaries are
@@ -13,7 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Task", "classification_task"]
+__all__ = [
+    "AutocompleteTask",
+    "Task",
+    "autocomplete_task",
+    "classification_task",
+]
 
 
 @dataclass(frozen=True)
@@ -145,3 +153,108 @@ def classification_task(
         y_test=y[test_mask],
         n_classes=n_classes,
     )
+
+
+# --- The seeds' autocomplete example ------------------------------------------------------
+
+# Two-word time markers, four per class, so that the class is not one token's identity
+# alone. "today ," and "yesterday ," share their second word, "last month" and "last year"
+# their first: the network must read the marker, not a single fixed position's word.
+_PRESENT_MARKERS: tuple[tuple[str, str], ...] = (
+    ("today", ","),
+    ("right", "now"),
+    ("this", "week"),
+    ("these", "days"),
+)
+_PAST_MARKERS: tuple[tuple[str, str], ...] = (
+    ("last", "month"),
+    ("last", "year"),
+    ("back", "then"),
+    ("yesterday", ","),
+)
+# The words in between: the seeds' "due to my current job situation and family condition"
+# and more of its kind. None of them says anything about time, so they carry no class.
+_FILLER_WORDS: tuple[str, ...] = (
+    "due", "to", "my", "current", "job", "situation", "and", "family", "condition",
+    "the", "bank", "rent", "car", "house", "so", "much", "work", "money", "after", "all",
+    "of", "a", "big", "small",
+)  # fmt: skip
+_VERBS: tuple[str, str] = ("need", "had")
+_SUBJECT = "i"
+_AUTOCOMPLETE_VOCAB: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        [w for m in _PRESENT_MARKERS + _PAST_MARKERS for w in m] + list(_FILLER_WORDS) + [_SUBJECT]
+    )
+)
+
+
+@dataclass(frozen=True)
+class AutocompleteTask:
+    """Sentences whose last word depends on their first words, with filler in between.
+
+    Attributes:
+        x: int64 [n, filler + 3] token ids: a two-word time marker, ``filler`` filler
+            words, then "i" — the point where the verb must be predicted.
+        y: int64 [n], the verb class: 0 = "need" (a present marker such as "today"),
+            1 = "had" (a past marker such as "last month").
+        vocab: the word of each token id (``vocab[x[i, t]]``).
+        n_classes: 2.
+        chance: accuracy of a constant guess: 0.5 (the classes are balanced).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    vocab: tuple[str, ...]
+    n_classes: int = 2
+    chance: float = 0.5
+    verbs: tuple[str, ...] = _VERBS
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def length(self) -> int:
+        """Tokens per sentence, T."""
+        return int(self.x.shape[1])
+
+    def sentence(self, i: int) -> str:
+        """Sentence ``i`` as words with its verb, e.g. "today , due to my … i need"."""
+        words = [self.vocab[int(t)] for t in self.x[i]]
+        return " ".join([*words, self.verbs[int(self.y[i])]])
+
+
+def autocomplete_task(n: int, filler: int, *, seed: int = 0) -> AutocompleteTask:
+    """The seeds' autocomplete example: "today … i need" against "last month … i had".
+
+    Each sentence opens with one of four present or four past two-word time markers
+    (the class, balanced: exactly ``n // 2`` of each, up to one), continues with
+    ``filler`` words drawn uniformly and independently from 24 time-neutral words, and
+    ends with "i". The verb to predict after "i" is "need" (class 0) for a present marker
+    and "had" (class 1) for a past one. Only the first two tokens carry the class, so a
+    model must carry that information across ``filler + 1`` steps: with a long filler,
+    a plain RNN's gradient from the verb back to the marker vanishes and it stays at
+    chance (0.5), while an LSTM or GRU can learn it.
+
+    Returns:
+        AutocompleteTask with x int64 [n, filler + 3] and y int64 [n].
+
+    Raises:
+        ValueError: for ``n < 1`` or ``filler < 0``.
+    """
+    if n < 1 or filler < 0:
+        raise ValueError(f"Expected n >= 1 and filler >= 0, got n={n}, filler={filler}.")
+    g = torch.Generator().manual_seed(seed)
+    index = {w: i for i, w in enumerate(_AUTOCOMPLETE_VOCAB)}
+    # markers [2, 4, 2]: class, variant, word → token id.
+    markers = torch.tensor(
+        [[[index[w] for w in m] for m in ms] for ms in (_PRESENT_MARKERS, _PAST_MARKERS)]
+    )
+    fillers = torch.tensor([index[w] for w in _FILLER_WORDS])
+    y = (torch.arange(n) % 2)[torch.randperm(n, generator=g)]
+    variant = torch.randint(0, markers.shape[1], (n,), generator=g)
+    head = markers[y, variant]  # [n, 2]
+    body = fillers[torch.randint(0, len(fillers), (n, filler), generator=g)]  # [n, filler]
+    tail = torch.full((n, 1), index[_SUBJECT])
+    x = torch.cat([head, body, tail], dim=1)
+    return AutocompleteTask(x=x.contiguous(), y=y.contiguous(), vocab=_AUTOCOMPLETE_VOCAB)

@@ -1,0 +1,61 @@
+"""RecurrentModel: shapes, the core the probe sees, the IRNN init, W_rec scaling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from backprobe.lab.models import CELLS, RecurrentModel
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_token_and_feature_input_shapes(cell: str) -> None:
+    torch.manual_seed(0)
+    tokens = RecurrentModel(11, 8, 3, cell=cell, embed=5)  # type: ignore[arg-type]
+    assert tokens(torch.randint(0, 11, (4, 6))).shape == (4, 3)
+    feats = RecurrentModel(2, 8, 1, cell=cell, layers=2, readout="all")  # type: ignore[arg-type]
+    assert feats(torch.randn(4, 6, 2)).shape == (4, 6, 1)
+    assert isinstance(feats.rnn, nn.RNNBase) and feats.rnn.num_layers == 2
+
+
+def test_last_readout_is_the_top_state_at_the_end() -> None:
+    torch.manual_seed(0)
+    model = RecurrentModel(3, 6, 2, cell="gru", layers=2)
+    x = torch.randn(5, 7, 3)
+    h, _ = model.rnn(x)
+    assert torch.allclose(model(x), model.out(h[:, -1]))
+
+
+def test_irnn_is_identity_relu_with_zero_bias() -> None:
+    model = RecurrentModel(2, 16, 1, cell="irnn", layers=2)
+    assert model.rnn.nonlinearity == "relu"
+    for name, p in model.rnn.named_parameters():
+        if name.startswith("weight_hh"):
+            assert torch.equal(p, torch.eye(16))
+        elif name.startswith("bias"):
+            assert torch.all(p == 0)
+        else:
+            assert 0 < float(p.detach().std()) < 3e-3
+    # With zero input a one-layer IRNN carries its state unchanged: h_t = relu(h_{t-1}).
+    one = RecurrentModel(2, 16, 1, cell="irnn")
+    h0 = torch.rand(1, 1, 16)
+    with torch.no_grad():
+        out, _ = one.rnn(torch.zeros(1, 9, 2), h0)
+    assert torch.allclose(out[0, -1], h0[0, 0])
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_recurrent_norm_sets_largest_singular_value(cell: str) -> None:
+    model = RecurrentModel(2, 12, 1, cell=cell, recurrent_norm=1.7)  # type: ignore[arg-type]
+    for block in model.rnn.weight_hh_l0.split(12):
+        assert float(torch.linalg.matrix_norm(block, ord=2)) == pytest.approx(1.7, rel=1e-5)
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="cell"):
+        RecurrentModel(2, 4, 1, cell="transformer")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="readout"):
+        RecurrentModel(2, 4, 1, readout="first")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="positive"):
+        RecurrentModel(2, 0, 1)
