@@ -13,14 +13,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 __all__ = [
     "AutocompleteTask",
+    "InsuranceTask",
+    "SequenceTask",
     "Task",
+    "adding_task",
     "autocomplete_task",
     "classification_task",
+    "copy_task",
+    "insurance_task",
+    "latch_task",
+    "mackey_glass",
+    "temporal_order_task",
 ]
 
 
@@ -258,3 +267,344 @@ def autocomplete_task(n: int, filler: int, *, seed: int = 0) -> AutocompleteTask
     tail = torch.full((n, 1), index[_SUBJECT])
     x = torch.cat([head, body, tail], dim=1)
     return AutocompleteTask(x=x.contiguous(), y=y.contiguous(), vocab=_AUTOCOMPLETE_VOCAB)
+
+
+# --- The seeds' insurance network ------------------------------------------------------------
+
+INSURANCE_FEATURES: tuple[str, ...] = ("age", "education", "income", "savings")
+# How much each hidden factor contributes to the decision: the seeds' "awareness
+# contributes 20 percent to the final output, affordability 80 percent".
+_AWARENESS_SHARE, _AFFORDABILITY_SHARE = 0.2, 0.8
+# Sharpness of the decision: logit = _SHARPNESS · (0.2·awareness + 0.8·affordability − c).
+_SHARPNESS = 8.0
+
+
+@dataclass(frozen=True)
+class InsuranceTask(Task):
+    """The seeds' insurance data: (age, education, income, savings) → buys insurance.
+
+    Inputs are standardised (zero mean, unit std over the whole draw) so that a network
+    with default init sees them at a sensible scale; ``raw_*`` keep them in their units
+    (years, years of education, thousand per year, thousand). ``awareness_*`` and
+    ``affordability_*`` [n] are the hidden factors that produced the labels, in [-1, 1];
+    ``bayes`` is the accuracy of the true probabilities, the ceiling of any model.
+    """
+
+    raw_train: torch.Tensor | None = None
+    raw_test: torch.Tensor | None = None
+    awareness_train: torch.Tensor | None = None
+    awareness_test: torch.Tensor | None = None
+    affordability_train: torch.Tensor | None = None
+    affordability_test: torch.Tensor | None = None
+    bayes: float = 1.0
+    majority: float = 0.5
+
+    @property
+    def chance(self) -> float:
+        """Accuracy of always predicting the more common answer."""
+        return self.majority
+
+
+def insurance_task(n_train: int = 4096, n_test: int = 2048, *, seed: int = 0) -> InsuranceTask:
+    """Who buys insurance, decided through two hidden factors (the seeds' first picture).
+
+    Draws (independently, from ``seed``): age ~ U[18, 70] years, education ~ U[8, 20]
+    years, income ~ log-normal (median 60k, σ_log 0.5), savings ~ log-normal (median
+    20k, σ_log 1.0). The hidden factors, each in [-1, 1]:
+
+    - awareness = tanh(0.8·z(age) + 0.6·z(education)) — age and education make people
+      aware of insurance;
+    - affordability = tanh(0.7·z(log income) + 0.7·z(log savings)) — money makes it
+      affordable;
+
+    where z standardises with the distribution's own mean and std (known in closed form,
+    so train and test share it). A person buys with probability
+    σ(8·(0.2·awareness + 0.8·affordability)): affordability weighs four times as much as
+    awareness, as in the seeds. Labels are Bernoulli draws, so even the true rule is not
+    perfect: ``bayes`` (≈ 0.9) is the best accuracy achievable.
+
+    Returns:
+        InsuranceTask with x_* float32 [n, 4] (standardised), y_* int64 [n] (1 = buys).
+    """
+    if min(n_train, n_test) < 1:
+        raise ValueError(f"Expected positive n_train and n_test, got {n_train}, {n_test}.")
+    g = torch.Generator().manual_seed(seed)
+    n = n_train + n_test
+    u = torch.rand(n, 2, generator=g)
+    age = 18.0 + 52.0 * u[:, 0]
+    education = 8.0 + 12.0 * u[:, 1]
+    logs = torch.randn(n, 2, generator=g)
+    log_income = math.log(60.0) + 0.5 * logs[:, 0]
+    log_savings = math.log(20.0) + 1.0 * logs[:, 1]
+    # z-scores with the distributions' own moments (U[a, b]: std (b − a)/√12).
+    z_age = (age - 44.0) / (52.0 / math.sqrt(12.0))
+    z_edu = (education - 14.0) / (12.0 / math.sqrt(12.0))
+    z_inc = (log_income - math.log(60.0)) / 0.5
+    z_sav = (log_savings - math.log(20.0)) / 1.0
+    awareness = torch.tanh(0.8 * z_age + 0.6 * z_edu)
+    affordability = torch.tanh(0.7 * z_inc + 0.7 * z_sav)
+    p = torch.sigmoid(
+        _SHARPNESS * (_AWARENESS_SHARE * awareness + _AFFORDABILITY_SHARE * affordability)
+    )
+    y = (torch.rand(n, generator=g) < p).long()
+    raw = torch.stack([age, education, log_income.exp(), log_savings.exp()], dim=1)
+    x = torch.stack([z_age, z_edu, z_inc, z_sav], dim=1)
+    bayes = float(torch.maximum(p, 1 - p)[n_train:].mean())
+    majority = float(torch.maximum(y[n_train:].float().mean(), 1 - y[n_train:].float().mean()))
+    tr, te = slice(0, n_train), slice(n_train, n)
+    return InsuranceTask(
+        x_train=x[tr].contiguous(),
+        y_train=y[tr].contiguous(),
+        x_test=x[te].contiguous(),
+        y_test=y[te].contiguous(),
+        n_classes=2,
+        raw_train=raw[tr],
+        raw_test=raw[te],
+        awareness_train=awareness[tr],
+        awareness_test=awareness[te],
+        affordability_train=affordability[tr],
+        affordability_test=affordability[te],
+        bayes=bayes,
+        majority=majority,
+    )
+
+
+# --- Long-range sequence tasks --------------------------------------------------------------
+
+LossKind = Literal["mse", "cross_entropy"]
+
+
+@dataclass(frozen=True)
+class SequenceTask:
+    """A batch of sequences and their targets.
+
+    Attributes:
+        x: the inputs, float32 [n, T, n_inputs] (features per step) or int64 [n, T]
+            (token ids below ``n_inputs``; ``tokens`` is then True).
+        y: the targets: float32 [n, n_out] (regression at the end), int64 [n] (one class
+            at the end) or int64 [n, T] (a class per step; ``per_step`` is then True).
+        n_inputs: features per step, or vocabulary size for token input.
+        n_out: outputs the model needs: regression targets or classes.
+        loss: "mse" or "cross_entropy", the loss the baseline is measured in.
+        baseline: that loss for the best predictor that ignores the input's content
+            (the task's own mean, prior or memoryless guess): the number to beat.
+        chance: accuracy of the best input-blind guess for classification, else None.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    n_inputs: int
+    n_out: int
+    loss: LossKind
+    baseline: float
+    chance: float | None = None
+    tokens: bool = False
+    per_step: bool = False
+
+    @property
+    def length(self) -> int:
+        """Steps per sequence, T."""
+        return int(self.x.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+def _positions(n: int, lo: int, hi: int, g: torch.Generator) -> torch.Tensor:
+    """n positions drawn uniformly from [lo, hi), int64 [n]."""
+    return torch.randint(lo, hi, (n,), generator=g)
+
+
+def adding_task(n: int, length: int, *, seed: int = 0) -> SequenceTask:
+    """The adding problem (Hochreiter & Schmidhuber 1997; the Le et al. 2015 variant).
+
+    Each step has two channels: a value ~ U[0, 1] and a marker, 1 at exactly two steps —
+    one in the first half [0, T/2), one in the second [T/2, T) — and 0 elsewhere. The
+    target is the sum of the two marked values. Predicting its mean (1) gives MSE =
+    Var(U + U') = 2/12 ≈ 0.167: the baseline.
+
+    Returns:
+        SequenceTask with x float32 [n, T, 2], y float32 [n, 1].
+    """
+    if n < 1 or length < 2:
+        raise ValueError(f"Expected n >= 1 and length >= 2, got n={n}, length={length}.")
+    g = torch.Generator().manual_seed(seed)
+    values = torch.rand(n, length, generator=g)
+    half = length // 2
+    first = _positions(n, 0, half, g)
+    second = _positions(n, half, length, g)
+    rows = torch.arange(n)
+    marks = torch.zeros(n, length)
+    marks[rows, first] = 1.0
+    marks[rows, second] = 1.0
+    y = (values[rows, first] + values[rows, second]).unsqueeze(1)
+    return SequenceTask(
+        x=torch.stack([values, marks], dim=2),
+        y=y,
+        n_inputs=2,
+        n_out=1,
+        loss="mse",
+        baseline=2.0 / 12.0,
+    )
+
+
+COPY_SYMBOLS = 8
+COPY_LENGTH = 10
+
+
+def copy_task(n: int, delay: int, *, seed: int = 0) -> SequenceTask:
+    """Copy memory (Arjovsky et al. 2016): remember 10 symbols across ``delay`` steps.
+
+    Tokens: 0 blank, 1 … 8 symbols, 9 the "go" marker. An input is 10 symbols drawn
+    uniformly from 1 … 8, ``delay − 1`` blanks, the marker, then 10 blanks (T = delay + 20
+    steps). The target is blank for the first ``delay + 10`` steps and the 10 symbols for
+    the last 10. A memoryless model predicts blank, then uniform over the 8 symbols:
+    cross-entropy ``10·ln 8 / (delay + 20)`` per step (0.173 at delay 100), the baseline.
+
+    Returns:
+        SequenceTask with x int64 [n, delay + 20] (vocabulary 10), y int64 [n, delay + 20]
+        (9 classes), ``per_step``.
+    """
+    if n < 1 or delay < 1:
+        raise ValueError(f"Expected n >= 1 and delay >= 1, got n={n}, delay={delay}.")
+    g = torch.Generator().manual_seed(seed)
+    length = delay + 2 * COPY_LENGTH
+    symbols = torch.randint(1, COPY_SYMBOLS + 1, (n, COPY_LENGTH), generator=g)
+    x = torch.zeros(n, length, dtype=torch.long)
+    x[:, :COPY_LENGTH] = symbols
+    x[:, delay + COPY_LENGTH - 1] = COPY_SYMBOLS + 1
+    y = torch.zeros(n, length, dtype=torch.long)
+    y[:, -COPY_LENGTH:] = symbols
+    return SequenceTask(
+        x=x,
+        y=y,
+        n_inputs=COPY_SYMBOLS + 2,
+        n_out=COPY_SYMBOLS + 1,
+        loss="cross_entropy",
+        baseline=COPY_LENGTH * math.log(COPY_SYMBOLS) / length,
+        tokens=True,
+        per_step=True,
+    )
+
+
+TEMPORAL_DISTRACTORS = 4
+# Where the information symbols sit, as fractions of L: Hochreiter & Schmidhuber 1997
+# experiment 6a (two symbols) and 6b (three), as used by Pascanu et al. 2013.
+_ORDER_WINDOWS: dict[int, tuple[tuple[float, float], ...]] = {
+    2: ((0.1, 0.2), (0.5, 0.6)),
+    3: ((0.1, 0.2), (0.3, 0.4), (0.6, 0.7)),
+}
+
+
+def temporal_order_task(n: int, length: int, *, symbols: int = 2, seed: int = 0) -> SequenceTask:
+    """Temporal order (Hochreiter & Schmidhuber 1997 exp. 6; Pascanu et al. 2013 §4.1).
+
+    A sequence of ``length`` random distractor tokens (ids 2 … 5) with ``symbols`` (2 or 3)
+    information tokens, each A (id 0) or B (id 1), at positions drawn from
+    [0.1L, 0.2L), [0.5L, 0.6L) (two) or [0.1L, 0.2L), [0.3L, 0.4L), [0.6L, 0.7L) (three).
+    The class is the ordered tuple read as a binary number (AA = 0, AB = 1, BA = 2, BB = 3
+    for two symbols; 8 classes for three), uniform, so chance is 1/4 (1/8) and the
+    input-blind loss ln 4 (ln 8).
+
+    Returns:
+        SequenceTask with x int64 [n, length] (vocabulary 6), y int64 [n].
+    """
+    if symbols not in _ORDER_WINDOWS:
+        raise ValueError(f"Expected symbols 2 or 3, got {symbols}.")
+    if n < 1 or length < 10:
+        raise ValueError(f"Expected n >= 1 and length >= 10, got n={n}, length={length}.")
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(2, 2 + TEMPORAL_DISTRACTORS, (n, length), generator=g)
+    bits = torch.randint(0, 2, (n, symbols), generator=g)
+    rows = torch.arange(n)
+    for k, (lo, hi) in enumerate(_ORDER_WINDOWS[symbols]):
+        a, b = int(lo * length), int(hi * length)
+        x[rows, _positions(n, a, max(b, a + 1), g)] = bits[:, k]
+    weights = 2 ** torch.arange(symbols - 1, -1, -1)
+    n_classes = 2**symbols
+    return SequenceTask(
+        x=x,
+        y=(bits * weights).sum(1),
+        n_inputs=2 + TEMPORAL_DISTRACTORS,
+        n_out=n_classes,
+        loss="cross_entropy",
+        baseline=math.log(n_classes),
+        chance=1.0 / n_classes,
+        tokens=True,
+    )
+
+
+def latch_task(
+    n: int, length: int, *, info: int = 3, noise: float = 0.2, seed: int = 0
+) -> SequenceTask:
+    """The latch / 2-sequence problem (Bengio, Simard & Frasconi 1994).
+
+    Only the first ``info`` steps carry the class: +1 (class 1) or −1 (class 0), plus
+    Gaussian noise of std ``noise``; the remaining ``length − info`` steps are pure noise
+    N(0, noise²). The class must be latched for the whole sequence and read at the end;
+    classes are balanced, chance 0.5, input-blind loss ln 2.
+
+    Returns:
+        SequenceTask with x float32 [n, length, 1], y int64 [n].
+    """
+    if n < 1 or info < 1 or length <= info or noise < 0:
+        raise ValueError(
+            f"Expected n >= 1, 1 <= info < length and noise >= 0, got n={n}, "
+            f"length={length}, info={info}, noise={noise}."
+        )
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.arange(n) % 2)[torch.randperm(n, generator=g)]
+    x = noise * torch.randn(n, length, 1, generator=g)
+    x[:, :info, 0] += (2.0 * y - 1.0).unsqueeze(1).float()
+    return SequenceTask(
+        x=x,
+        y=y,
+        n_inputs=1,
+        n_out=2,
+        loss="cross_entropy",
+        baseline=math.log(2.0),
+        chance=0.5,
+    )
+
+
+def mackey_glass(
+    n: int,
+    *,
+    tau: float = 17.0,
+    a: float = 0.2,
+    b: float = 0.1,
+    power: float = 10.0,
+    x0: float = 1.2,
+    step: float = 1.0,
+    seed: int = 0,
+) -> torch.Tensor:
+    """The Mackey-Glass series, dx/dt = a·x(t−τ) / (1 + x(t−τ)^power) − b·x(t).
+
+    Integrated by classical RK4 with step ``step``; the delayed value at the half step is
+    the mean of its neighbours. The history before t = 0 (τ/step values) is
+    ``x0 + 0.2·(U − 0.5)`` drawn from ``seed``, as reservoirpy does, and x(0) = x0.
+    With τ = 17 the series is chaotic and stays within about [0.2, 1.4].
+
+    Returns:
+        float64 [n], x at t = 0, step, 2·step, ….
+    """
+    lag = round(tau / step)
+    if n < 1 or lag < 1 or step <= 0:
+        raise ValueError(f"Expected n >= 1 and tau >= step > 0, got {n=}, {tau=}, {step=}.")
+    g = torch.Generator().manual_seed(seed)
+    history = x0 + 0.2 * (torch.rand(lag, generator=g, dtype=torch.float64) - 0.5)
+    xs = [*history.tolist(), x0]
+
+    def f(x: float, delayed: float) -> float:
+        return a * delayed / (1.0 + delayed**power) - b * x
+
+    for i in range(lag, lag + n - 1):  # sequential by nature: a delay equation
+        d0, d1 = xs[i - lag], xs[i - lag + 1]
+        dm = 0.5 * (d0 + d1)
+        x = xs[i]
+        k1 = f(x, d0)
+        k2 = f(x + 0.5 * step * k1, dm)
+        k3 = f(x + 0.5 * step * k2, dm)
+        k4 = f(x + step * k3, d1)
+        xs.append(x + step * (k1 + 2 * k2 + 2 * k3 + k4) / 6.0)
+    return torch.tensor(xs[lag:], dtype=torch.float64)
