@@ -1,0 +1,44 @@
+"""Remedies for vanishing and exploding gradients, each one call on the user's model or loop.
+
+Initialisation (:func:`init_`), activation swap (:func:`swap_activations_`), clipping
+(:func:`clip_grad_norm_`, :func:`clip_grad_value_`, :class:`AdaptiveClipper`), truncated
+BPTT (:func:`truncated_bptt`), Pascanu's regulariser (:func:`pascanu_omega`), echo state
+networks (:class:`EchoStateNetwork`) and optimisers / schedulers built from a short spec
+(:func:`build_optimizer`, :func:`build_scheduler`). Each module's docstring holds a
+runnable example; ``tests/remedies/test_docstrings.py`` runs them all.
+"""
+
+from __future__ import annotations
+
+from .activations import FunctionalCall, SwapReport, swap_activations_
+from .clipping import (
+    AdaptiveClipper,
+    ClipResult,
+    clip_grad_norm_,
+    clip_grad_value_,
+    global_grad_norm,
+)
+from .init import SCHEMES, InitReport, LSUVLayer, init_
+from .regularizer import omega_terms, pascanu_omega
+from .tbptt import SavedTensorMeter, TBPTTResult, detach_state, truncated_bptt
+
+__all__ = [
+    "SCHEMES",
+    "AdaptiveClipper",
+    "ClipResult",
+    "FunctionalCall",
+    "InitReport",
+    "LSUVLayer",
+    "SavedTensorMeter",
+    "SwapReport",
+    "TBPTTResult",
+    "clip_grad_norm_",
+    "clip_grad_value_",
+    "detach_state",
+    "global_grad_norm",
+    "init_",
+    "omega_terms",
+    "pascanu_omega",
+    "swap_activations_",
+    "truncated_bptt",
+]
