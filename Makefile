@@ -37,6 +37,7 @@ test-slow: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/esn_vs_reservoirpy.py
 
 clean:
 	rm -rf $(VENV) backprobe-runs .pytest_cache .ruff_cache

@@ -18,6 +18,7 @@ from .clipping import (
     clip_grad_value_,
     global_grad_norm,
 )
+from .esn import EchoStateNetwork
 from .init import SCHEMES, InitReport, LSUVLayer, init_
 from .regularizer import omega_terms, pascanu_omega
 from .tbptt import SavedTensorMeter, TBPTTResult, detach_state, truncated_bptt
@@ -26,6 +27,7 @@ __all__ = [
     "SCHEMES",
     "AdaptiveClipper",
     "ClipResult",
+    "EchoStateNetwork",
     "FunctionalCall",
     "InitReport",
     "LSUVLayer",
