@@ -1,0 +1,12 @@
+"""Diagnosis: from a run's measurements to findings with causes and remedies.
+
+``diagnose(run)`` applies every rule to a recorded run (``run.findings()`` calls it);
+``check(model, batch)`` (in :mod:`backprobe.diagnose.check`, also ``bp.check``) diagnoses
+a model before training; :class:`DiagnoseThresholds` holds every rule's threshold.
+"""
+
+from .finding import Finding, Remedy
+from .rules import diagnose
+from .thresholds import DiagnoseThresholds
+
+__all__ = ["DiagnoseThresholds", "Finding", "Remedy", "diagnose"]

@@ -1,0 +1,275 @@
+"""Rules on the per-layer profile of a run: vanishing and exploding across depth,
+saturated sigmoid/tanh layers, dead ReLU layers.
+
+Every rule reads a :class:`~backprobe.store.view.RunView` (a live Probe, a stored run or a
+one-step ``bp.check``) and summarises each statistic by its median over the recorded
+steps, so that one odd batch neither hides nor invents a problem.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..store.view import RunView
+from . import advice
+from ._series import clean, fmt, leading_run, log_ratio, span, typical
+from .finding import Finding
+from .thresholds import DiagnoseThresholds
+
+
+def _reference(values: np.ndarray, ran: np.ndarray) -> int | None:
+    """Index of the last layer with a measured value that ran forward (act_mean finite),
+    else of the last layer with a measured value; None when nothing is measured."""
+    measured = np.isfinite(values) & (values > 0)
+    both = np.flatnonzero(measured & ran)
+    if both.size:
+        return int(both[-1])
+    anyone = np.flatnonzero(measured)
+    return int(anyone[-1]) if anyone.size else None
+
+
+def relative_profiles(run: RunView) -> dict[str, np.ndarray]:
+    """log10 of each layer's parameter-gradient norm (``"grad"``) and backward signal
+    (``"signal"``) relative to the last layer's, per recorded step: [S, layers] each,
+    NaN where not measured. The reference is the last layer that has the statistic and
+    whose forward ran."""
+    ran = np.isfinite(typical(run.history("act_mean")))
+    out = {}
+    for key, stat in (("grad", "grad_norm"), ("signal", "signal_norm")):
+        values = run.history(stat)
+        ref = _reference(typical(values), ran)
+        if ref is None:
+            out[key] = np.full_like(values, np.nan)
+        else:
+            out[key] = log_ratio(values, values[:, ref : ref + 1])
+    return out
+
+
+def _first_step(run: RunView, series: np.ndarray, bad) -> int | None:
+    """The first recorded step at which ``bad(series[row])`` holds."""
+    with np.errstate(invalid="ignore"):
+        hits = np.flatnonzero(bad(series))
+    return int(run.steps[hits[0]]) if hits.size else None
+
+
+def depth_findings(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
+    """Vanishing or exploding across depth: the unbroken run of layers from the input
+    whose gradient norm or backward signal is below ``vanishing_warning`` (above
+    ``exploding_warning``) of the last layer's."""
+    profiles = relative_profiles(run)
+    grad, signal = typical(profiles["grad"]), typical(profiles["signal"])
+    with np.errstate(invalid="ignore"):
+        low = np.fmin(grad, signal)
+        high = np.fmax(grad, signal)
+    measured = ~np.isnan(low)
+    findings = []
+    for kind, values, bad_limit, error_limit in (
+        ("vanishing", low, t.vanishing_warning, t.vanishing_error),
+        ("exploding", high, t.exploding_warning, t.exploding_error),
+    ):
+        sign = 1 if kind == "exploding" else -1
+        with np.errstate(invalid="ignore"):
+            bad = sign * values > sign * np.log10(bad_limit)
+        starving = leading_run(bad, measured)
+        if starving.size == 0:
+            continue
+        severe = sign * float(values[starving[0]]) > sign * np.log10(error_limit)
+        findings.append(
+            _depth_finding(run, kind, starving, grad, signal, severe, profiles, bad_limit)
+        )
+    return findings
+
+
+def _depth_finding(
+    run: RunView,
+    kind: str,
+    layers: np.ndarray,
+    grad: np.ndarray,
+    signal: np.ndarray,
+    severe: bool,
+    profiles: dict[str, np.ndarray],
+    limit: float,
+) -> Finding:
+    names = run.layers
+    info = run.layer_info
+    where = [names[i] for i in layers]
+    first = int(layers[0])
+    grad_ratio = 10 ** grad[first] if np.isfinite(grad[first]) else float("nan")
+    signal_ratio = 10 ** signal[first] if np.isfinite(signal[first]) else float("nan")
+    shown = grad_ratio if np.isfinite(grad_ratio) else signal_ratio
+    # backward signal gain per layer across the starving part (geometric mean)
+    gains = typical(run.history("gain"))[layers[1:]] if layers.size > 1 else np.zeros(0)
+    gains = gains[np.isfinite(gains) & (gains > 0)]
+    mean_gain = float(np.exp(np.mean(np.log(gains)))) if gains.size else float("nan")
+    families = {info[i].family for i in range(first, int(layers[-1]) + 2) if i < len(info)}
+    families.discard("")
+    saturated = typical(run.history("saturated"))[layers]
+    sat = float(np.nanmean(saturated)) if np.isfinite(saturated).any() else float("nan")
+    sign = 1 if kind == "exploding" else -1
+    column = np.fmin(profiles["grad"][:, first], profiles["signal"][:, first])
+    if kind == "exploding":
+        column = np.fmax(profiles["grad"][:, first], profiles["signal"][:, first])
+    since = _first_step(run, column, lambda c: sign * c > sign * np.log10(limit))
+    evidence = {
+        "first_to_last_grad_ratio": clean(grad_ratio),
+        "first_to_last_signal_ratio": clean(signal_ratio),
+        "layers_affected": int(layers.size),
+        "layers_total": len(names),
+        "mean_gain_per_layer": clean(mean_gain),
+        "saturated_fraction": clean(sat),
+        "activations": sorted(families),
+        "since_step": since,
+        "steps_recorded": int(run.steps.size),
+    }
+    reach = span(where)
+    if kind == "vanishing":
+        summary = (
+            f"vanishing gradient: layers {reach} receive gradients {fmt(shown)} of the last "
+            f"layer's"
+            + (f"; the backward signal shrinks ×{fmt(mean_gain)} per layer" if gains.size else "")
+        )
+        bounded = families & set(advice.BOUNDED)
+        if bounded:
+            cause = (
+                f"The chain rule multiplies one local derivative per layer; "
+                f"{'/'.join(sorted(bounded))} has a derivative of at most "
+                f"{'1/4' if 'sigmoid' in bounded else '1'}, so over {layers.size} layers the "
+                f"product shrinks to {fmt(shown)} and the early layers barely learn."
+                + (f" {100 * sat:.0f} % of their units are saturated." if sat > 0.05 else "")
+            )
+        else:
+            cause = (
+                "Each layer multiplies the backward signal by less than 1 (weights too small "
+                "for the activation, or units that pass no gradient), so the product over "
+                f"{layers.size} layers leaves the early layers a gradient of {fmt(shown)}."
+            )
+        remedies = advice.vanishing_remedies(families)
+    else:
+        summary = (
+            f"exploding gradient: layers {reach} receive gradients {fmt(shown)} times the "
+            f"last layer's"
+            + (f"; the backward signal grows ×{fmt(mean_gain)} per layer" if gains.size else "")
+        )
+        cause = (
+            "Each layer multiplies the backward signal by more than 1 (weights too large for "
+            f"the activation), so over {layers.size} layers the gradient grows to "
+            f"{fmt(shown)} times the last layer's; updates of the early layers overshoot."
+        )
+        remedies = advice.exploding_remedies()
+    return Finding(
+        kind=kind,
+        severity="error" if severe else "warning",
+        summary=summary,
+        where={"layers": where},
+        evidence=evidence,
+        cause=cause,
+        remedies=remedies,
+        references=advice.DEPTH_REFERENCES,
+        step=since,
+    )
+
+
+def _fraction_layers(
+    run: RunView, stat: str, families: tuple[str, ...], warn: float
+) -> tuple[list[int], np.ndarray]:
+    values = typical(run.history(stat))
+    chosen = [
+        layer.index
+        for layer in run.layer_info
+        if layer.family in families
+        and np.isfinite(values[layer.index])
+        and values[layer.index] >= warn
+    ]
+    return chosen, values
+
+
+def saturation_findings(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
+    """Sigmoid/tanh-family layers with at least ``saturation_warning`` of their units on
+    the flat tails."""
+    chosen, values = _fraction_layers(run, "saturated", advice.BOUNDED, t.saturation_warning)
+    if not chosen:
+        return []
+    names = [run.layers[i] for i in chosen]
+    fractions = values[chosen]
+    worst = float(fractions.max())
+    families = sorted({run.layer_info[i].family for i in chosen})
+    since = _first_step(
+        run,
+        run.history("saturated")[:, chosen[0]],
+        lambda c: c >= t.saturation_warning,
+    )
+    std_in = typical(run.history("act_std"))
+    return [
+        Finding(
+            kind="saturation",
+            severity="error" if worst >= t.saturation_error else "warning",
+            summary=(
+                f"saturated {'/'.join(families)}: {100 * worst:.0f} % of the units of "
+                f"{span(names)} sit on the flat tails"
+            ),
+            where={"layers": names},
+            evidence={
+                "saturated_fraction": {n: clean(v) for n, v in zip(names, fractions, strict=True)},
+                "max_saturated_fraction": worst,
+                "output_std": {n: clean(std_in[i]) for n, i in zip(names, chosen, strict=True)},
+                "since_step": since,
+            },
+            cause=(
+                "A saturated sigmoid/tanh unit has a derivative below 1 % of its maximum, so "
+                "almost no gradient passes through it. Its inputs are too large: weights "
+                "too large, inputs not normalised, or a top sigmoid layer driven to 0 early "
+                "in training (Glorot & Bengio 2010)."
+            ),
+            remedies=(advice.XAVIER_INIT, advice.NORMALISE, advice.SWAP_TO_RELU, advice.lower_lr()),
+            references=advice.SATURATION_REFERENCES,
+            step=since,
+        )
+    ]
+
+
+def dead_findings(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
+    """ReLU-family layers with at least ``dead_warning`` of their units zero for every
+    example of the batch."""
+    chosen, values = _fraction_layers(run, "dead", ("relu", "relu6"), t.dead_warning)
+    if not chosen:
+        return []
+    names = [run.layers[i] for i in chosen]
+    fractions = values[chosen]
+    worst = float(fractions.max())
+    before = [_feeding_layer(run, i) for i in chosen]
+    since = _first_step(run, run.history("dead")[:, chosen[0]], lambda c: c >= t.dead_warning)
+    mean_in = typical(run.history("act_mean"))
+    return [
+        Finding(
+            kind="dead_units",
+            severity="error" if worst >= t.dead_error else "warning",
+            summary=(
+                f"dead ReLUs: {100 * worst:.0f} % of the units of {span(names)} output 0 for "
+                f"every example"
+            ),
+            where={"layers": names, "fed_by": [b for b in before if b]},
+            evidence={
+                "dead_fraction": {n: clean(v) for n, v in zip(names, fractions, strict=True)},
+                "max_dead_fraction": worst,
+                "output_mean": {n: clean(mean_in[i]) for n, i in zip(names, chosen, strict=True)},
+                "since_step": since,
+            },
+            cause=(
+                "A ReLU unit whose input is negative for every example outputs 0 and passes "
+                "a gradient of exactly 0, so its incoming weights never change and it stays "
+                "dead. Typical causes: a large negative bias, weights pushed there by too "
+                "large a learning rate, or an initialisation that is too small."
+            ),
+            remedies=(advice.ZERO_BIAS, advice.HE_INIT, advice.LEAKY, advice.lower_lr()),
+            references=advice.DEAD_REFERENCES,
+            step=since,
+        )
+    ]
+
+
+def _feeding_layer(run: RunView, index: int) -> str | None:
+    """The nearest layer before ``index`` that owns parameters (the one feeding it)."""
+    for layer in reversed(run.layer_info[:index]):
+        if layer.n_params:
+            return layer.name
+    return None

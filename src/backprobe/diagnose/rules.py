@@ -1,0 +1,48 @@
+"""All rules on a run's measurements, in one call: ``diagnose(run) -> list[Finding]``.
+
+``run`` is anything with the read API of :class:`~backprobe.store.view.RunView`: a live
+:class:`~backprobe.Probe`, ``bp.open_run(db, run)`` (also a crashed or interrupted run:
+the rules read what was recorded up to its last flush), or the one-step run of
+``bp.check``. Findings come back most severe first.
+"""
+
+from __future__ import annotations
+
+from ..store.view import RunView
+from .depth import dead_findings, depth_findings, saturation_findings
+from .finding import Finding
+from .thresholds import DiagnoseThresholds
+from .training import Optimizer, learning_rate_findings, nonfinite_findings, plateau_findings
+
+
+def sort_findings(findings: list[Finding]) -> list[Finding]:
+    """Most severe first; the rules' order among equals (stable)."""
+    return sorted(findings, key=lambda f: -f.severity_rank)
+
+
+def diagnose(
+    run: RunView,
+    thresholds: DiagnoseThresholds | None = None,
+    lr: float | None = None,
+    optimizer: Optimizer = "sgd",
+) -> list[Finding]:
+    """Every finding the rules make on ``run``'s recorded steps.
+
+    ``lr`` (and ``optimizer``, ``"sgd"`` or ``"adam"``) let the learning-rate rule
+    estimate the update size; see :mod:`backprobe.diagnose.training`. A run with no
+    recorded step has no finding.
+    """
+    t = thresholds or DiagnoseThresholds()
+    if run.steps.size == 0:
+        return []
+    from .through_time import through_time_findings
+
+    findings: list[Finding] = []
+    findings += nonfinite_findings(run, t)
+    findings += depth_findings(run, t)
+    findings += through_time_findings(run, t)
+    findings += saturation_findings(run, t)
+    findings += dead_findings(run, t)
+    findings += learning_rate_findings(run, t, lr=lr, optimizer=optimizer)
+    findings += plateau_findings(run, t)
+    return sort_findings(findings)

@@ -1,0 +1,103 @@
+"""When a measurement becomes a finding: every threshold of the diagnosis rules, in one place.
+
+Pass your own :class:`DiagnoseThresholds` to ``run.findings(thresholds=...)``,
+``bp.check(..., thresholds=...)`` or ``diagnose(run, thresholds=...)`` to make a rule
+stricter or more lenient; ``dataclasses.replace(DiagnoseThresholds(), dead_warning=0.8)``
+changes one of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import BackprobeError
+
+
+@dataclass(frozen=True)
+class DiagnoseThresholds:
+    """Thresholds of the diagnosis rules. Ratios are of norms, fractions in [0, 1].
+
+    Depth (vanishing / exploding across layers). Each layer's gradient norm and backward
+    signal ||dL/d output|| are compared with those of the last layer (the output end):
+    a factor ``vanishing_warning`` (10⁻³) or below is a warning, ``vanishing_error``
+    (10⁻⁶) an error; likewise above ``exploding_warning`` / ``exploding_error``. The
+    seeds' 50-layer sigmoid net sits near 10⁻¹⁰ at initialisation; a healthy ReLU + He
+    MLP stays within a factor 10.
+
+    Activations. A sigmoid / tanh layer with at least ``saturation_warning`` of its
+    units saturated (derivative below 1 % of its maximum, see ``probe.selection``) is a
+    warning, ``saturation_error`` an error. A ReLU layer with at least ``dead_warning``
+    of its units zero for the whole batch likewise with ``dead_error``. ``dead_warning``
+    is above 1/2 because with a batch of one example half of a healthy layer's units
+    are zero.
+
+    Learning rate. The update-to-weight ratio ||Δθ|| / ||θ|| per step should be near
+    10⁻³ (Karpathy's rule of thumb, also in CS231n); above ``lr_too_large`` it is a
+    warning (×100 the norm), above ``lr_too_large_error`` an error, below
+    ``lr_too_small`` a warning.
+
+    Non-finite. The growth of the total gradient norm over the last recorded steps
+    before the first NaN/inf, per step: above ``nonfinite_growth`` the NaN is called the
+    end of a blow-up, else a sudden numerical fault. At most ``growth_window`` steps are
+    fitted.
+
+    Plateau. Over the last half of the recorded steps (at least ``plateau_min_steps``
+    in all), the loss changes by less than ``plateau_tolerance`` of its size while the
+    first layer's gradient is below ``plateau_starving`` of the last layer's.
+
+    Initialisation (``bp.check``). Mean field predicts that the gradient's norm changes
+    by √(χ1^L) over L layers: outside [``init_ratio_low``, ``init_ratio_high``] a
+    warning; beyond their squares an error.
+
+    Through time. ||dh_T/dh_(T−lag)|| at the longest measured lag below
+    ``time_vanishing`` is vanishing (``time_vanishing_error`` error), above
+    ``time_exploding`` exploding (``time_exploding_error`` error).
+    """
+
+    vanishing_warning: float = 1e-3
+    vanishing_error: float = 1e-6
+    exploding_warning: float = 1e3
+    exploding_error: float = 1e6
+    saturation_warning: float = 0.5
+    saturation_error: float = 0.9
+    dead_warning: float = 0.6
+    dead_error: float = 0.95
+    lr_too_large: float = 1e-1
+    lr_too_large_error: float = 1.0
+    lr_too_small: float = 1e-5
+    nonfinite_growth: float = 2.0
+    growth_window: int = 5
+    plateau_min_steps: int = 8
+    plateau_tolerance: float = 0.01
+    plateau_starving: float = 1e-2
+    init_ratio_low: float = 1e-2
+    init_ratio_high: float = 1e2
+    time_vanishing: float = 1e-3
+    time_vanishing_error: float = 1e-6
+    time_exploding: float = 1e3
+    time_exploding_error: float = 1e6
+
+    def __post_init__(self) -> None:
+        pairs = (
+            ("vanishing_error", "vanishing_warning", 1.0),
+            ("exploding_warning", "exploding_error", None),
+            ("saturation_warning", "saturation_error", 1.0),
+            ("dead_warning", "dead_error", 1.0),
+            ("lr_too_small", "lr_too_large", None),
+            ("lr_too_large", "lr_too_large_error", None),
+            ("init_ratio_low", "init_ratio_high", None),
+            ("time_vanishing_error", "time_vanishing", 1.0),
+            ("time_exploding", "time_exploding_error", None),
+        )
+        for low, high, cap in pairs:
+            a, b = getattr(self, low), getattr(self, high)
+            if not (0 < a <= b) or (cap is not None and b > cap):
+                raise BackprobeError(
+                    f"Expected 0 < {low} ≤ {high}{f' ≤ {cap}' if cap else ''}, but got "
+                    f"{low}={a!r}, {high}={b!r}; pass thresholds in that order."
+                )
+        if self.growth_window < 2 or self.plateau_min_steps < 2:
+            raise BackprobeError(
+                f"Expected growth_window ≥ 2 and plateau_min_steps ≥ 2, but got "
+                f"{self.growth_window} and {self.plateau_min_steps}."
+            )

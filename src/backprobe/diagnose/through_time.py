@@ -1,0 +1,118 @@
+"""Rules on recurrent layers' time profiles: gradients vanishing or exploding through time.
+
+Reads, per recurrent (sub-)layer of the run (``run.recurrent_layers``), the decay of
+``||dh_T/dh_(T−lag)||`` over the lag (Pascanu et al. 2013, eq. 5), its memory horizon,
+the BPTT gradient ``||dL/dh_t||`` over the time steps, and λ1 of W_hh with γ = max |σ'|
+for the bound ``(γ·λ1)^lag``; each summarised by its median over the recorded steps that
+have a profile. Runs recorded without time profiles have no such finding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..store.view import RunView
+from . import advice
+from ._series import clean, fmt, typical
+from .finding import Finding
+from .thresholds import DiagnoseThresholds
+
+
+def _last_finite(values: np.ndarray) -> int | None:
+    idx = np.flatnonzero(np.isfinite(values))
+    return int(idx[-1]) if idx.size else None
+
+
+def through_time_findings(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
+    """One finding per recurrent (sub-)layer whose state Jacobian over the longest
+    measured lag is below ``time_vanishing`` or above ``time_exploding``."""
+    findings = []
+    for name in getattr(run, "recurrent_layers", []):
+        decay = typical(run.jacobian_decay(name))
+        if decay.size < 2 or not np.isfinite(decay[0]) or decay[0] <= 0:
+            continue
+        last = _last_finite(decay)
+        if last is None or last == 0:
+            continue
+        relative = float(decay[last] / decay[0])
+        if t.time_vanishing <= relative <= t.time_exploding:
+            continue
+        vanishing = relative < t.time_vanishing
+        findings.append(_finding(run, name, decay, last, relative, vanishing, t))
+    return findings
+
+
+def _finding(
+    run: RunView,
+    name: str,
+    decay: np.ndarray,
+    lag: int,
+    relative: float,
+    vanishing: bool,
+    t: DiagnoseThresholds,
+) -> Finding:
+    horizon = float(typical(run.memory_horizon(name).reshape(-1, 1))[0])
+    profile = typical(run.time_profile(name))
+    ends = _last_finite(profile)
+    signal_ratio = (
+        float(profile[0] / profile[ends])
+        if ends is not None and ends > 0 and profile[ends] > 0
+        else float("nan")
+    )
+    lam, gamma = typical(run.recurrent_theory(name))
+    eta = lam * gamma
+    per_step = relative ** (1.0 / lag) if relative > 0 else 0.0
+    module = name.split("[")[0]
+    kind = "vanishing_through_time" if vanishing else "exploding_through_time"
+    limit = t.time_vanishing_error if vanishing else t.time_exploding_error
+    severe = relative < limit if vanishing else relative > limit
+    evidence = {
+        "decay_at_longest_lag": relative,
+        "longest_lag": lag,
+        "decay_per_step": clean(per_step),
+        "memory_horizon": clean(horizon),
+        "first_to_last_time_step_grad_ratio": clean(signal_ratio),
+        "lambda1_W_hh": clean(lam),
+        "gamma": clean(gamma),
+        "eta": clean(eta),
+        "pascanu_bound_at_longest_lag": clean(eta**lag) if np.isfinite(eta) else None,
+    }
+    theory = (
+        f" λ1(W_hh) = {fmt(lam)} and γ = {fmt(gamma)} give η = γ·λ1 = {fmt(eta)}"
+        + (", below 1: vanishing is certain." if eta < 1 else ", above 1: explosion is possible.")
+        if np.isfinite(eta)
+        else " The gates decide: a forget/update gate far below 1 cuts the memory path."
+    )
+    if vanishing:
+        summary = (
+            f"vanishing through time in {name}: a change of the state {lag} steps back "
+            f"reaches the end scaled by {fmt(relative)} (×{fmt(per_step)} per step); memory "
+            f"horizon {'beyond the sequence' if np.isinf(horizon) else f'{horizon:.0f} steps'}"
+        )
+        cause = (
+            "Back-propagation through time multiplies one Jacobian W_hhᵀ·diag(σ') per step "
+            f"(Pascanu et al. 2013, eq. 5); here each shrinks the gradient ×{fmt(per_step)}, "
+            f"so inputs more than ~{horizon:.0f} steps back cannot influence learning." + theory
+        )
+        remedies = advice.TIME_VANISHING_REMEDIES
+    else:
+        summary = (
+            f"exploding through time in {name}: a change of the state {lag} steps back "
+            f"reaches the end scaled by {fmt(relative)} (×{fmt(per_step)} per step)"
+        )
+        cause = (
+            "Back-propagation through time multiplies one Jacobian W_hhᵀ·diag(σ') per step; "
+            f"here each grows the gradient ×{fmt(per_step)}, so gradients from long ago "
+            "dominate and updates explode." + theory
+        )
+        remedies = advice.TIME_EXPLODING_REMEDIES
+    return Finding(
+        kind=kind,
+        severity="error" if severe else "warning",
+        summary=summary,
+        where={"layers": [module], "recurrent": name, "time_steps": [0, lag]},
+        evidence=evidence,
+        cause=cause,
+        remedies=remedies,
+        references=advice.TIME_REFERENCES,
+    )
