@@ -20,6 +20,7 @@ from .clipping import (
 )
 from .esn import EchoStateNetwork
 from .init import SCHEMES, InitReport, LSUVLayer, init_
+from .optim import build_optimizer, build_scheduler, parse_spec
 from .regularizer import omega_terms, pascanu_omega
 from .tbptt import SavedTensorMeter, TBPTTResult, detach_state, truncated_bptt
 
@@ -34,12 +35,15 @@ __all__ = [
     "SavedTensorMeter",
     "SwapReport",
     "TBPTTResult",
+    "build_optimizer",
+    "build_scheduler",
     "clip_grad_norm_",
     "clip_grad_value_",
     "detach_state",
     "global_grad_norm",
     "init_",
     "omega_terms",
+    "parse_spec",
     "pascanu_omega",
     "swap_activations_",
     "truncated_bptt",
