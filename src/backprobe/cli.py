@@ -135,6 +135,111 @@ def show(
     print_summary(stored, step=step, console=console, params_only=params_only)
 
 
+@app.command()
+def report(
+    run: Annotated[str, typer.Argument(help="Run id, or name (the newest run of that name).")],
+    other: Annotated[
+        str | None, typer.Argument(help="A second run, to compare side by side.")
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="HTML file to write.", show_default=True)
+    ] = Path("report.html"),
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """Write a self-contained HTML report of a run (or two, side by side): the verdict,
+    the findings with their remedies, the per-layer table and the figures. Works on a run
+    whose process was killed: it shows what was recorded up to the last flush."""
+    from .report.html import write_report
+    from .store.run import open_run
+
+    runs = [open_run(db, run)] + ([open_run(db, other)] if other is not None else [])
+    path = write_report(runs, output)
+    typer.echo(f"wrote {path}")
+
+
+lab_app = typer.Typer(
+    help=(
+        "The lab: the seeds' examples and the classic experiments (adding, copy, temporal "
+        "order, latch, depth sweeps…), each a named experiment with a quick and a full "
+        "configuration. `backprobe lab list`, `backprobe lab run NAME`, `backprobe lab table`."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(lab_app, name="lab")
+
+
+@lab_app.command("list")
+def lab_list(
+    settings: Annotated[
+        bool, typer.Option("--settings", help="Also show every setting, its type and values.")
+    ] = False,
+) -> None:
+    """List the lab's experiments (and, with --settings, what --set can change)."""
+    from .lab.experiments import experiments
+    from .lab.experiments.show import print_experiments
+
+    print_experiments(Console(), experiments(), settings=settings)
+
+
+@lab_app.command("run")
+def lab_run(
+    name: Annotated[str, typer.Argument(help="Experiment name (see `backprobe lab list`).")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a setting, key=value (repeatable): --set lr=0.01."),
+    ] = None,
+    variant: Annotated[
+        list[str] | None,
+        typer.Option("--variant", "-v", help="Run only this variant (repeatable)."),
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="Number of seeds per variant.")] = 1,
+    first_seed: Annotated[int, typer.Option(help="The first seed.")] = 0,
+    jobs: Annotated[int, typer.Option(help="Runs in parallel processes.")] = 1,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="The CI-sized configuration: seconds per run.")
+    ] = False,
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """Run an experiment: every variant for every seed, stored in the run database with
+    its config; prints live loss and gradient health, then what each run measured."""
+    from .lab.experiments import get_experiment, run_experiment
+    from .lab.experiments.show import print_results
+
+    console = Console()
+    results = run_experiment(
+        name,
+        settings=set_ or (),
+        seeds=seeds,
+        first_seed=first_seed,
+        variants=variant,
+        quick=quick,
+        jobs=jobs,
+        db=db,
+        console=console,
+    )
+    print_results(console, get_experiment(name), results)
+    console.print(f"[dim]stored in {escape(str(db))}; `backprobe lab table` compares[/dim]")
+
+
+@lab_app.command("table")
+def lab_table(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Experiments to show (default: all).")
+    ] = None,
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """The results table: experiment, variant, metric, value (mean ± std over seeds),
+    published reference and verdict, from the newest run of each variant."""
+    from .lab.experiments import get_experiment
+    from .lab.experiments.show import print_rows
+    from .lab.experiments.table import results_rows
+
+    for n in names or ():
+        get_experiment(n)  # an unknown name is a user error, not an empty table
+    print_rows(Console(), results_rows(db, names))
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit status 1."""
     try:

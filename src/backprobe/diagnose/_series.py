@@ -44,6 +44,8 @@ def fmt(value: float) -> str:
     """A ratio or statistic for a sentence: ``3e-9``, ``0.42``, ``0 (underflow)``."""
     if value == 0:
         return "0 (underflow)"
+    if 1e-2 <= abs(value) < 1e3:
+        return f"{value:.3g}"
     return compact_number(float(value), significant=2, exponent_decimals=0)
 
 

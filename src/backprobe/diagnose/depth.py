@@ -94,9 +94,11 @@ def _depth_finding(
     info = run.layer_info
     where = [names[i] for i in layers]
     first = int(layers[0])
-    grad_ratio = 10 ** grad[first] if np.isfinite(grad[first]) else float("nan")
-    signal_ratio = 10 ** signal[first] if np.isfinite(signal[first]) else float("nan")
-    shown = grad_ratio if np.isfinite(grad_ratio) else signal_ratio
+    grad_ratio = 10 ** grad[first] if not np.isnan(grad[first]) else float("nan")
+    signal_ratio = 10 ** signal[first] if not np.isnan(signal[first]) else float("nan")
+    # the more extreme of the two measures, the one that crossed the threshold
+    pick = np.nanmin if kind == "vanishing" else np.nanmax
+    shown = float(pick([grad_ratio, signal_ratio]))
     # backward signal gain per layer across the starving part (geometric mean)
     gains = typical(run.history("gain"))[layers[1:]] if layers.size > 1 else np.zeros(0)
     gains = gains[np.isfinite(gains) & (gains > 0)]
@@ -124,8 +126,8 @@ def _depth_finding(
     reach = span(where)
     if kind == "vanishing":
         summary = (
-            f"vanishing gradient: layers {reach} receive gradients {fmt(shown)} of the last "
-            f"layer's"
+            f"vanishing gradient: the gradient reaching layers {reach} is {fmt(shown)} of the "
+            f"last layer's"
             + (f"; the backward signal shrinks ×{fmt(mean_gain)} per layer" if gains.size else "")
         )
         bounded = families & set(advice.BOUNDED)
@@ -138,16 +140,24 @@ def _depth_finding(
                 + (f" {100 * sat:.0f} % of their units are saturated." if sat > 0.05 else "")
             )
         else:
+            dead = typical(run.history("dead"))[first : int(layers[-1]) + 2]
+            worst_dead = float(np.nanmax(dead)) if np.isfinite(dead).any() else 0.0
             cause = (
                 "Each layer multiplies the backward signal by less than 1 (weights too small "
                 "for the activation, or units that pass no gradient), so the product over "
                 f"{layers.size} layers leaves the early layers a gradient of {fmt(shown)}."
+                + (
+                    f" Up to {100 * worst_dead:.0f} % of the ReLU units there are dead and "
+                    "pass no gradient at all."
+                    if worst_dead >= 0.5
+                    else ""
+                )
             )
         remedies = advice.vanishing_remedies(families)
     else:
         summary = (
-            f"exploding gradient: layers {reach} receive gradients {fmt(shown)} times the "
-            f"last layer's"
+            f"exploding gradient: the gradient reaching layers {reach} is {fmt(shown)} times "
+            f"the last layer's"
             + (f"; the backward signal grows ×{fmt(mean_gain)} per layer" if gains.size else "")
         )
         cause = (

@@ -119,6 +119,13 @@ def nonfinite_findings(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
             f"The gradient did not blow up before step {step}{grew}: a single operation "
             "produced the NaN/inf, e.g. log or sqrt of 0 or of a negative number, a division "
             "by zero, exp overflowing, or a weight that was already NaN."
+            + (
+                f" It first appeared in the gradient of {name}'s output, so the operation "
+                f"lies just after {name}, in what consumes its output (a sqrt or log at 0 "
+                "behind torch.where gives inf·0 = NaN)."
+                if layer >= 0 and phase == 1
+                else ""
+            )
         )
         remedies = (
             advice.ANOMALY,

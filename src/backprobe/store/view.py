@@ -6,8 +6,11 @@ computed here from them so that nothing is stored twice.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -132,6 +135,20 @@ class RunView(ABC):
                 f"{', '.join(str(int(s)) for s in steps[-3:])}."
             )
         return int(hits[0])
+
+    def report(self, path: str | os.PathLike = "report.html", **options: Any) -> Path:
+        """Write the self-contained HTML report of this run (verdict, findings, per-layer
+        table, figures) to ``path``; returns the path. ``options`` as for
+        :func:`backprobe.report.html.render_report`."""
+        from ..report.html import write_report
+
+        return write_report(self, path, **options)
+
+    def _repr_html_(self) -> str:
+        """The report as a notebook cell shows it: verdict, findings, table, two figures."""
+        from ..report.html import NOTEBOOK_FIGURES, render_report
+
+        return render_report(self, fragment=True, include=NOTEBOOK_FIGURES)
 
 
 class MemoryRun(RunView):
