@@ -240,6 +240,28 @@ def lab_table(
     print_rows(Console(), results_rows(db, names))
 
 
+@app.command()
+def report(
+    run: Annotated[str, typer.Argument(help="Run id, or name (the newest run of that name).")],
+    other: Annotated[
+        str | None, typer.Argument(help="A second run, to compare side by side.")
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="HTML file to write.", show_default=True)
+    ] = Path("report.html"),
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """Write a self-contained HTML report of a run (or two, side by side): the verdict,
+    the findings with their remedies, the per-layer table and the figures. Works on a run
+    whose process was killed: it shows what was recorded up to the last flush."""
+    from .report.html import write_report
+    from .store.run import open_run
+
+    runs = [open_run(db, run)] + ([open_run(db, other)] if other is not None else [])
+    path = write_report(runs, output)
+    typer.echo(f"wrote {path}")
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit status 1."""
     try:
