@@ -12,11 +12,12 @@ from numpy.testing import assert_array_equal
 
 import backprobe as bp
 from backprobe.store import open_run
+from backprobe.store.view import LAYER_SERIES, STEP_SERIES
 
 from .helpers import LAYERS, count_rows, tiny_mlp, train_steps, wait_until
 
-#: Stored series per recorded step: 9 per-layer series, loss and first_nonfinite.
-SERIES_PER_STEP = 11
+#: Stored series per recorded step: the per-layer series, loss and first_nonfinite.
+SERIES_PER_STEP = len(LAYER_SERIES) + len(STEP_SERIES)
 
 
 def _status(db, run_id):

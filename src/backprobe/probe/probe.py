@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -32,7 +33,9 @@ from torch.nn.parameter import is_lazy
 from torch.utils.hooks import RemovableHandle
 
 from ..errors import ProbeConfigError, UnsupportedModuleError
+from ..integrations.distributed import is_primary, process_group, unwrap
 from ..store import DEFAULT_DB, LayerInfo, MemoryRun, RunView, RunWriter
+from ..store.sink import StepSink
 from ..store.view import LAYER_SERIES
 from .outputs import floating_tensors
 from .schedule import Schedule, make_schedule
@@ -109,6 +112,9 @@ class Probe(RunView):
             gradients are unscaled.
         config: anything JSON-serialisable to store with the run (hyper-parameters…).
         flush_every: seconds records may wait in memory before they are written.
+        sinks: more receivers of each recorded step besides the run, e.g. a
+            :class:`~backprobe.store.tensorboard.TensorBoardSink` (rank 0 only under
+            torch.distributed); see :class:`~backprobe.store.sink.StepSink`.
     """
 
     def __init__(
@@ -124,6 +130,7 @@ class Probe(RunView):
         scaler: torch.amp.GradScaler | None = None,
         config: dict | None = None,
         flush_every: float = 2.0,
+        sinks: Sequence[StepSink] = (),
     ) -> None:
         self.model = _check_model(model)
         self.schedule = make_schedule(every)
@@ -140,8 +147,9 @@ class Probe(RunView):
         self.flush_every = flush_every
         self._user_config = dict(config or {})
         self._filters = (include, exclude)
+        self._extra_sinks = list(sinks) if is_primary() else []
 
-        selected = select_layers(model, include, exclude)
+        selected = select_layers(unwrap(model), include, exclude)  # names as without DDP
         self._modules: list[nn.Module] = []
         self._names: list[str] = []
         for layer_name, module in selected:
@@ -186,6 +194,8 @@ class Probe(RunView):
             self._sink = self._open_sink()
         for i, module in enumerate(self._modules):
             self._handles.append(module.register_forward_hook(_ForwardHook(self, i)))
+        for sink in self._extra_sinks:
+            sink.watch(dict(zip(self._names, self._modules, strict=True)))
         self._recording = bool(self.schedule(self._step))
         return self
 
@@ -198,12 +208,16 @@ class Probe(RunView):
         self._buffer = StepBuffer()
         if self._sink is not None:
             self._sink.flush()
+        for sink in self._extra_sinks:
+            sink.flush()
 
     def close(self, status: str = "finished", error: str | None = None) -> None:
         """Detach and mark the run finished (or failed); safe to call twice."""
         self.detach()
         if self._sink is not None and not self._closed:
             self._sink.close(status, error)
+            for sink in self._extra_sinks:
+                sink.close(status, error)
         self._closed = True
 
     def __enter__(self) -> Probe:
@@ -216,7 +230,7 @@ class Probe(RunView):
             self.close("failed", f"{exc_type.__name__}: {exc}")
 
     def _open_sink(self) -> RunWriter | MemoryRun:
-        if self.db is None:
+        if self.db is None or not is_primary():  # torch.distributed: rank 0 writes the run
             return MemoryRun()
         # a partial or a callable object has no __name__
         every = getattr(self.schedule, "__name__", None) or repr(self.schedule)
@@ -325,14 +339,17 @@ class Probe(RunView):
         if scale is not None:
             buffer.add(0, Field.SCALE, scale.reshape(1).float())
             params_scaled = self._grads_still_scaled()
-        host = buffer.to_host()
+        host = buffer.to_host(process_group(), len(self._modules))
         refine_norms(host, Field.PARAM_NORM, weights)
         refine_norms(host, Field.PARAM_GRAD_NORM, grads)
         stats = host.reduce(len(self._modules), params_scaled)
         if self._order is None:
             self._fix_layer_order()
         assert self._sink is not None and self._layer_info is not None
-        self._sink.append(self._step, self._series(stats))
+        series = self._series(stats)
+        self._sink.append(self._step, series)
+        for sink in self._extra_sinks:
+            sink.append(self._step, series)
         self._reader = None
 
     def _current_scale(self) -> torch.Tensor | None:
@@ -373,6 +390,8 @@ class Probe(RunView):
             )
         assert self._sink is not None
         self._sink.set_layers(self._layer_info)
+        for sink in self._extra_sinks:
+            sink.set_layers(self._layer_info)
 
     def _series(self, stats: StepStats) -> dict[str, np.ndarray]:
         order = self._order

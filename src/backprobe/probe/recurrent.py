@@ -83,7 +83,8 @@ class UnrolledResult:
     ``states[k][d][t]`` is h_t of layer k and direction d (0 forward, 1 reverse) at time t
     (time order for both directions), shape [B, H_out] (B = 1 for unbatched input), a node
     of the graph; ``cells[k][d][t]`` likewise holds the LSTM's c_t [B, H] (``None`` for
-    RNN and GRU).
+    RNN and GRU). ``gates[k][d][t]`` [B, H] is the gate that keeps the memory open: the
+    LSTM's forget gate f_t or the GRU's update gate z_t (``None`` for a plain RNN).
     """
 
     output: torch.Tensor | PackedSequence
@@ -91,6 +92,7 @@ class UnrolledResult:
     c_n: torch.Tensor | None
     states: list[list[list[torch.Tensor]]]
     cells: list[list[list[torch.Tensor]]] | None
+    gates: list[list[list[torch.Tensor]]] | None = None
 
     def retain_state_grads(self) -> None:
         """Ask autograd to keep dL/dh_t on every state; call before ``backward()``."""
@@ -206,27 +208,31 @@ def _params(module: nn.RNNBase, layer: int, reverse: bool) -> dict[str, torch.Te
     return {name: getattr(module, name + sfx, None) for name in names}
 
 
-def _step(mode: str, gi: torch.Tensor, state: _State, p: dict[str, torch.Tensor | None]) -> _State:
-    """One time step from the precomputed input term ``gi = W_ih x_t + b_ih`` [B, G·H]."""
+def _step(
+    mode: str, gi: torch.Tensor, state: _State, p: dict[str, torch.Tensor | None]
+) -> tuple[_State, torch.Tensor | None]:
+    """One time step from the precomputed input term ``gi = W_ih x_t + b_ih`` [B, G·H]:
+    the new state, and the memory gate (LSTM forget, GRU update; None for an RNN)."""
     h, c = state
     gh = F.linear(h, p["weight_hh"], p["bias_hh"])
     if mode == "RNN_TANH":
-        return torch.tanh(gi + gh), None
+        return (torch.tanh(gi + gh), None), None
     if mode == "RNN_RELU":
-        return torch.relu(gi + gh), None
+        return (torch.relu(gi + gh), None), None
     if mode == "LSTM":
         i, f, g, o = (gi + gh).chunk(4, dim=-1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        forget = torch.sigmoid(f)
+        c = forget * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
         if p["weight_hr"] is not None:
             h = F.linear(h, p["weight_hr"])
-        return h, c
+        return (h, c), forget
     i_r, i_z, i_n = gi.chunk(3, dim=-1)
     h_r, h_z, h_n = gh.chunk(3, dim=-1)
     r = torch.sigmoid(i_r + h_r)
     z = torch.sigmoid(i_z + h_z)
     n = torch.tanh(i_n + r * h_n)
-    return (1 - z) * n + z * h, None
+    return ((1 - z) * n + z * h, None), z
 
 
 def _run_direction(
@@ -236,8 +242,8 @@ def _run_direction(
     p: dict[str, torch.Tensor | None],
     reverse: bool,
     mask: torch.Tensor | None,
-) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, _State]:
-    """h_t (and c_t) for t = 0…T−1 in time order, and the final state.
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, list[torch.Tensor | None], _State]:
+    """h_t (and c_t) for t = 0…T−1 in time order, the memory gates, and the final state.
 
     ``mask`` [T, B, 1] marks real (unpadded) steps of packed input: elsewhere the state is
     carried unchanged, so the forward direction ends at each sequence's last element and
@@ -247,14 +253,15 @@ def _run_direction(
     steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
     hs: list[torch.Tensor | None] = [None] * x.shape[0]
     cs: list[torch.Tensor | None] = [None] * x.shape[0]
+    gates: list[torch.Tensor | None] = [None] * x.shape[0]
     for t in steps:
-        h, c = _step(mode, gi_all[t], state, p)
+        (h, c), gates[t] = _step(mode, gi_all[t], state, p)
         if mask is not None:
             h = torch.where(mask[t], h, state[0])
             c = None if c is None else torch.where(mask[t], c, state[1])
         state = (h, c)
         hs[t], cs[t] = h, c
-    return hs, (cs if mode == "LSTM" else None), state  # type: ignore[return-value]
+    return hs, (cs if mode == "LSTM" else None), gates, state  # type: ignore[return-value]
 
 
 def _pack_like(padded: torch.Tensor, packed: PackedSequence) -> PackedSequence:
@@ -308,25 +315,28 @@ def unrolled_forward(
     h0, c0 = _initial_states(module, hx, x.shape[1], unbatched, x)
     states: list[list[list[torch.Tensor]]] = []
     cells: list[list[list[torch.Tensor]]] = []
+    gates: list[list[list[torch.Tensor | None]]] = []
     h_last: list[torch.Tensor] = []
     c_last: list[torch.Tensor] = []
     layer_input = x
     for k in range(module.num_layers):
-        outs, layer_states, layer_cells = [], [], []
+        outs, layer_states, layer_cells, layer_gates = [], [], [], []
         for d in range(n_dirs):
             idx = k * n_dirs + d
             start = (h0[idx], None if c0 is None else c0[idx])
-            hs, cs, (h, c) = _run_direction(
+            hs, cs, gs, (h, c) = _run_direction(
                 mode, layer_input, start, _params(module, k, d == 1), d == 1, mask
             )
             layer_states.append(hs)
             layer_cells.append(cs)
+            layer_gates.append(gs)
             outs.append(torch.stack(hs))
             h_last.append(h)
             if c is not None:
                 c_last.append(c)
         states.append(layer_states)
         cells.append(layer_cells)  # type: ignore[arg-type]
+        gates.append(layer_gates)
         layer_input = torch.cat(outs, dim=-1) if n_dirs == 2 else outs[0]
 
     h_n = torch.stack(h_last)
@@ -340,4 +350,11 @@ def unrolled_forward(
         c_n = None if c_n is None else c_n.squeeze(1)
     else:
         output = layer_input.transpose(0, 1) if module.batch_first else layer_input
-    return UnrolledResult(output, h_n, c_n, states, cells if mode == "LSTM" else None)
+    return UnrolledResult(
+        output,
+        h_n,
+        c_n,
+        states,
+        cells if mode == "LSTM" else None,
+        gates if mode in ("LSTM", "GRU") else None,  # type: ignore[arg-type]
+    )

@@ -23,11 +23,16 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from ..integrations.distributed import local_shard, process_group
 from .selection import Saturation
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 
 class Field(IntEnum):
@@ -42,6 +47,7 @@ class Field(IntEnum):
     PARAM_NORM = 6  # norm of one (trainable) parameter
     LOSS = 7  # the loss given to step()
     SCALE = 8  # the GradScaler's scale when the gradients were computed
+    EXTRA = 9  # values read back as they are: user scalars, recurrent time profiles
 
 
 #: A float32 norm is exact to 1e-6 (relative) when the tensor's root-mean-square entry
@@ -97,23 +103,31 @@ def add_tensor_norms(
 ) -> list[torch.Tensor]:
     """One entry of ``kind`` per ``(layer, tensor)``: its norm, accumulated in float32
     (float64 for float64 tensors), one stacked vector per device and dtype. A sparse
-    tensor's norm is that of its coalesced values.
+    tensor's norm is that of its coalesced values; an FSDP2 ``DTensor``'s, that of this
+    rank's shard (the ranks' shards are combined in :func:`~backprobe.integrations.
+    distributed.gather_step`, which also needs exact norms: float64 under torch.distributed).
 
     Returns the tensors in entry order, for :func:`refine_norms`.
     """
-    groups: dict[tuple[torch.device, torch.dtype], list[tuple[int, torch.Tensor]]] = defaultdict(
-        list
+    exact = process_group() is not None
+    groups: dict[tuple[torch.device, torch.dtype], list[tuple[int, torch.Tensor, int]]] = (
+        defaultdict(list)
     )
     for layer, t in items:
+        t, shards = local_shard(t)
         if t.is_sparse:  # nn.Embedding(sparse=True): duplicates sum, then the values count
             t = t.coalesce().values()
-        groups[(t.device, t.dtype)].append((layer, t))
+        groups[(t.device, t.dtype)].append((layer, t, shards))
     ordered: list[torch.Tensor] = []
     for (_, dtype), group in groups.items():
-        tensors = [t for _, t in group]
-        norms = torch.stack(foreach_norms(tensors, accumulator(dtype)))
+        tensors = [t for _, t, _ in group]
+        norms = torch.stack(foreach_norms(tensors, torch.float64 if exact else accumulator(dtype)))
         buffer.add_elements(
-            [layer for layer, _ in group], kind, norms, [t.numel() for t in tensors]
+            [layer for layer, _, _ in group],
+            kind,
+            norms,
+            [t.numel() for t in tensors],
+            shards=[shards for _, _, shards in group],
         )
         ordered.extend(tensors)
     return ordered
@@ -126,7 +140,10 @@ def refine_norms(host: HostStep, kind: Field, tensors: list[torch.Tensor]) -> No
     The tensors (parameters and their gradients) are still alive at ``step()``. This
     costs a second transfer only when such norms exist, that is in the vanishing and
     exploding cases this library is about; healthy runs keep one transfer per step.
+    Under torch.distributed the norms were accumulated in float64 already: nothing to do.
     """
+    if host.ranks is not None:
+        return
     entries = np.flatnonzero(host.fields == kind)
     positions = host.starts[entries]
     rms = host.values[positions] / np.sqrt(np.maximum(host.numels[entries], 1.0))
@@ -162,8 +179,11 @@ class StepBuffer:
     Every tensor is 1-D and holds one *entry* (a per-sample vector of one layer) or, for
     values gathered together such as parameter norms, one entry per element. Per entry:
     the layer, the field, its length, and how many tensor elements it summarises
-    (``numel``, for means and fractions). Units' maxima for dead-unit counting are kept
-    per layer until the step ends: a unit is dead only if it is zero in every forward.
+    (``numel``, for means and fractions), and ``shards``: 0 for values of this process's
+    samples, k >= 1 for a parameter's norm when the parameter is split in k shards over
+    the ranks (1: whole on every rank), so that torch.distributed counts it once. Units'
+    maxima for dead-unit counting are kept per layer until the step ends: a unit is dead
+    only if it is zero in every forward.
     """
 
     tensors: list[torch.Tensor] = field(default_factory=list)
@@ -171,6 +191,7 @@ class StepBuffer:
     fields: list[int] = field(default_factory=list)
     numels: list[int] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
+    shards: list[int] = field(default_factory=list)
     unit_max: dict[int, list[torch.Tensor]] = field(default_factory=lambda: defaultdict(list))
 
     def add(self, layer: int, kind: Field, values: torch.Tensor, numel: int = 0) -> None:
@@ -180,9 +201,15 @@ class StepBuffer:
         self.fields.append(kind)
         self.numels.append(numel)
         self.lengths.append(values.shape[0])
+        self.shards.append(0)
 
     def add_elements(
-        self, layers: list[int], kind: Field, values: torch.Tensor, numels: list[int]
+        self,
+        layers: list[int],
+        kind: Field,
+        values: torch.Tensor,
+        numels: list[int],
+        shards: list[int] | int = 0,
     ) -> None:
         """One entry per element of the 1-D tensor ``values``, of ``layers[i]``."""
         self.tensors.append(values)
@@ -190,6 +217,13 @@ class StepBuffer:
         self.fields.extend([kind] * len(layers))
         self.numels.extend(numels)
         self.lengths.extend([1] * len(layers))
+        self.shards.extend(shards if isinstance(shards, list) else [shards] * len(layers))
+
+    def add_extra(self, values: torch.Tensor) -> int:
+        """An entry the host reads back as it is (:meth:`HostStep.entry`); returns its
+        index. Riding in the step's one transfer costs no synchronisation of its own."""
+        self.add(0, Field.EXTRA, values.detach().reshape(-1))
+        return len(self.lengths) - 1
 
     def add_output(
         self, layer: int, out: torch.Tensor, sat: Saturation | None, can_die: bool
@@ -208,21 +242,39 @@ class StepBuffer:
         """Backward signal: dL/d(one output tensor of the layer)."""
         self.add(layer, Field.GRAD_NORM, grad_row_norms(grad), grad.numel())
 
-    def _close_dead_units(self) -> None:
-        layers, counts, units = [], [], []
+    def unit_peaks(self) -> dict[int, torch.Tensor | None]:
+        """Per layer that can die: its units' maxima over the step's samples [units], or
+        None when its forwards had different shapes (units are not comparable)."""
+        peaks: dict[int, torch.Tensor | None] = {}
         for layer, maxima in self.unit_max.items():
             if len({m.shape for m in maxima}) != 1:
-                continue  # forwards of different shapes: units are not comparable
-            peak = maxima[0] if len(maxima) == 1 else torch.stack(maxima).amax(dim=0)
-            layers.append(layer)
-            counts.append(peak.le(0).sum(dtype=torch.float32))
-            units.append(peak.numel())
-        if layers:
-            self.add_elements(layers, Field.DEAD, torch.stack(counts), units)
+                peaks[layer] = None
+            else:
+                peaks[layer] = maxima[0] if len(maxima) == 1 else torch.stack(maxima).amax(dim=0)
         self.unit_max.clear()
+        return peaks
 
-    def to_host(self) -> HostStep:
-        """Concatenate per device and copy to the host: one transfer per device."""
+    def add_dead(self, layers: list[int], peaks: list[torch.Tensor], shards: int = 0) -> None:
+        """Dead-unit counts (units whose maximum is <= 0) of ``layers``, one entry each."""
+        if layers:
+            counts = torch.stack([peak.le(0).sum(dtype=torch.float32) for peak in peaks])
+            self.add_elements(layers, Field.DEAD, counts, [p.numel() for p in peaks], shards)
+
+    def _close_dead_units(self) -> None:
+        peaks = {layer: p for layer, p in self.unit_peaks().items() if p is not None}
+        self.add_dead(list(peaks), list(peaks.values()))
+
+    def to_host(self, group: ProcessGroup | None = None, n_layers: int = 0) -> HostStep:
+        """Concatenate per device and copy to the host: one transfer per device.
+
+        With a torch.distributed ``group`` of several ranks (and the probe's ``n_layers``)
+        the statistics are first combined across the ranks on the device, then copied in
+        one transfer (:func:`~backprobe.integrations.distributed.gather_step`).
+        """
+        if group is not None:
+            from ..integrations.distributed import gather_step
+
+            return gather_step(self, group, n_layers)
         self._close_dead_units()
         devices = {t.device for t in self.tensors}
         if len(devices) <= 1:
@@ -258,18 +310,25 @@ class StepBuffer:
 class HostStep:
     """A recorded step's gathered values on the host, in the order the hooks fired: entry
     ``i`` is the next ``lengths[i]`` values, described by ``layers[i]``, ``fields[i]`` and
-    ``numels[i]``."""
+    ``numels[i]``. Under torch.distributed, ``ranks`` holds the totals over every rank
+    and the statistics are computed from them."""
 
     values: np.ndarray
     lengths: np.ndarray
     layers: np.ndarray
     fields: np.ndarray
     numels: np.ndarray
+    ranks: RankTotals | None = None
 
     @property
     def starts(self) -> np.ndarray:
         """Position of each entry's first value in ``values``."""
         return np.cumsum(self.lengths) - self.lengths
+
+    def entry(self, index: int) -> np.ndarray:
+        """The values of one entry (e.g. one added with :meth:`StepBuffer.add_extra`)."""
+        start = int(self.lengths[:index].sum())
+        return self.values[start : start + int(self.lengths[index])]
 
     def reduce(self, n_layers: int, params_scaled: bool = False) -> StepStats:
         """Combine the entries into per-layer statistics (float64, NaN where not measured).
@@ -301,6 +360,12 @@ class HostStep:
             (table(nonfinite)),
         )
         present = table() > 0
+        ranks = self.ranks
+        if ranks is not None:  # torch.distributed: the same tables, over every rank
+            total, squares, count, bad = ranks.total, ranks.squares, ranks.count, ranks.nonfinite
+            present = ranks.present
+            if ranks.entry_nonfinite is not None:
+                nonfinite = ranks.entry_nonfinite
 
         def masked(kind: Field, data: np.ndarray) -> np.ndarray:
             return np.where(present[kind], data, np.nan)
@@ -327,7 +392,11 @@ class HostStep:
                 dead=masked(Field.DEAD, total[Field.DEAD] / count[Field.DEAD]),
                 nonfinite_out=masked(Field.OUT_SUM, bad[Field.OUT_SUM]),
                 nonfinite_grad=masked(Field.GRAD_NORM, bad[Field.GRAD_NORM]),
-                loss=self._scalar(Field.LOSS, sums, default=np.nan),
+                loss=(
+                    self._scalar(Field.LOSS, sums, default=np.nan)
+                    if ranks is None
+                    else float(masked(Field.LOSS, total[Field.LOSS])[0])
+                ),
                 first_nonfinite=self._first_nonfinite(nonfinite),
             )
 
@@ -344,6 +413,22 @@ class HostStep:
             return (-1, -1)
         first = hits[0]
         return int(self.layers[first]), int(self.fields[first] == Field.GRAD_NORM)
+
+
+@dataclass(frozen=True)
+class RankTotals:
+    """Totals over every rank of a torch.distributed job, [fields, layers] float64 like the
+    tables of :meth:`HostStep.reduce`: sums, sums of squares, element counts, non-finite
+    counts and presence of each (field, layer). The signal's squares are already those of
+    the mean of the ranks' losses and the loss is that mean. ``entry_nonfinite`` are the
+    per-entry non-finite counts summed over ranks (None when ranks' entries differ)."""
+
+    total: np.ndarray
+    squares: np.ndarray
+    count: np.ndarray
+    nonfinite: np.ndarray
+    present: np.ndarray
+    entry_nonfinite: np.ndarray | None
 
 
 @dataclass(frozen=True)

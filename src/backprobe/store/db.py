@@ -21,7 +21,7 @@ from ..errors import RunDatabaseError, RunNotFoundError
 DEFAULT_DB = Path("backprobe-runs") / "runs.db"
 #: Environment variable naming the run database for the CLI.
 DB_ENV = "BACKPROBE_DB"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: SQLite header field identifying our files (ASCII "BPRB").
 APPLICATION_ID = 0x42505242
 BUSY_TIMEOUT_S = 30.0
@@ -52,11 +52,13 @@ CREATE TABLE IF NOT EXISTS series (
     stat TEXT NOT NULL, step INTEGER NOT NULL, data BLOB NOT NULL,
     PRIMARY KEY (run_id, stat, step)
 ) WITHOUT ROWID;
--- one row per recorded step and recurrent layer, data = float32 values over time steps
+-- one row per recorded step, recurrent (sub-)layer and kind ("signal": ||dL/dh_t|| over
+-- time steps, "decay": ||dh_T/dh_(T-lag)|| over lags, "theory": lambda1, gamma),
+-- data = float32 values
 CREATE TABLE IF NOT EXISTS time_profiles (
     run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-    layer_idx INTEGER NOT NULL, step INTEGER NOT NULL, data BLOB NOT NULL,
-    PRIMARY KEY (run_id, layer_idx, step)
+    name TEXT NOT NULL, kind TEXT NOT NULL, step INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (run_id, name, kind, step)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS findings (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -159,12 +161,35 @@ class RunDatabase:
         if row is None:
             self._refuse("its meta table has no schema version")
         version = int(row[0])
-        if version > SCHEMA_VERSION:
+        if version < SCHEMA_VERSION:
+            self._upgrade_from_1()
+        elif version > SCHEMA_VERSION:
             self.conn.close()
             raise RunDatabaseError(
                 f"{self.path} has run database schema {version}, newer than this backprobe "
                 f"({__version__}) reads (schema {SCHEMA_VERSION}). Upgrade backprobe."
             )
+
+    def _upgrade_from_1(self) -> None:
+        """Bring a schema-1 file up to date in one transaction (the runs are kept)."""
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if int(row[0]) == SCHEMA_VERSION:  # another process upgraded it meanwhile
+                c.execute("COMMIT")
+                return
+            # Schema 1 had a time_profiles table keyed by layer index that no release
+            # wrote to; schema 2 keys profiles by sub-layer name and kind.
+            c.execute("DROP TABLE IF EXISTS time_profiles")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    c.execute(statement)
+            c.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
 
     def _create_schema(self) -> None:
         c = self.conn
@@ -281,3 +306,33 @@ class RunDatabase:
                 "(`backprobe runs` lists them)."
             )
         return int(row[0])
+
+    # -- findings -------------------------------------------------------------------------
+
+    def save_findings(self, run_id: int, findings: list[dict]) -> None:
+        """Replace the run's stored findings by ``findings`` (``Finding.to_dict()``s), in
+        one transaction, keeping their order."""
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute("DELETE FROM findings WHERE run_id=?", (run_id,))
+            c.executemany(
+                "INSERT INTO findings(run_id, step, kind, severity, payload) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [
+                    (run_id, f.get("step"), f["kind"], f["severity"], json.dumps(f, default=str))
+                    for f in findings
+                ],
+            )
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    def load_findings(self, run_id: int) -> list[dict]:
+        """The run's stored findings as dicts (``Finding.from_dict`` reads them), in the
+        order they were saved."""
+        rows = self.conn.execute(
+            "SELECT payload FROM findings WHERE run_id=? ORDER BY id", (run_id,)
+        ).fetchall()
+        return [json.loads(payload) for (payload,) in rows]

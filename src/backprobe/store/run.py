@@ -8,7 +8,7 @@ from functools import cached_property
 import numpy as np
 
 from .db import RunDatabase, RunInfo
-from .view import LayerInfo, RunView, series_width
+from .view import USER_PREFIX, LayerInfo, RunView, SparseRows, series_width
 
 
 class StoredRun(RunView):
@@ -26,6 +26,7 @@ class StoredRun(RunView):
             ).fetchall()
             self._layers = [LayerInfo(i, n, t, f, p, bool(z)) for i, n, t, f, p, z in rows]
             self._series = self._load_series()
+            self._profiles = self._load_profiles()
         finally:
             self._db.close()
 
@@ -42,6 +43,19 @@ class StoredRun(RunView):
             stat: (np.asarray(steps, np.int64), np.stack(values).astype(np.float64))
             for stat, (steps, values) in by_stat.items()
         }
+
+    def _load_profiles(self) -> dict[tuple[str, str], SparseRows]:
+        rows = self._db.conn.execute(
+            "SELECT name, kind, step, data FROM time_profiles WHERE run_id=? "
+            "ORDER BY name, kind, step",
+            (self.id,),
+        ).fetchall()
+        by_key: dict[tuple[str, str], tuple[list[int], list[np.ndarray]]] = {}
+        for name, kind, step, data in rows:
+            steps, values = by_key.setdefault((name, kind), ([], []))
+            steps.append(step)
+            values.append(np.frombuffer(data, dtype=np.float32).astype(np.float64))
+        return {key: (np.asarray(s, np.int64), v) for key, (s, v) in by_key.items()}
 
     @property
     def name(self) -> str:
@@ -62,7 +76,23 @@ class StoredRun(RunView):
     def _stored(self, stat: str) -> np.ndarray:
         if stat in self._series:
             return self._series[stat][1]
-        return np.zeros((0, series_width(stat, len(self._layers))))
+        # a statistic this run never stored (recorded by an older version): NaN
+        return np.full((self.steps.size, series_width(stat, len(self._layers))), np.nan)
+
+    def _user_rows(self, stat: str) -> SparseRows:
+        steps, values = self._series.get(stat, (np.zeros(0, np.int64), np.zeros((0, 1))))
+        return steps, list(values)
+
+    def _profile_rows(self, name: str, kind: str) -> SparseRows:
+        return self._profiles.get((name, kind), (np.zeros(0, np.int64), []))
+
+    @property
+    def scalar_names(self) -> list[str]:
+        return sorted(s[len(USER_PREFIX) :] for s in self._series if s.startswith(USER_PREFIX))
+
+    @property
+    def recurrent_layers(self) -> list[str]:
+        return self._in_layer_order(name for name, _ in self._profiles)
 
 
 def open_run(db: str | os.PathLike, run: int | str) -> StoredRun:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ LAYER_SERIES: tuple[str, ...] = (
     "dead",  # fraction of units zero for the whole batch (ReLU family)
     "nonfinite_out",  # samples whose output holds a NaN or an infinity
     "nonfinite_grad",  # samples whose dL/d output holds a NaN or an infinity
+    "gate_mean",  # LSTM / GRU: mean forget / update gate over the time-profile sub-batch
+    "gate_open",  # LSTM / GRU: fraction of those gate values above 0.9 (memory kept)
 )
 #: Run-level series stored for each recorded step.
 STEP_SERIES: tuple[str, ...] = (
@@ -36,6 +39,31 @@ STEP_SERIES: tuple[str, ...] = (
 #: Statistics computed from the stored ones.
 DERIVED_SERIES: tuple[str, ...] = ("grad_to_weight", "gain", "nonfinite")
 ALL_SERIES: tuple[str, ...] = LAYER_SERIES + DERIVED_SERIES + STEP_SERIES
+#: Stored name of a user scalar (``Probe.record_scalar``): kept apart from ours.
+USER_PREFIX = "user:"
+#: Per recorded step and recurrent (sub-)layer: float32 rows of varying length.
+PROFILE_KINDS: tuple[str, ...] = (
+    "signal",  # [T] ||dL/dh_t|| for t = 0…T−1, summed over the probed sub-batch
+    "decay",  # [T] ||dh_T/dh_(T−lag)||₂ for lag = 0…T−1, in processing order
+    "theory",  # [2] λ1 of W_hh and γ = max |σ'| (NaN for gated cells)
+)
+#: Default memory-horizon threshold: the lag where ||dh_T/dh_(T−lag)|| falls below it.
+HORIZON_THRESHOLD = 1e-3
+
+#: Rows stored at some of the recorded steps: (steps int64 [R], one array per row).
+SparseRows = tuple[np.ndarray, list[np.ndarray]]
+
+
+def align_rows(steps: np.ndarray, sparse: SparseRows) -> np.ndarray:
+    """Sparse rows laid out as float64 [len(steps), longest row], NaN where absent."""
+    row_steps, rows = sparse
+    width = max((r.size for r in rows), default=0)
+    out = np.full((steps.size, width), np.nan)
+    where = {int(s): i for i, s in enumerate(steps)}
+    for step, row in zip(row_steps, rows, strict=True):
+        if int(step) in where:
+            out[where[int(step)], : row.size] = row
+    return out
 
 
 def series_width(stat: str, n_layers: int) -> int:
@@ -74,6 +102,27 @@ class RunView(ABC):
     def _stored(self, stat: str) -> np.ndarray:
         """A stored series as float64 [S, width]."""
 
+    @abstractmethod
+    def _user_rows(self, stat: str) -> SparseRows:
+        """A user scalar's rows (stored name with :data:`USER_PREFIX`)."""
+
+    @abstractmethod
+    def _profile_rows(self, name: str, kind: str) -> SparseRows:
+        """A recurrent (sub-)layer's time-profile rows of one kind."""
+
+    @property
+    @abstractmethod
+    def scalar_names(self) -> list[str]:
+        """Names of the scalars recorded with ``Probe.record_scalar``, sorted."""
+
+    @property
+    @abstractmethod
+    def recurrent_layers(self) -> list[str]:
+        """Recurrent (sub-)layers with time profiles: the module's name for a one-layer,
+        one-direction module or a cell; ``"name[l1]"``, ``"name[l0_reverse]"`` (PyTorch's
+        parameter suffixes) for each layer and direction of a stacked or bidirectional one.
+        """
+
     @property
     def layers(self) -> list[str]:
         """Probed layer names, input → output order."""
@@ -83,14 +132,16 @@ class RunView(ABC):
         """A statistic over the recorded steps.
 
         Per-layer statistics are float64 [S, layers] (NaN where they do not apply);
-        ``"loss"`` is [S]; ``"first_nonfinite"`` is [S, 2] (layer index, phase).
+        ``"loss"`` and scalars recorded with ``Probe.record_scalar`` are [S] (NaN at steps
+        without one); ``"first_nonfinite"`` is [S, 2] (layer index, phase).
         ``"gain"`` is ||dL/d a_{l-1}|| / ||dL/d a_l||: how much the backward signal grows
         (> 1) or shrinks (< 1) on its way back through layer l; NaN for the first layer.
         """
         if stat not in ALL_SERIES:
-            raise BackprobeError(
-                f"Unknown statistic {stat!r}. Expected one of: {', '.join(ALL_SERIES)}."
-            )
+            if stat in self.scalar_names:
+                return align_rows(self.steps, self._user_rows(USER_PREFIX + stat))[:, 0]
+            known = ", ".join((*ALL_SERIES, *self.scalar_names))
+            raise BackprobeError(f"Unknown statistic {stat!r}. Expected one of: {known}.")
         with np.errstate(invalid="ignore", divide="ignore"):
             if stat == "grad_to_weight":
                 return self._stored("grad_norm") / self._stored("weight_norm")
@@ -106,6 +157,56 @@ class RunView(ABC):
         if stat == "loss":
             return self._stored("loss")[:, 0]
         return self._stored(stat)
+
+    def _in_layer_order(self, names: Iterable[str]) -> list[str]:
+        """Recurrent sub-layer names ordered like their modules in :attr:`layers`."""
+        position = {layer: i for i, layer in enumerate(self.layers)}
+        return sorted(set(names), key=lambda n: (position.get(n.split("[")[0], -1), n))
+
+    def recurrent_layer(self, name: str) -> str:
+        """The stored name of a recurrent (sub-)layer; raises a clear error if unknown."""
+        names = self.recurrent_layers
+        if name in names:
+            return name
+        subs = [n for n in names if n.startswith(name + "[")]
+        hint = (
+            f"{name!r} has one profile per layer and direction: pass one of {', '.join(subs)}."
+            if subs
+            else f"Expected one of: {', '.join(names) or 'none (no recurrent layer probed)'}."
+        )
+        raise BackprobeError(f"No time profile for {name!r}. {hint}")
+
+    def time_profile(self, name: str) -> np.ndarray:
+        """||dL/dh_t|| of a recurrent (sub-)layer: float64 [S, T] over the recorded steps
+        and time steps t = 0…T−1 (NaN at steps without a profile, or past a shorter
+        sequence's end). The full BPTT gradient at h_t, through later steps included,
+        over the probed sub-batch."""
+        return align_rows(self.steps, self._profile_rows(self.recurrent_layer(name), "signal"))
+
+    def jacobian_decay(self, name: str) -> np.ndarray:
+        """||dh_T/dh_(T−lag)||₂ for lag = 0…T−1: float64 [S, T] (1 at lag 0). How much of
+        a perturbation of the state ``lag`` steps before the end still reaches the end
+        (Pascanu 2013, eq. 5); in processing order, so for a reverse direction "the end"
+        is t = 0."""
+        return align_rows(self.steps, self._profile_rows(self.recurrent_layer(name), "decay"))
+
+    def memory_horizon(self, name: str, threshold: float = HORIZON_THRESHOLD) -> np.ndarray:
+        """Per recorded step, the first lag where :meth:`jacobian_decay` falls below
+        ``threshold`` × its value at lag 0: float64 [S]; inf when it never does within the
+        sequence, NaN at steps without a profile."""
+        decay = self.jacobian_decay(name)
+        horizon = np.full(decay.shape[0], np.nan)
+        for row, values in enumerate(decay):
+            if values.size and not np.isnan(values[0]):
+                below = np.flatnonzero(values < threshold * values[0])
+                horizon[row] = below[0] if below.size else np.inf
+        return horizon
+
+    def recurrent_theory(self, name: str) -> np.ndarray:
+        """float64 [S, 2]: λ1 of W_hh and γ = max |σ'| at each recorded step (NaN for
+        gated cells, where the bound (γ·λ1)^lag does not apply)."""
+        rows = align_rows(self.steps, self._profile_rows(self.recurrent_layer(name), "theory"))
+        return rows if rows.shape[1] else np.full((rows.shape[0], 2), np.nan)
 
     def layer_index(self, layer: str | int) -> int:
         """Index of a layer given by name or index; raises a clear error if unknown."""
@@ -136,6 +237,17 @@ class RunView(ABC):
             )
         return int(hits[0])
 
+    def findings(
+        self, thresholds: Any = None, lr: float | None = None, optimizer: str = "sgd"
+    ) -> list:
+        """Diagnose this run: ``list[bp.Finding]``, most severe first. ``thresholds`` is a
+        :class:`backprobe.diagnose.DiagnoseThresholds`; ``lr`` and ``optimizer`` ("sgd"
+        or "adam") let the learning-rate rule size the updates (see
+        :func:`backprobe.diagnose.diagnose`)."""
+        from ..diagnose.rules import diagnose
+
+        return diagnose(self, thresholds, lr=lr, optimizer=optimizer)  # type: ignore[arg-type]
+
     def report(self, path: str | os.PathLike = "report.html", **options: Any) -> Path:
         """Write the self-contained HTML report of this run (verdict, findings, per-layer
         table, figures) to ``path``; returns the path. ``options`` as for
@@ -158,6 +270,7 @@ class MemoryRun(RunView):
         self._layers: list[LayerInfo] = []
         self._steps: list[int] = []
         self._series: dict[str, list[np.ndarray]] = {s: [] for s in LAYER_SERIES + STEP_SERIES}
+        self._sparse: dict[tuple[str, ...], tuple[list[int], list[np.ndarray]]] = {}
 
     @property
     def layer_info(self) -> list[LayerInfo]:
@@ -173,14 +286,46 @@ class MemoryRun(RunView):
             return np.zeros((0, series_width(stat, len(self._layers))))
         return np.stack(rows).astype(np.float64)
 
+    def _rows(self, key: tuple[str, ...]) -> SparseRows:
+        steps, rows = self._sparse.get(key, ([], []))
+        return np.asarray(steps, dtype=np.int64), [r.astype(np.float64) for r in rows]
+
+    def _user_rows(self, stat: str) -> SparseRows:
+        return self._rows((stat,))
+
+    def _profile_rows(self, name: str, kind: str) -> SparseRows:
+        return self._rows((name, kind))
+
+    @property
+    def scalar_names(self) -> list[str]:
+        return sorted(k[0][len(USER_PREFIX) :] for k in self._sparse if len(k) == 1)
+
+    @property
+    def recurrent_layers(self) -> list[str]:
+        return self._in_layer_order(k[0] for k in self._sparse if len(k) == 2)
+
     def set_layers(self, layers: list[LayerInfo]) -> None:
         self._layers = list(layers)
 
-    def append(self, step: int, series: dict[str, np.ndarray]) -> None:
+    def append(
+        self,
+        step: int,
+        series: dict[str, np.ndarray],
+        profiles: dict[tuple[str, str], np.ndarray] | None = None,
+    ) -> None:
+        """One recorded step: built-in and user (:data:`USER_PREFIX`) series, and time
+        profiles keyed by (sub-layer name, kind)."""
         self._steps.append(step)
-        for stat, values in series.items():
-            with np.errstate(over="ignore"):  # beyond float32's range is stored as inf
-                self._series[stat].append(np.asarray(values, dtype=np.float32))
+        sparse = [((stat,), v) for stat, v in series.items() if stat.startswith(USER_PREFIX)]
+        sparse += list((profiles or {}).items())
+        with np.errstate(over="ignore"):  # beyond float32's range is stored as inf
+            for stat, values in series.items():
+                if not stat.startswith(USER_PREFIX):
+                    self._series[stat].append(np.asarray(values, dtype=np.float32))
+            for key, values in sparse:
+                steps, rows = self._sparse.setdefault(key, ([], []))
+                steps.append(step)
+                rows.append(np.asarray(values, dtype=np.float32).reshape(-1))
 
     def flush(self) -> None:
         """Nothing to write: kept for the sink interface."""

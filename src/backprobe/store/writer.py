@@ -46,6 +46,7 @@ class RunWriter:
         self._lock = threading.Lock()
         self._pending_layers: list[LayerInfo] | None = None
         self._pending_rows: list[tuple[int, str, int, bytes]] = []
+        self._pending_profiles: list[tuple[int, str, str, int, bytes]] = []
         self._closed = False
         self._wake = threading.Event()
         self._thread = threading.Thread(
@@ -62,19 +63,31 @@ class RunWriter:
         with self._lock:
             self._pending_layers = list(layers)
 
-    def append(self, step: int, series: dict[str, np.ndarray]) -> None:
+    def append(
+        self,
+        step: int,
+        series: dict[str, np.ndarray],
+        profiles: dict[tuple[str, str], np.ndarray] | None = None,
+    ) -> None:
+        """One recorded step: series by statistic, time profiles by (sub-layer, kind)."""
         with np.errstate(over="ignore"):  # beyond float32's range is stored as inf
             rows = [
                 (self.run_id, stat, step, np.asarray(values, dtype=np.float32).tobytes())
                 for stat, values in series.items()
             ]
+            profile_rows = [
+                (self.run_id, name, kind, step, np.asarray(v, dtype=np.float32).tobytes())
+                for (name, kind), v in (profiles or {}).items()
+            ]
         with self._lock:
             self._pending_rows.extend(rows)
+            self._pending_profiles.extend(profile_rows)
 
     def flush(self) -> None:
         """Write everything buffered so far in one transaction."""
         with self._lock:
-            if self._closed or (self._pending_layers is None and not self._pending_rows):
+            pending = self._pending_layers is not None or self._pending_rows
+            if self._closed or not (pending or self._pending_profiles):
                 return
             conn = self.db.conn
             conn.execute("BEGIN IMMEDIATE")
@@ -100,6 +113,11 @@ class RunWriter:
                     "INSERT OR REPLACE INTO series(run_id, stat, step, data) VALUES (?, ?, ?, ?)",
                     self._pending_rows,
                 )
+                conn.executemany(
+                    "INSERT OR REPLACE INTO time_profiles(run_id, name, kind, step, data) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    self._pending_profiles,
+                )
                 conn.execute("UPDATE runs SET updated=? WHERE id=?", (time.time(), self.run_id))
                 conn.execute("COMMIT")
             except BaseException:
@@ -107,6 +125,7 @@ class RunWriter:
                 raise
             self._pending_layers = None
             self._pending_rows = []
+            self._pending_profiles = []
 
     def close(self, status: str, error: str | None = None) -> None:
         """Flush, mark the run ``status`` ("finished" or "failed"), release the file."""

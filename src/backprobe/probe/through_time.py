@@ -1,0 +1,352 @@
+"""Per-time-step backward signals of recurrent layers, measured at recorded steps.
+
+Backpropagation through time multiplies the gradient by W_recᵀ·diag(σ'(x_{t−1})) at every
+step back (Pascanu et al. 2013, eq. 5), so ||dL/dh_t|| shrinks or grows with the distance
+from the loss. This module measures, for each probed recurrent layer:
+
+* ``signal``: ||dL/dh_t|| for every t — the total BPTT gradient at h_t, the path through
+  later steps included — over a sub-batch of the recorded forward;
+* ``decay``: ||dh_T/dh_(T−lag)||₂ for every lag, the spectral norm of the product of
+  step Jacobians, for the sub-batch's first sequence; its *memory horizon* is the lag
+  where it falls below 1e-3 (``store.view.RunView.memory_horizon``);
+* ``theory``: λ1 of W_hh and γ = max |σ'|, so that readers can draw Hochreiter's and
+  Pascanu's bound (γ·λ1)^lag beside the measurement;
+* for LSTM and GRU, the memory gate (forget, update): its mean and the fraction of its
+  values above 0.9, the gates that keep the gradient alive over long lags.
+
+How. ``nn.RNN``, ``nn.LSTM`` and ``nn.GRU`` run all time steps inside one fused kernel,
+so h_t is not a tensor anyone can hook. :class:`FusedWatch` keeps the recorded forward's
+input (the first ``batch`` sequences, detached) and, through tensor hooks, the gradients
+that reached the module's outputs. At ``Probe.step()`` it replays that sub-batch through
+the unrolled twin (:func:`~backprobe.probe.recurrent.unrolled_forward`, same parameters,
+same outputs) and back-propagates the captured output gradients into the twin's h_t with
+``torch.autograd.grad`` — which touches no parameter's ``.grad``. The loss depends on the
+module only through its outputs, so this is the loss's own dL/dh_t. Cells
+(``nn.RNNCell``, ``nn.LSTMCell``, ``nn.GRUCell``) are called once per step by the user's
+loop: :class:`CellWatch` hooks each call's h_t directly, which gives the signal (no
+replay, so no decay and no gates for cells).
+
+Everything stays on the device and rides in the recorded step's one host transfer.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from ..errors import ProbeConfigError
+from ..theory.bounds import activation_gamma
+from .recurrent import UnrolledResult, unrolled_forward
+from .stats import StepBuffer
+
+#: Fused recurrent modules that the unrolled twin reproduces.
+FUSED = (nn.RNN, nn.LSTM, nn.GRU)
+CELLS = (nn.RNNCell, nn.LSTMCell, nn.GRUCell)
+#: A gate value above this keeps (most of) the memory: the "open" fraction.
+GATE_OPEN = 0.9
+
+#: What a watch added to the step's buffer: (sub-layer name, kind) → entry index.
+Entries = dict[tuple[str, str], int]
+
+
+@dataclass(frozen=True)
+class TimeSettings:
+    """How time profiles are measured.
+
+    batch: sequences of the recorded forward replayed through the twin (the first ones).
+        The replay runs step by step, so its cost grows with ``batch × T``.
+    exact_max: hidden sizes up to this get the exact spectral norm of dh_T/dh_k (one
+        batched backward per direction with an identity of that size, then singular
+        values); larger ones get an estimate from ``probes`` random directions.
+    probes: random directions u for the estimate max ||uᵀ·dh_T/dh_k|| / ||u||, a lower
+        bound on the spectral norm that is close to it once a few directions are used.
+    """
+
+    batch: int = 8
+    exact_max: int = 64
+    probes: int = 16
+
+    def __post_init__(self) -> None:
+        for field_name in ("batch", "exact_max", "probes"):
+            value = getattr(self, field_name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ProbeConfigError(
+                    f"Expected time_{field_name} to be a positive integer but got {value!r}."
+                )
+
+
+def is_recurrent(module: nn.Module) -> bool:
+    """Whether the probe measures time profiles of ``module``."""
+    return isinstance(module, FUSED + CELLS)
+
+
+def sub_layer_names(name: str, module: nn.Module) -> list[str]:
+    """The stored names of a module's recurrences, in PyTorch's order (layer 0 forward,
+    layer 0 reverse, layer 1 forward, …): ``name`` alone for one layer and direction,
+    else ``name[l0]``, ``name[l0_reverse]``… after the parameter suffixes."""
+    if isinstance(module, CELLS):
+        return [name]
+    directions = ("", "_reverse") if module.bidirectional else ("",)
+    if module.num_layers == 1 and len(directions) == 1:
+        return [name]
+    return [f"{name}[l{k}{d}]" for k in range(module.num_layers) for d in directions]
+
+
+def _gamma(module: nn.Module) -> float:
+    """max |σ'| of a plain RNN's nonlinearity; NaN for gated cells (no such bound)."""
+    if isinstance(module, (nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell)):
+        return float("nan")
+    return activation_gamma(module.nonlinearity)
+
+
+def _theory(module: nn.Module, weight_name: str) -> torch.Tensor:
+    """[2] on the device: λ1 of the recurrent matrix and γ (NaN for gated cells, whose
+    stacked W_hh has no single λ1 that bounds the gradient)."""
+    gamma = _gamma(module)
+    W = getattr(module, weight_name).detach()
+    if gamma != gamma:  # NaN
+        return W.new_full((2,), float("nan"), dtype=torch.float64)
+    lam = torch.linalg.matrix_norm(W.to(torch.float64), ord=2)
+    return torch.stack([lam, lam.new_tensor(gamma)])
+
+
+class _WatchHook:
+    """A forward hook (with kwargs) that calls back into its watch, held weakly; a deep
+    copy or pickle of the model gets an inert hook, as for the probe's other hooks."""
+
+    __slots__ = ("_watch",)
+
+    def __init__(self, watch: _Watch | None) -> None:
+        self._watch = None if watch is None else weakref.ref(watch)
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+        watch = None if self._watch is None else self._watch()
+        if watch is not None:
+            watch.on_forward(args, kwargs, output)
+
+    def __deepcopy__(self, memo: dict) -> _WatchHook:
+        return _WatchHook(None)
+
+    def __reduce__(self) -> tuple:
+        return (_WatchHook, (None,))
+
+
+class _Watch:
+    """Common state of the two watches: the module, its names, the step's epoch."""
+
+    def __init__(self, name: str, module: nn.Module, settings: TimeSettings) -> None:
+        self.name = name
+        self.module = module
+        self.settings = settings
+        self.names = sub_layer_names(name, module)
+        self.active = False  # capture forwards of the current step
+        self._epoch = 0
+
+    def hook(self) -> _WatchHook:
+        return _WatchHook(self)
+
+    def start(self, active: bool) -> None:
+        """A new step begins: forget the last one's capture; capture this one if active."""
+        self._epoch += 1
+        self.active = active
+        self.reset()
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def on_forward(self, args: tuple, kwargs: dict, output: object) -> None:
+        raise NotImplementedError
+
+    def measure(self, buffer: StepBuffer, scale: torch.Tensor | None) -> Entries:
+        raise NotImplementedError
+
+
+class CellWatch(_Watch):
+    """An ``nn.RNNCell`` / ``nn.LSTMCell`` / ``nn.GRUCell``: each call is a time step."""
+
+    def reset(self) -> None:
+        self._norms: list[torch.Tensor | None] = []
+
+    def on_forward(self, args: tuple, kwargs: dict, output: object) -> None:
+        h = output[0] if isinstance(output, tuple) else output
+        if not (self.active and isinstance(h, torch.Tensor) and h.requires_grad):
+            return
+        self._norms.append(None)
+        h.register_hook(partial(self._on_grad, self._epoch, len(self._norms) - 1))
+
+    def _on_grad(self, epoch: int, t: int, grad: torch.Tensor) -> None:
+        if epoch == self._epoch:
+            rows = grad if grad.dim() == 1 else grad[: self.settings.batch]
+            self._norms[t] = torch.linalg.vector_norm(rows, dtype=torch.float64)
+
+    def measure(self, buffer: StepBuffer, scale: torch.Tensor | None) -> Entries:
+        if not any(n is not None for n in self._norms):
+            return {}
+        like = next(n for n in self._norms if n is not None)
+        signal = torch.stack([like.new_zeros(()) if n is None else n for n in self._norms])
+        if scale is not None:
+            signal = signal / scale
+        return {
+            (self.name, "signal"): buffer.add_extra(signal),
+            (self.name, "theory"): buffer.add_extra(_theory(self.module, "weight_hh")),
+        }
+
+
+def _take(t: torch.Tensor, dim: int, n: int) -> torch.Tensor:
+    return t.narrow(dim, 0, min(n, t.shape[dim])).detach()
+
+
+def _sub_packed(data: torch.Tensor, like: PackedSequence, n: int) -> PackedSequence:
+    """The first ``n`` sequences (user order) of a packed tensor laid out like ``like``."""
+    packed = PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+    padded, lengths = pad_packed_sequence(packed)  # [T, B, F], user order
+    n = min(n, padded.shape[1])
+    return pack_padded_sequence(padded[:, :n].detach(), lengths[:n], enforce_sorted=False)
+
+
+class FusedWatch(_Watch):
+    """An ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU``: replayed through its unrolled twin."""
+
+    def __init__(self, name: str, module: nn.Module, settings: TimeSettings) -> None:
+        super().__init__(name, module, settings)
+        directions = ("", "_reverse") if module.bidirectional else ("",)
+        # per sub-layer, in the order of self.names: its W_hh and whether it runs backwards
+        self._chains = [
+            (f"weight_hh_l{k}{d}", bool(d)) for k in range(module.num_layers) for d in directions
+        ]
+
+    def reset(self) -> None:
+        self._input: torch.Tensor | PackedSequence | None = None
+        self._packed_like: PackedSequence | None = None
+        self._hx: object = None
+        self._grads: dict[str, torch.Tensor] = {}
+
+    # -- capture --------------------------------------------------------------------------
+
+    def on_forward(self, args: tuple, kwargs: dict, output: object) -> None:
+        if not self.active or self._input is not None or not torch.is_grad_enabled():
+            return  # one forward per step: the first (gradient accumulation repeats it)
+        module, n = self.module, self.settings.batch
+        x = args[0] if args else kwargs.get("input")
+        hx = args[1] if len(args) > 1 else kwargs.get("hx")
+        out, state = output  # type: ignore[misc]
+        if isinstance(x, PackedSequence):
+            self._packed_like = x
+            self._input = _sub_packed(x.data, x, n)
+            out_tensor = out.data
+        else:
+            unbatched = x.dim() == 2
+            self._input = x.detach() if unbatched else _take(x, 0 if module.batch_first else 1, n)
+            out_tensor = out
+        unbatched = not isinstance(x, PackedSequence) and x.dim() == 2
+        if hx is not None and not unbatched:
+            hx = tuple(_take(h, 1, n) for h in hx) if isinstance(hx, tuple) else _take(hx, 1, n)
+        self._hx = hx
+        h_n, c_n = state if isinstance(state, tuple) else (state, None)
+        for key, t in (("output", out_tensor), ("h_n", h_n), ("c_n", c_n)):
+            if t is not None and t.requires_grad:
+                t.register_hook(partial(self._on_grad, self._epoch, key, unbatched))
+
+    def _on_grad(self, epoch: int, key: str, unbatched: bool, grad: torch.Tensor) -> None:
+        if epoch != self._epoch or key in self._grads:
+            return
+        n = self.settings.batch
+        if unbatched:
+            self._grads[key] = grad.detach()
+        elif key == "output" and self._packed_like is not None:
+            self._grads[key] = _sub_packed(grad, self._packed_like, n).data
+        elif key == "output":
+            self._grads[key] = _take(grad, 0 if self.module.batch_first else 1, n)
+        else:
+            self._grads[key] = _take(grad, 1, n)
+
+    # -- measurement ----------------------------------------------------------------------
+
+    def measure(self, buffer: StepBuffer, scale: torch.Tensor | None) -> Entries:
+        if self._input is None or not self._grads:
+            return {}
+        module = self.module
+        with torch.enable_grad():
+            # the twin must reach the states even when the parameters are frozen
+            x = self._input
+            if isinstance(x, PackedSequence):
+                x = PackedSequence(
+                    x.data.requires_grad_(), x.batch_sizes, x.sorted_indices, x.unsorted_indices
+                )
+            else:
+                x = x.requires_grad_()
+            twin = unrolled_forward(module, x, self._hx)
+            outputs, grads = self._twin_outputs(twin)
+            chains = [chain for layer in twin.states for chain in layer]
+            flat = [h for chain in chains for h in chain]
+            state_grads = torch.autograd.grad(
+                outputs, flat, grads, retain_graph=True, allow_unused=True
+            )
+            entries: Entries = {}
+            T = len(chains[0])
+            for c, (name, chain) in enumerate(zip(self.names, chains, strict=True)):
+                weight, reverse = self._chains[c]
+                # a state that got no gradient (the loss does not depend on it) counts as 0
+                got = [
+                    torch.zeros_like(h) if g is None else g
+                    for g, h in zip(state_grads[c * T : (c + 1) * T], chain, strict=True)
+                ]
+                signal = torch.linalg.vector_norm(
+                    torch.stack(got).flatten(1), dim=1, dtype=torch.float64
+                )
+                if scale is not None:
+                    signal = signal / scale
+                entries[(name, "signal")] = buffer.add_extra(signal)
+                entries[(name, "decay")] = buffer.add_extra(self._decay(chain, reverse))
+                entries[(name, "theory")] = buffer.add_extra(_theory(module, weight))
+            if twin.gates is not None:
+                gates = torch.stack([g for layer in twin.gates for d in layer for g in d]).detach()
+                stats = torch.stack([gates.mean(), gates.gt(GATE_OPEN).float().mean()])
+                entries[(self.name, "gates")] = buffer.add_extra(stats)
+        return entries
+
+    def _twin_outputs(self, twin: UnrolledResult) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The twin's outputs that received a gradient in the real backward, with it."""
+        out = twin.output.data if isinstance(twin.output, PackedSequence) else twin.output
+        pairs = [("output", out), ("h_n", twin.h_n), ("c_n", twin.c_n)]
+        kept = [(t, self._grads[k]) for k, t in pairs if t is not None and k in self._grads]
+        return [t for t, _ in kept], [g.to(t.dtype) for t, g in kept]
+
+    def _decay(self, chain: list[torch.Tensor], reverse: bool) -> torch.Tensor:
+        """[T] ||dh_end/dh_(end−lag)||₂ for lag = 0…T−1 of the first sequence, in float64.
+
+        One batched backward: grad_outputs are rows of the identity (exact) or random
+        directions (estimate, see :class:`TimeSettings`) at the last-processed state.
+        """
+        order = chain[::-1] if not reverse else chain  # lag 0 first
+        end = order[0]
+        size = end.shape[-1]
+        exact = size <= self.settings.exact_max
+        k = size if exact else self.settings.probes
+        directions = (
+            torch.eye(size, dtype=end.dtype, device=end.device)
+            if exact
+            else torch.randn(k, size, dtype=end.dtype, device=end.device)
+        )
+        grad_out = end.new_zeros((k, *end.shape))
+        grad_out[:, 0] = directions
+        rows = torch.autograd.grad(
+            end, order, grad_out, retain_graph=True, allow_unused=True, is_grads_batched=True
+        )
+        jac = torch.stack([r[:, 0] if r is not None else end.new_zeros(k, size) for r in rows]).to(
+            torch.float64
+        )  # [T, k, H]: rows uᵢᵀ·dh_end/dh_t
+        if exact:
+            return torch.linalg.matrix_norm(jac, ord=2)
+        scale = torch.linalg.vector_norm(directions.to(torch.float64), dim=-1)
+        return (torch.linalg.vector_norm(jac, dim=-1) / scale).amax(dim=-1)
+
+
+def make_watch(name: str, module: nn.Module, settings: TimeSettings) -> _Watch:
+    """The watch for a recurrent module (see :func:`is_recurrent`)."""
+    return (CellWatch if isinstance(module, CELLS) else FusedWatch)(name, module, settings)

@@ -1,0 +1,45 @@
+"""What a Probe hands each recorded step to: the run itself, and any extra sinks.
+
+``Probe(model, sinks=[...])`` sends every recorded step to each extra sink too (e.g.
+:class:`~backprobe.store.tensorboard.TensorBoardSink`), on rank 0 only under
+torch.distributed. A sink receives the step's series once they are on the host: it costs
+the training step no device work on unrecorded steps and no transfer of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from torch import nn
+
+from .view import LayerInfo
+
+
+@runtime_checkable
+class StepSink(Protocol):
+    """Receives a probe's recorded steps, in order."""
+
+    def watch(self, modules: Mapping[str, nn.Module]) -> None:
+        """The probed modules by layer name, once, when the probe attaches."""
+
+    def set_layers(self, layers: list[LayerInfo]) -> None:
+        """The probed layers in input → output order, once the first step has shown it."""
+
+    def append(
+        self,
+        step: int,
+        series: dict[str, np.ndarray],
+        profiles: dict[tuple[str, str], np.ndarray] | None = None,
+    ) -> None:
+        """One recorded step as the run stores it: per-layer series [layers] (input →
+        output order), run-level ones (``loss`` [1], user scalars under ``user:``…), and
+        recurrent time profiles keyed by (sub-layer, kind). Called before the training
+        loop's ``optimizer.step()``: parameters and gradients are those described."""
+
+    def flush(self) -> None:
+        """Write what is buffered."""
+
+    def close(self, status: str, error: str | None = None) -> None:
+        """The run ended (``status`` "finished" or "failed")."""
