@@ -36,7 +36,7 @@ from ..errors import ProbeConfigError, UnsupportedModuleError
 from ..integrations.distributed import is_primary, process_group, unwrap
 from ..store import DEFAULT_DB, LayerInfo, MemoryRun, RunView, RunWriter
 from ..store.sink import StepSink
-from ..store.view import LAYER_SERIES
+from ..store.view import ALL_SERIES, LAYER_SERIES, USER_PREFIX, SparseRows
 from .outputs import floating_tensors
 from .schedule import Schedule, make_schedule
 from .selection import (
@@ -47,7 +47,8 @@ from .selection import (
     is_unsupported,
     select_layers,
 )
-from .stats import Field, StepBuffer, StepStats, add_tensor_norms, refine_norms
+from .stats import Field, HostStep, StepBuffer, StepStats, add_tensor_norms, refine_norms
+from .through_time import TimeSettings, is_recurrent, make_watch
 
 
 def _check_model(model: object) -> nn.Module:
@@ -112,6 +113,12 @@ class Probe(RunView):
             gradients are unscaled.
         config: anything JSON-serialisable to store with the run (hyper-parameters…).
         flush_every: seconds records may wait in memory before they are written.
+        time_every: for recurrent layers (``nn.RNN``/``LSTM``/``GRU`` and their cells),
+            which recorded steps also measure time profiles (``time_profile``,
+            ``jacobian_decay``, ``memory_horizon``): every N-th step or a callable
+            ``step -> bool``, applied to recorded steps only; default: all of them.
+        time_batch: sequences of the recorded batch replayed to measure them (the first
+            ones); see :class:`~backprobe.probe.through_time.TimeSettings` for the cost.
         sinks: more receivers of each recorded step besides the run, e.g. a
             :class:`~backprobe.store.tensorboard.TensorBoardSink` (rank 0 only under
             torch.distributed); see :class:`~backprobe.store.sink.StepSink`.
@@ -130,6 +137,8 @@ class Probe(RunView):
         scaler: torch.amp.GradScaler | None = None,
         config: dict | None = None,
         flush_every: float = 2.0,
+        time_every: int | Schedule | None = None,
+        time_batch: int = 8,
         sinks: Sequence[StepSink] = (),
     ) -> None:
         self.model = _check_model(model)
@@ -161,6 +170,14 @@ class Probe(RunView):
         if not self._modules:
             raise ProbeConfigError("No selected module can be probed (all are unsupported).")
         self._families = [activation_family(m) for m in self._modules]
+        self._time_schedule = None if time_every is None else make_schedule(time_every)
+        settings = TimeSettings(batch=time_batch)
+        self._watches = {
+            i: make_watch(self._names[i], m, settings)
+            for i, m in enumerate(self._modules)
+            if is_recurrent(m)
+        }
+        self._scalars: dict[str, torch.Tensor] = {}
         # (layer, parameter) pairs for the parameter norms, in registration order
         self._params = [
             (i, p) for i, m in enumerate(self._modules) for p in m.parameters(recurse=False)
@@ -196,8 +213,21 @@ class Probe(RunView):
             self._handles.append(module.register_forward_hook(_ForwardHook(self, i)))
         for sink in self._extra_sinks:
             sink.watch(dict(zip(self._names, self._modules, strict=True)))
-        self._recording = bool(self.schedule(self._step))
+        for i, watch in self._watches.items():
+            hook = watch.hook()
+            self._handles.append(self._modules[i].register_forward_hook(hook, with_kwargs=True))
+        self._begin_step()
         return self
+
+    def _begin_step(self) -> None:
+        """Decide whether the step now starting is recorded, and tell the watches."""
+        self._recording = bool(self.schedule(self._step))
+        timed = self._recording and (
+            self._time_schedule is None or bool(self._time_schedule(self._step))
+        )
+        for watch in self._watches.values():
+            watch.start(timed)
+        self._scalars = {}
 
     def detach(self) -> None:
         """Remove every hook and flush; safe to call twice. The run stays open."""
@@ -206,6 +236,8 @@ class Probe(RunView):
         self._handles.clear()
         self._epoch += 1
         self._buffer = StepBuffer()
+        for watch in self._watches.values():
+            watch.start(False)
         if self._sink is not None:
             self._sink.flush()
         for sink in self._extra_sinks:
@@ -317,8 +349,30 @@ class Probe(RunView):
         self._step += 1
         self._epoch += 1
         self._buffer = StepBuffer()
-        self._recording = bool(self.schedule(self._step))
+        self._begin_step()
         return recorded
+
+    def record_scalar(self, name: str, value: torch.Tensor | float) -> None:
+        """Store a scalar with the step in progress, if it is recorded (e.g. the norms
+        before and after clipping). Call it before ``step()``; read it back with
+        ``history(name)``. A tensor stays on its device until the step's one transfer."""
+        if not isinstance(name, str) or not name or name in ALL_SERIES:
+            raise ProbeConfigError(
+                f"Expected a scalar name (a non-empty string other than the built-in "
+                f"statistics {', '.join(ALL_SERIES)}) but got {name!r}."
+            )
+        if not self._recording:
+            return
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                raise ProbeConfigError(
+                    f"Expected one number for scalar {name!r} but got a tensor of shape "
+                    f"{tuple(value.shape)}; reduce it first (e.g. .norm() or .mean())."
+                )
+            value = value.detach().reshape(1)
+        else:
+            value = torch.tensor([float(value)])
+        self._scalars[name] = value
 
     def _record(self, loss: torch.Tensor | float | None) -> None:
         buffer = self._buffer
@@ -339,6 +393,12 @@ class Probe(RunView):
         if scale is not None:
             buffer.add(0, Field.SCALE, scale.reshape(1).float())
             params_scaled = self._grads_still_scaled()
+        extras = {
+            (i, *key): entry
+            for i, watch in self._watches.items()
+            for key, entry in watch.measure(buffer, scale).items()
+        }
+        scalars = {name: buffer.add_extra(v) for name, v in self._scalars.items()}
         host = buffer.to_host(process_group(), len(self._modules))
         refine_norms(host, Field.PARAM_NORM, weights)
         refine_norms(host, Field.PARAM_GRAD_NORM, grads)
@@ -346,10 +406,16 @@ class Probe(RunView):
         if self._order is None:
             self._fix_layer_order()
         assert self._sink is not None and self._layer_info is not None
-        series = self._series(stats)
-        self._sink.append(self._step, series)
+        series = self._series(stats, host, extras)
+        series.update({USER_PREFIX + name: host.entry(e) for name, e in scalars.items()})
+        profiles = {
+            (name, kind): host.entry(entry)
+            for (_, name, kind), entry in extras.items()
+            if kind != "gates"
+        }
+        self._sink.append(self._step, series, profiles)
         for sink in self._extra_sinks:
-            sink.append(self._step, series)
+            sink.append(self._step, series, profiles)
         self._reader = None
 
     def _current_scale(self) -> torch.Tensor | None:
@@ -393,14 +459,23 @@ class Probe(RunView):
         for sink in self._extra_sinks:
             sink.set_layers(self._layer_info)
 
-    def _series(self, stats: StepStats) -> dict[str, np.ndarray]:
+    def _series(
+        self, stats: StepStats, host: HostStep, extras: dict[tuple[int, str, str], int]
+    ) -> dict[str, np.ndarray]:
         order = self._order
         assert order is not None
         position = np.empty_like(order)
         position[order] = np.arange(order.size)
         layer, phase = stats.first_nonfinite
         first = (int(position[layer]), phase) if layer >= 0 else (-1, -1)
-        per_layer = {name: getattr(stats, name)[order] for name in LAYER_SERIES}
+        gates = np.full((2, order.size), np.nan)  # memory gates of LSTM / GRU layers
+        for (i, _, kind), entry in extras.items():
+            if kind == "gates":
+                gates[:, position[i]] = host.entry(entry)
+        per_layer = {
+            name: getattr(stats, name)[order] for name in LAYER_SERIES if hasattr(stats, name)
+        }
+        per_layer["gate_mean"], per_layer["gate_open"] = gates
         return {
             **per_layer,
             "loss": np.array([stats.loss]),
@@ -440,6 +515,20 @@ class Probe(RunView):
 
     def _stored(self, stat: str) -> np.ndarray:
         return self._view()._stored(stat)
+
+    def _user_rows(self, stat: str) -> SparseRows:
+        return self._view()._user_rows(stat)
+
+    def _profile_rows(self, name: str, kind: str) -> SparseRows:
+        return self._view()._profile_rows(name, kind)
+
+    @property
+    def scalar_names(self) -> list[str]:
+        return self._view().scalar_names
+
+    @property
+    def recurrent_layers(self) -> list[str]:
+        return self._view().recurrent_layers
 
     def summary(self, step: int | None = None, console: object | None = None) -> None:
         """Print the per-layer gradient-flow table and verdict of a recorded step."""
