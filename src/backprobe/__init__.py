@@ -21,12 +21,14 @@ from ._version import __version__
 from .errors import BackprobeError
 
 if TYPE_CHECKING:
+    from .diagnose.check import check
     from .diagnose.finding import Finding, Remedy
     from .diagnose.verdict import Verdict, verdict
     from .probe import Probe
     from .store import open_run
 
 _LAZY = {
+    "check": ".diagnose.check",
     "Finding": ".diagnose.finding",
     "Remedy": ".diagnose.finding",
     "Probe": ".probe",
@@ -42,6 +44,7 @@ __all__ = [
     "Remedy",
     "Verdict",
     "__version__",
+    "check",
     "open_run",
     "verdict",
 ]

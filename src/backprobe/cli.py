@@ -122,8 +122,10 @@ def show(
         bool, typer.Option("--params-only", help="Only layers that own parameters.")
     ] = False,
 ) -> None:
-    """Summarise a stored run: per-layer gradient flow at a step, and the verdict."""
-    from .report.text import print_summary
+    """Summarise a stored run: per-layer gradient flow at a step, the verdict, and the
+    findings stored by `backprobe diagnose`."""
+    from .diagnose.storage import load_findings
+    from .report.text import print_findings, print_summary
     from .store.run import open_run
 
     stored = open_run(db, run)
@@ -133,6 +135,86 @@ def show(
         f"{stored.steps.size} recorded steps"
     )
     print_summary(stored, step=step, console=console, params_only=params_only)
+    findings = load_findings(db, stored.id)
+    if findings:
+        console.print(f"[bold]findings[/bold] ({len(findings)}, stored by backprobe diagnose)")
+        print_findings(findings, console)
+    else:
+        console.print(f"[dim]no stored findings: run `backprobe diagnose {stored.id}`[/dim]")
+
+
+@app.command()
+def diagnose(
+    run: Annotated[str, typer.Argument(help="Run id, or name (the newest run of that name).")],
+    db: DbOption = DEFAULT_DB,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="Learning rate, to size the updates (default: the run's 'lr')."),
+    ] = None,
+    optimizer: Annotated[
+        str, typer.Option(help="'sgd' (update lr·|g|) or 'adam' (update lr per element).")
+    ] = "sgd",
+) -> None:
+    """Diagnose a stored run (also a crashed or interrupted one): findings with their
+    evidence, cause and remedies, saved in the run database for `backprobe show`."""
+    from .diagnose.storage import save_findings
+    from .report.text import print_findings
+    from .store.run import open_run
+
+    stored = open_run(db, run)
+    findings = stored.findings(lr=lr, optimizer=optimizer)
+    save_findings(db, stored.id, findings)
+    console = Console()
+    console.print(
+        f"run {stored.id} [bold]{escape(stored.name)}[/bold] — {stored.status}, "
+        f"{stored.steps.size} recorded steps"
+    )
+    print_findings(findings, console)
+    console.print(f"[dim]saved {len(findings)} findings to run {stored.id} in {db}[/dim]")
+
+
+@app.command()
+def check(
+    factory: Annotated[
+        str,
+        typer.Argument(help="MODULE:FACTORY, a function that builds the model (no arguments)."),
+    ],
+    input_shape: Annotated[
+        str, typer.Option("--input-shape", help="Random input shape, batch first: 32,784.")
+    ],
+    seed: Annotated[int, typer.Option(help="Seed of the random input and loss.")] = 0,
+    fail_on: Annotated[
+        str,
+        typer.Option(help="Exit 2 when a finding is at least this severe: warning, error, none."),
+    ] = "none",
+) -> None:
+    """Before training: will this model's gradients vanish or explode? One forward and
+    backward pass on a random batch at initialisation; prints the verdict, the mean-field
+    and Jacobian predictions, and findings with remedies."""
+    from .diagnose.check import CheckInputError, build_model, check, parse_shape
+    from .diagnose.finding import SEVERITIES
+    from .report.text import print_findings
+
+    if fail_on not in (*SEVERITIES, "none"):
+        raise CheckInputError(f"Expected --fail-on warning, error or none, but got {fail_on!r}.")
+    shape = parse_shape(input_shape)
+    result = check(build_model(factory), input_shape=shape, seed=seed)
+    console = Console()
+    console.print(f"[bold]{escape(factory)}[/bold] at initialisation, input {shape}")
+    console.print(f"verdict: {escape(result.verdict.message)}")
+    if result.mean_field is not None:
+        console.print(f"mean field: {escape(str(result.mean_field))}")
+    if result.jacobian is not None:
+        j = result.jacobian
+        console.print(
+            f"jacobian: {j.verdict}, mean σ² = {j.mean_squared:.3g}, σ from {j.min:.3g} to "
+            f"{j.max:.3g} ({result.jacobian_note})"
+        )
+    print_findings(list(result), console)
+    console.print(f"[dim]checked in {result.seconds:.1f} s[/dim]")
+    worst = SEVERITIES.index(result.worst) if result else -1
+    if fail_on != "none" and worst >= SEVERITIES.index(fail_on):
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -238,28 +320,6 @@ def lab_table(
     for n in names or ():
         get_experiment(n)  # an unknown name is a user error, not an empty table
     print_rows(Console(), results_rows(db, names))
-
-
-@app.command()
-def report(
-    run: Annotated[str, typer.Argument(help="Run id, or name (the newest run of that name).")],
-    other: Annotated[
-        str | None, typer.Argument(help="A second run, to compare side by side.")
-    ] = None,
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="HTML file to write.", show_default=True)
-    ] = Path("report.html"),
-    db: DbOption = DEFAULT_DB,
-) -> None:
-    """Write a self-contained HTML report of a run (or two, side by side): the verdict,
-    the findings with their remedies, the per-layer table and the figures. Works on a run
-    whose process was killed: it shows what was recorded up to the last flush."""
-    from .report.html import write_report
-    from .store.run import open_run
-
-    runs = [open_run(db, run)] + ([open_run(db, other)] if other is not None else [])
-    path = write_report(runs, output)
-    typer.echo(f"wrote {path}")
 
 
 def main() -> None:

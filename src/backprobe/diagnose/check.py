@@ -15,6 +15,7 @@ module's train/eval mode are restored afterwards.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import sys
@@ -40,9 +41,9 @@ from .rules import diagnose, sort_findings
 from .thresholds import DiagnoseThresholds
 from .verdict import Verdict, verdict
 
-#: A full Jacobian (all singular values) only up to this many entries per example;
-#: above, the top ``JACOBIAN_TOP_K`` by subspace iteration.
-JACOBIAN_FULL_ENTRIES = 300_000
+#: All singular values of the Jacobian when the output has at most this many units (one
+#: backward pass of that many copies of an example); above, the top ``JACOBIAN_TOP_K``.
+JACOBIAN_REPLICA_ROWS = 256
 JACOBIAN_TOP_K = 8
 
 
@@ -160,8 +161,25 @@ def _sequence_lengths(model: nn.Module) -> tuple[dict[str, int], list]:
     return lengths, handles
 
 
+def _jacobians_by_replicas(model: nn.Module, xs: torch.Tensor, d_out: int) -> torch.Tensor:
+    """The [E, D_out, D_in] Jacobians of the examples ``xs`` [E, *in] in float64, exactly,
+    from one forward and one backward pass of D_out copies of each: copy k back-propagates
+    the k-th unit vector, so its input gradient is row k. Plain autograd: unlike
+    ``torch.func`` it costs no multi-second import on first use."""
+    twin = copy.deepcopy(model).double()
+    e = xs.shape[0]
+    copies = xs.double().repeat_interleave(d_out, dim=0).requires_grad_(True)
+    out = twin(copies).reshape(e, d_out, d_out)
+    eye = torch.eye(d_out, dtype=torch.float64).expand(e, d_out, d_out)
+    (grad,) = torch.autograd.grad(out, copies, eye)
+    return grad.reshape(e, d_out, -1)
+
+
 def _jacobian(model: nn.Module, x: object, examples: int) -> tuple[IsometrySummary | None, str]:
-    """Isometry summary of the input–output Jacobian at the first ``examples`` examples."""
+    """Isometry summary of the input–output Jacobian at the first ``examples`` examples:
+    all singular values when the output has at most ``JACOBIAN_REPLICA_ROWS`` units (by
+    :func:`_jacobians_by_replicas`), else the top ``JACOBIAN_TOP_K`` by subspace iteration
+    (:func:`~backprobe.theory.jacobian.jacobian_singular_values`)."""
     if examples <= 0:
         return None, "not asked for"
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -172,19 +190,16 @@ def _jacobian(model: nn.Module, x: object, examples: int) -> tuple[IsometrySumma
             out = model(xs[:1])
         if not isinstance(out, torch.Tensor):
             return None, "the model's output is not a single tensor"
-        entries = xs[0].numel() * out[0].numel()
-        full = entries <= JACOBIAN_FULL_ENTRIES
+        d_in, d_out = xs[0].numel(), out[0].numel()
+        if d_out <= JACOBIAN_REPLICA_ROWS:
+            s = torch.linalg.svdvals(_jacobians_by_replicas(model, xs, d_out))
+            return isometry_summary(s), "all singular values"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            s = jacobian_singular_values(
-                model,
-                xs,
-                k=None if full else min(JACOBIAN_TOP_K, xs[0].numel(), out[0].numel()),
-                method="full" if full else "top",
-                iters=60,
-                tol=1e-4,
+            top = jacobian_singular_values(
+                model, xs, k=min(JACOBIAN_TOP_K, d_in, d_out), method="top", iters=60, tol=1e-4
             )
-        return isometry_summary(s), "all singular values" if full else "top singular values"
+        return isometry_summary(top), f"top {top.shape[1]} singular values"
     except (RuntimeError, BackprobeError) as exc:
         return None, f"not available for this model ({_first_line(exc)})"
 

@@ -56,6 +56,10 @@ def _leaves(module: nn.Module) -> list[tuple[str, nn.Module]] | None:
     return out
 
 
+def _mean_square(t: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(t.detach(), dtype=torch.float64) ** 2) / t.numel()
+
+
 def mlp_stack(model: nn.Module) -> MLPStack | None:
     """The model as Linear → activation → Linear → … when it is one (an ``nn.Sequential``
     of Linear layers, one element-wise activation type that mean-field theory knows, and
@@ -85,12 +89,8 @@ def mlp_stack(model: nn.Module) -> MLPStack | None:
             after_activation = True
     if len(acts) != 1 or not hidden:
         return None
-    with torch.no_grad():
-        w2 = [float(lin.weight.double().pow(2).mean()) * lin.in_features for lin in hidden]
-        b2 = [
-            float(lin.bias.double().pow(2).mean()) if lin.bias is not None else 0.0
-            for lin in hidden
-        ]
+    w2 = [_mean_square(lin.weight) * lin.in_features for lin in hidden]
+    b2 = [_mean_square(lin.bias) if lin.bias is not None else 0.0 for lin in hidden]
     return MLPStack(
         linears=[n for n, _ in linears],
         activation=acts.pop(),

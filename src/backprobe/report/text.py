@@ -152,3 +152,49 @@ def print_summary(
     v = verdict(run, step)
     console.print(verdict_text(v))
     return v
+
+
+_SEVERITY_STYLE = {"info": "dim", "warning": "yellow", "error": "bold red"}
+
+
+def _evidence_text(value: object) -> str | None:
+    """A short rendering of one evidence value; None for nested values (dicts)."""
+    if isinstance(value, bool) or value is None:
+        return None if value is None else str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return compact_number(value, significant=3)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple) and len(value) <= 6:
+        parts = [_evidence_text(v) for v in value]
+        return "[" + ", ".join(p if p is not None else "–" for p in parts) + "]"
+    return None
+
+
+def print_findings(findings: list, console: Console | None = None, verbose: bool = True) -> None:
+    """Print findings (``bp.Finding``), most severe first as given: severity and summary,
+    then (``verbose``) the cause, the scalar evidence, ranked remedies and references."""
+    console = console or Console()
+    if not findings:
+        console.print(Text("no findings: nothing above the thresholds", style="green"))
+        return
+    for f in findings:
+        line = Text(f"[{f.severity}] ", style=_SEVERITY_STYLE.get(f.severity, ""))
+        line.append(f"{f.kind}: ", style="bold")
+        line.append(f.summary)
+        console.print(line)
+        if not verbose:
+            continue
+        if f.cause:
+            console.print(Text(f"    why: {f.cause}"))
+        shown = [
+            f"{k}={text}" for k, v in f.evidence.items() if (text := _evidence_text(v)) is not None
+        ]
+        if shown:
+            console.print(Text(f"    evidence: {', '.join(shown)}", style="dim"))
+        for rank, remedy in enumerate(f.remedies, 1):
+            console.print(Text(f"    {rank}. {remedy.title}: ", style="cyan").append(remedy.call))
+        if f.references:
+            console.print(Text(f"    see: {'; '.join(f.references)}", style="dim"))
