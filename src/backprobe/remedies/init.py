@@ -388,7 +388,12 @@ def init_(
     has_feedforward = any(isinstance(m, _FEEDFORWARD) for _, m in layers)
     needs_act = has_feedforward and scheme not in ("xavier_uniform", "xavier_normal", "identity")
     if activation is None:
-        activation = _infer_activation(model) if needs_act else "linear"
+        try:
+            activation = _infer_activation(model)
+        except RemedyError:
+            if needs_act:
+                raise
+            activation = "linear"  # Glorot and IRNN do not use it
     gain = _gain(activation) if scheme not in ("lsuv", "xavier_uniform", "xavier_normal") else 1.0
     if scheme in ("xavier_uniform", "xavier_normal"):
         gain = 1.0  # Glorot's derivation: unit gain for activations linear around 0
