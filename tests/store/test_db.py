@@ -11,6 +11,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 from numpy.testing import assert_allclose, assert_array_equal
 
 import backprobe as bp
@@ -382,3 +383,41 @@ def test_runs_reports_statuses(tmp_path):
         assert infos[1].error == "RuntimeError: boom"
     finally:
         live.close()
+
+
+def test_schema_1_files_are_upgraded_in_place_and_keep_their_runs(tmp_path):
+    """Schema 1 keyed time profiles by layer index; opening upgrades the file to the
+    current schema (profiles by sub-layer name and kind) and keeps every run."""
+    db = tmp_path / "runs.db"
+    _roundtrip_run(db)
+    conn = sqlite3.connect(db)
+    conn.execute("DROP TABLE time_profiles")
+    conn.execute(
+        "CREATE TABLE time_profiles (run_id INTEGER NOT NULL, layer_idx INTEGER NOT NULL, "
+        "step INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (run_id, layer_idx, step)) "
+        "WITHOUT ROWID"
+    )
+    conn.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    conn.commit()
+    conn.close()
+    database = RunDatabase(db)
+    try:
+        version = database.conn.execute(
+            "SELECT value FROM meta WHERE key='schema_version'"
+        ).fetchone()[0]
+        columns = [r[1] for r in database.conn.execute("PRAGMA table_info(time_profiles)")]
+        assert len(database.runs()) == 1
+    finally:
+        database.close()
+    assert version == str(SCHEMA_VERSION)
+    assert columns == ["run_id", "name", "kind", "step", "data"]
+    assert open_run(db, 1).history("loss").shape == (3,)
+
+
+def _roundtrip_run(db):
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Tanh())
+    with bp.Probe(model, db=db, name="old") as probe:
+        for _ in range(3):
+            loss = model(torch.ones(1, 2)).sum()
+            loss.backward()
+            probe.step(loss)

@@ -1,0 +1,338 @@
+"""Time profiles of recurrent layers: ||dL/dh_t||, ||dh_T/dh_k||, gates and theory, checked
+against hand-unrolled references built from PyTorch's cells and brute-force Jacobians."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_allclose
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import backprobe as bp
+from backprobe.errors import BackprobeError, ProbeConfigError
+from backprobe.theory.bounds import hochreiter_bound
+
+KINDS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+CELL_OF = {"rnn": nn.RNNCell, "lstm": nn.LSTMCell, "gru": nn.GRUCell}
+
+
+class SeqClassifier(nn.Module):
+    """Reads a sequence, predicts from the last output (and from h_n, so that both paths
+    carry gradient)."""
+
+    def __init__(self, kind: str, hidden: int = 6, n_in: int = 3, **kw) -> None:
+        super().__init__()
+        self.rnn = KINDS[kind](n_in, hidden, batch_first=True, **kw)
+        width = hidden * (2 if kw.get("bidirectional") else 1)
+        self.head = nn.Linear(width, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, state = self.rnn(x)
+        h_n = state[0] if isinstance(state, tuple) else state
+        return self.head(out[:, -1]) + 0.1 * h_n[-1].sum(-1, keepdim=True)
+
+
+def _train(model, x, y, steps=2, lr=0.05, **probe_kw):
+    """Train with the probe; ``lr=0`` keeps the weights that references must use."""
+    probe = bp.Probe(model, db=None, **probe_kw)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    with probe:
+        for _ in range(steps):
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            probe.step(loss)
+            opt.step()
+            opt.zero_grad()
+    return probe
+
+
+def _reference_profile(model: SeqClassifier, kind: str, x, y, batch: int) -> np.ndarray:
+    """||dL/dh_t|| over the first ``batch`` sequences, from a loop over a cell that
+    shares the one-layer module's weights."""
+    rnn = model.rnn
+    cell = CELL_OF[kind](rnn.input_size, rnn.hidden_size, **_cell_kw(rnn))
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(cell, name).copy_(getattr(rnn, name + "_l0"))
+    h = torch.zeros(x.shape[0], rnn.hidden_size)
+    c = torch.zeros_like(h)
+    hs = []
+    for t in range(x.shape[1]):
+        if kind == "lstm":
+            h, c = cell(x[:, t], (h, c))
+        else:
+            h = cell(x[:, t], h)
+        h.retain_grad()
+        hs.append(h)
+    logits = model.head(h) + 0.1 * h.sum(-1, keepdim=True)
+    nn.functional.cross_entropy(logits, y).backward()
+    return np.array([h.grad[:batch].double().norm().item() for h in hs])
+
+
+def _cell_kw(rnn: nn.RNNBase) -> dict:
+    return {"nonlinearity": rnn.nonlinearity} if isinstance(rnn, nn.RNN) else {}
+
+
+def _data(n=10, T=12, n_in=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, T, n_in, generator=g), torch.randint(0, 2, (n,), generator=g)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_signal_equals_a_hand_unrolled_cell_loop(kind):
+    torch.manual_seed(1)
+    model = SeqClassifier(kind)
+    x, y = _data()
+    probe = _train(model, x, y, steps=1, lr=0.0, time_batch=4)
+    reference = _reference_profile(model, kind, x, y, batch=4)
+    measured = probe.time_profile("rnn")
+    assert measured.shape == (1, x.shape[1])
+    assert_allclose(measured[0], reference, rtol=1e-5)
+    # the gradient reaches the first step only through the recurrence: far smaller
+    assert measured[0, 0] < measured[0, -1]
+
+
+def _brute_decay(model: SeqClassifier, x: torch.Tensor) -> np.ndarray:
+    """||dh_T/dh_k||₂ of the first sequence by torch.autograd.functional.jacobian."""
+    rnn = model.rnn
+    cell = CELL_OF["rnn"](rnn.input_size, rnn.hidden_size, **_cell_kw(rnn)).double()
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(cell, name).copy_(getattr(rnn, name + "_l0"))
+    xs = x[0].double()
+    T = xs.shape[0]
+    states = [torch.zeros(rnn.hidden_size, dtype=torch.float64)]
+    for t in range(T):
+        states.append(cell(xs[t], states[-1]).detach())
+
+    def run_from(k: int):
+        def f(h):
+            for t in range(k + 1, T):
+                h = cell(xs[t], h)
+            return h
+
+        return f
+
+    norms = []
+    for lag in range(T):
+        k = T - 1 - lag
+        J = torch.autograd.functional.jacobian(run_from(k), states[k + 1])
+        norms.append(torch.linalg.matrix_norm(J, ord=2).item())
+    return np.array(norms)
+
+
+def test_jacobian_decay_equals_brute_force_and_stays_under_pascanus_bound():
+    torch.manual_seed(2)
+    model = SeqClassifier("rnn", hidden=5)
+    x, y = _data(T=15)
+    probe = _train(model, x, y, steps=1, lr=0.0)
+    decay = probe.jacobian_decay("rnn")[0]
+    assert_allclose(decay, _brute_decay(model, x), rtol=1e-4, atol=1e-12)
+    lam, gamma = probe.recurrent_theory("rnn")[0]
+    W = model.rnn.weight_hh_l0.detach()
+    assert lam == pytest.approx(torch.linalg.matrix_norm(W.double(), 2).item(), rel=1e-5)
+    assert gamma == 1.0
+    bound = hochreiter_bound(W, gamma, np.arange(decay.size))
+    assert np.all(decay <= bound * (1 + 1e-5))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_measured_decay_never_exceeds_the_bound_when_lambda1_is_small(seed):
+    """Property: λ1 < 1/γ ⇒ ||dh_T/dh_(T−q)|| ≤ (γλ1)^q, lags up to 100, any sizes."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = int(torch.randint(2, 20, (1,), generator=g))
+    rnn = nn.RNN(3, hidden, batch_first=True)
+    with torch.no_grad():
+        W = torch.randn(hidden, hidden, generator=g)
+        target = 0.3 + 0.65 * torch.rand(1, generator=g).item()  # λ1 in [0.3, 0.95)
+        rnn.weight_hh_l0.copy_(W * target / torch.linalg.matrix_norm(W, 2))
+    model = SeqClassifier("rnn", hidden=hidden)
+    model.rnn = rnn
+    x, y = _data(n=4, T=101, seed=seed)
+    probe = _train(model, x, y, steps=1, lr=0.0, time_batch=2)
+    decay = probe.jacobian_decay("rnn")[0]
+    lam, gamma = probe.recurrent_theory("rnn")[0]
+    bound = np.power(gamma * lam, np.arange(decay.size))
+    assert lam < 1 / gamma
+    assert np.all(decay <= bound * (1 + 1e-4) + 1e-30)
+    assert np.isfinite(probe.memory_horizon("rnn")[0])
+
+
+def test_large_recurrent_weights_make_the_gradient_grow_through_time():
+    torch.manual_seed(3)
+    model = SeqClassifier("rnn", hidden=8, nonlinearity="relu")
+    with torch.no_grad():
+        model.rnn.weight_hh_l0.copy_(3.0 * torch.eye(8))
+        model.rnn.bias_hh_l0.fill_(1.0)
+    x, y = _data(T=10)
+    probe = _train(model, x.abs(), y, steps=1)
+    decay = probe.jacobian_decay("rnn")[0]
+    assert decay[5] > 100 * decay[0]
+    assert probe.memory_horizon("rnn")[0] == np.inf
+    profile = probe.time_profile("rnn")[0]
+    assert profile[0] > 100 * profile[-1]  # grows toward the first step
+
+
+def test_stacked_bidirectional_names_profiles_and_clear_errors():
+    torch.manual_seed(4)
+    model = SeqClassifier("gru", num_layers=2, bidirectional=True)
+    x, y = _data()
+    probe = _train(model, x, y, steps=3, time_every=2)
+    names = ["rnn[l0]", "rnn[l0_reverse]", "rnn[l1]", "rnn[l1_reverse]"]
+    assert probe.recurrent_layers == names
+    for name in names:
+        profile = probe.time_profile(name)
+        assert profile.shape == (3, x.shape[1])
+        assert np.isnan(profile[1]).all()  # step 1 is not a time-profile step
+        assert np.isfinite(profile[[0, 2]]).all()
+    # the forward direction's last output and the reverse direction's first step feed the
+    # head: the reverse direction's gradient concentrates at t = T−1, processed first
+    reverse = probe.time_profile("rnn[l1_reverse]")[0]
+    assert reverse[-1] > 0 and reverse[0] < reverse[-1]
+    with pytest.raises(BackprobeError, match=r"rnn\[l0\], rnn\[l0_reverse\]"):
+        probe.time_profile("rnn")
+    with pytest.raises(BackprobeError, match="No time profile for 'head'"):
+        probe.time_profile("head")
+
+
+def test_gate_statistics_of_an_lstm_are_its_forget_gate_on_the_sub_batch():
+    torch.manual_seed(5)
+    model = SeqClassifier("lstm")
+    with torch.no_grad():
+        model.rnn.bias_hh_l0[6:12].fill_(4.0)  # forget gate rows: open
+    x, y = _data()
+    probe = _train(model, x, y, steps=1, lr=0.0, time_batch=3)
+    rnn = model.rnn
+    with torch.no_grad():
+        h = torch.zeros(3, 6)
+        c = torch.zeros(3, 6)
+        forgets = []
+        for t in range(x.shape[1]):
+            gates = x[:3, t] @ rnn.weight_ih_l0.T + rnn.bias_ih_l0 + h @ rnn.weight_hh_l0.T
+            gates = gates + rnn.bias_hh_l0
+            i, f, g, o = gates.chunk(4, dim=-1)
+            forgets.append(torch.sigmoid(f))
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        forget = torch.stack(forgets)
+    column = probe.layers.index("rnn")
+    assert probe.history("gate_mean")[0, column] == pytest.approx(forget.mean().item(), rel=1e-5)
+    assert probe.history("gate_open")[0, column] == pytest.approx(
+        forget.gt(0.9).float().mean().item(), rel=1e-5
+    )
+    assert np.isnan(probe.history("gate_mean")[0, probe.layers.index("head")])
+    assert np.isnan(probe.recurrent_theory("rnn")).all()  # gated: no single λ1 bound
+
+
+def test_cells_in_a_user_loop_give_the_per_call_gradient():
+    torch.manual_seed(6)
+
+    class Loop(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cell = nn.GRUCell(3, 5)
+            self.head = nn.Linear(5, 2)
+
+        def forward(self, x):
+            h = torch.zeros(x.shape[0], 5)
+            self.hs = []
+            for t in range(x.shape[1]):
+                h = self.cell(x[:, t], h)
+                h.retain_grad()
+                self.hs.append(h)
+            return self.head(h)
+
+    model = Loop()
+    x, y = _data(T=7)
+    probe = _train(model, x, y, steps=1, time_batch=4)
+    expected = [h.grad[:4].double().norm().item() for h in model.hs]
+    assert probe.recurrent_layers == ["cell"]
+    assert_allclose(probe.time_profile("cell")[0], expected, rtol=1e-6)
+
+
+def test_packed_sequences_are_replayed_on_the_sub_batch():
+    torch.manual_seed(7)
+    rnn = nn.LSTM(3, 4, batch_first=True)
+    head = nn.Linear(4, 2)
+    x, y = _data(n=6, T=9)
+    lengths = torch.tensor([9, 4, 7, 2, 9, 5])
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    model = nn.ModuleDict({"rnn": rnn, "head": head})
+    probe = bp.Probe(model, db=None, time_batch=3)
+    with probe:
+        _, (h_n, _) = rnn(packed)
+        loss = nn.functional.cross_entropy(head(h_n[-1]), y)
+        loss.backward()
+        probe.step(loss)
+    # reference: each of the first 3 sequences alone, unpadded, through a cell loop
+    cell = nn.LSTMCell(3, 4)
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(cell, name).copy_(getattr(rnn, name + "_l0"))
+    h = torch.zeros(6, 4)
+    c = torch.zeros(6, 4)
+    hs = []
+    for t in range(9):
+        live = (t < lengths).unsqueeze(1)
+        h_new, c_new = cell(x[:, t], (h, c))
+        h, c = torch.where(live, h_new, h), torch.where(live, c_new, c)
+        h.retain_grad()
+        hs.append(h)
+    nn.functional.cross_entropy(head(h), y).backward()
+    expected = [s.grad[:3].double().norm().item() for s in hs]
+    assert_allclose(probe.time_profile("rnn")[0], expected, rtol=1e-5)
+
+
+def test_time_profiles_do_not_change_training():
+    x, y = _data()
+    results = []
+    for probed in (False, True):
+        torch.manual_seed(8)
+        model = SeqClassifier("lstm", num_layers=2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        probe = bp.Probe(model, db=None) if probed else None
+        losses = []
+        if probe:
+            probe.attach()
+        for _ in range(3):
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            if probe:
+                probe.step(loss)
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+        results.append((losses, [p.detach().clone() for p in model.parameters()]))
+    assert results[0][0] == results[1][0]
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        assert torch.equal(a, b)
+
+
+def test_time_profiles_are_stored_and_read_back(tmp_path):
+    torch.manual_seed(9)
+    model = SeqClassifier("rnn", num_layers=2)
+    x, y = _data()
+    db = tmp_path / "runs.db"
+    probe = bp.Probe(model, db=db, name="rec")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with probe:
+        for _ in range(2):
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            probe.step(loss)
+            opt.step()
+            opt.zero_grad()
+        live = {n: probe.time_profile(n) for n in probe.recurrent_layers}
+    run = bp.open_run(db, "rec")
+    assert run.recurrent_layers == ["rnn[l0]", "rnn[l1]"]
+    for name, values in live.items():
+        assert_allclose(run.time_profile(name), values, rtol=1e-6)
+        assert_allclose(run.memory_horizon(name), probe.memory_horizon(name))
+        assert run.recurrent_theory(name).shape == (2, 2)
+
+
+def test_time_batch_is_checked():
+    with pytest.raises(ProbeConfigError, match="time_batch to be a positive integer"):
+        bp.Probe(SeqClassifier("rnn"), db=None, time_batch=0)
