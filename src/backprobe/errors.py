@@ -43,3 +43,8 @@ class RecurrentInputError(BackprobeError, ValueError):
 class RemedyError(BackprobeError, ValueError):
     """A remedy (init, swap, clipping, truncated BPTT, regulariser, ESN, optimiser spec) was
     given a model, scheme, option or spec it cannot apply."""
+
+
+class LabConfigError(BackprobeError, ValueError):
+    """A lab experiment was asked for by an unknown name, variant or setting, or a setting
+    was given a value of the wrong type."""

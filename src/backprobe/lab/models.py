@@ -14,6 +14,8 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
+from ..probe.recurrent import UnrolledResult, unrolled_forward
+
 __all__ = [
     "ACTIVATIONS",
     "CELLS",
@@ -30,7 +32,7 @@ Activation = Literal["sigmoid", "tanh", "relu"]
 Init = Literal["default", "xavier", "he", "orthogonal"]
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 INITS: tuple[str, ...] = get_args(Init)
-Cell = Literal["rnn", "lstm", "gru", "irnn"]
+Cell = Literal["rnn", "lstm", "gru", "irnn", "esn"]
 CELLS: tuple[str, ...] = get_args(Cell)
 Readout = Literal["last", "all"]
 
@@ -128,7 +130,8 @@ class DeepMLP(nn.Sequential):
         return f"depth={self.depth}, width={self.width}, {self.activation}, init={self.init}"
 
 
-_RNN_TYPES: dict[str, type[nn.RNNBase]] = {
+_RNN_TYPES: dict[str, type[nn.RNNBase] | None] = {
+    "esn": None,  # built apart: backprobe.remedies.EchoStateNetwork
     "rnn": nn.RNN,
     "irnn": nn.RNN,
     "lstm": nn.LSTM,
@@ -158,7 +161,11 @@ class RecurrentModel(nn.Module):
     - ``"irnn"``: Le et al. (2015): ReLU RNN with W_hh = identity, all biases zero and
       input weights ``N(0, 0.001²)``: the state is carried unchanged until learnt
       otherwise, so the gradient through time neither vanishes nor explodes at first;
-    - ``"lstm"`` / ``"gru"``: the gated cells, PyTorch's default init.
+    - ``"lstm"`` / ``"gru"``: the gated cells, PyTorch's default init;
+    - ``"esn"``: an echo state network (:class:`~backprobe.remedies.EchoStateNetwork`,
+      its defaults: spectral radius 1.25, leak 0.3) of ``hidden`` reservoir units: the
+      reservoir is fixed, only the readout learns (by gradient, or in closed form with
+      ``model.rnn.fit``); ``self.out`` *is* the reservoir's readout. One layer only.
 
     ``recurrent_norm`` (optional) rescales each layer's W_hh — for LSTM/GRU each gate's
     block — to that largest singular value λ1 after init: Pascanu et al.'s knob
@@ -186,12 +193,23 @@ class RecurrentModel(nn.Module):
                 "Expected positive vocab_or_input_size, hidden, n_out, layers and embed, got "
                 f"{vocab_or_input_size=}, {hidden=}, {n_out=}, {layers=}, {embed=}."
             )
+        if cell == "esn" and (layers != 1 or recurrent_norm is not None):
+            raise ValueError(
+                "Expected layers=1 and recurrent_norm=None for an echo state network (its "
+                f"reservoir is scaled by its spectral radius), got {layers=}, {recurrent_norm=}."
+            )
         if recurrent_norm is not None and recurrent_norm < 0:
             raise ValueError(f"Expected recurrent_norm >= 0 or None, got {recurrent_norm}.")
         self.cell = cell
         self.readout = readout
         self.embedding = None if embed is None else nn.Embedding(vocab_or_input_size, embed)
         rnn_input = vocab_or_input_size if embed is None else embed
+        if cell == "esn":
+            from ..remedies.esn import EchoStateNetwork
+
+            self.rnn: nn.Module = EchoStateNetwork(rnn_input, hidden, n_out, batch_first=True)
+            self.out = self.rnn.readout
+            return
         kwargs = {"nonlinearity": "relu"} if cell == "irnn" else {}
         self.rnn = _RNN_TYPES[cell](
             rnn_input, hidden, num_layers=layers, batch_first=True, **kwargs
@@ -223,17 +241,37 @@ class RecurrentModel(nn.Module):
                 if float(sigma) > 0:
                     block.mul_(norm / sigma)
 
+    def _core_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the recurrent core reads: [B, T, E or F]."""
+        if self.embedding is not None:
+            return self.embedding(x)  # [B, T, E]
+        if x.dim() == 2:  # one feature per step given as [B, T]
+            return x.unsqueeze(-1)
+        return x
+
+    def _read(self, h: torch.Tensor) -> torch.Tensor:
+        """The readout of the top layer's states h [B, T, H]."""
+        return self.out(h[:, -1] if self.readout == "last" else h)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: int64 [B, T] (with an embedding) or float [B, T, F] → [B, n_out] or
         [B, T, n_out] (``readout="all"``)."""
-        if self.embedding is not None:
-            x = self.embedding(x)  # [B, T, E]
-        elif x.dim() == 2:  # one feature per step given as [B, T]
-            x = x.unsqueeze(-1)
+        x = self._core_input(x)
+        if self.cell == "esn":
+            return self._read(self.rnn.states(x))  # [B, T, N] reservoir states
         h, _ = self.rnn(x)  # [B, T, H], the top layer's states
-        if self.readout == "last":
-            h = h[:, -1]
-        return self.out(h)
+        return self._read(h)
+
+    def forward_unrolled(self, x: torch.Tensor) -> tuple[torch.Tensor, UnrolledResult]:
+        """The same output as ``forward`` (up to rounding), computed one step at a time
+        by :func:`~backprobe.probe.recurrent.unrolled_forward`, with every h_t a node of
+        the graph: what Pascanu's regulariser Ω needs. The fused ``self.rnn`` is not
+        called, so forward hooks on it do not fire."""
+        if self.cell == "esn":
+            raise ValueError("An echo state network is not trained through time: no Ω.")
+        unrolled = unrolled_forward(self.rnn, self._core_input(x))
+        assert isinstance(unrolled.output, torch.Tensor)
+        return self._read(unrolled.output), unrolled
 
     def extra_repr(self) -> str:
         return f"cell={self.cell}, readout={self.readout}"

@@ -1,0 +1,483 @@
+"""Experiments through time: recurrent models on the long-range tasks.
+
+One loop (:func:`run_sequence`) serves them all: fresh training sequences every step
+(the papers' infinite-data setting), a fixed test set of fresh sequences, the probe
+attached, metrics on the test set. What differs is the task and the config defaults.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..models import Cell, RecurrentModel
+from ..tasks import (
+    SequenceTask,
+    adding_task,
+    autocomplete_task,
+    copy_task,
+    latch_task,
+    temporal_order_task,
+)
+from .base import Expectation, Experiment, RunContext
+from .registry import register
+from .training import Loop, build_optimizer, train
+
+__all__ = ["SequenceConfig", "run_sequence"]
+
+#: Offset between the seeds of training batches and of the test set, so they never meet.
+_TEST_SEED = 1 << 40
+
+Optimizer = Literal["sgd", "adam", "rmsprop"]
+
+
+@dataclass(frozen=True)
+class SequenceConfig:
+    """Model and training settings shared by the recurrent experiments."""
+
+    cell: Cell = "rnn"
+    hidden: int = 64
+    layers: int = 1
+    embed: int | None = None  # token input: None = one-hot, else an nn.Embedding of this size
+    recurrent_norm: float | None = None  # rescale W_hh to this largest singular value
+    optimizer: Optimizer = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.0
+    batch: int = 50
+    steps: int = 4000
+    clip: float = 1.0  # global gradient-norm threshold; 0 = no clipping
+    omega: float = 0.0  # weight of Pascanu's regulariser Ω; 0 = off
+    n_test: int = 1000
+    eval_every: int = 250
+    record_every: int = 50
+
+
+TaskMaker = Callable[[Any, int, int], SequenceTask]
+
+
+def _inputs(task: SequenceTask, config: SequenceConfig) -> torch.Tensor:
+    """What the model reads: token ids (embedding), one-hot floats, or the features."""
+    if task.tokens and config.embed is None:
+        return F.one_hot(task.x, task.n_inputs).float()
+    return task.x
+
+
+def _loss(task: SequenceTask) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if task.loss == "mse":
+        return F.mse_loss
+    if task.per_step:
+        return lambda out, y: F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+    return F.cross_entropy
+
+
+def _metrics(task: SequenceTask, out: torch.Tensor) -> dict[str, float]:
+    """Test metrics: ``test_loss`` always; accuracy and error for classification."""
+    loss = float(_loss(task)(out, task.y))
+    metrics = {"test_loss": loss}
+    if task.loss == "mse":
+        metrics["test_mse"] = loss
+    elif task.per_step:  # copy: how many of the recalled symbols are right
+        recalled = out[:, -10:].argmax(-1) == task.y[:, -10:]
+        metrics["test_accuracy"] = float(recalled.float().mean())
+    else:
+        accuracy = float((out.argmax(-1) == task.y).float().mean())
+        metrics["test_accuracy"] = accuracy
+        metrics["test_error"] = 1.0 - accuracy
+    return metrics
+
+
+ExtraMetrics = Callable[[RecurrentModel, SequenceTask, torch.Tensor], dict[str, float]]
+
+
+def run_sequence(
+    config: Any, ctx: RunContext, make_task: TaskMaker, extra: ExtraMetrics | None = None
+) -> dict[str, float]:
+    """Train a :class:`RecurrentModel` on ``make_task(config, n, seed)`` sequences; at
+    each evaluation ``extra(model, test_task, test_inputs)`` may add metrics."""
+    test = make_task(config, config.n_test, _TEST_SEED + ctx.seed)
+    tokens_in = test.tokens and config.embed is not None
+    model = RecurrentModel(
+        test.n_inputs,
+        config.hidden,
+        test.n_out,
+        cell=config.cell,
+        layers=config.layers,
+        embed=config.embed if tokens_in else None,
+        readout="all" if test.per_step else "last",
+        recurrent_norm=config.recurrent_norm,
+    )
+    optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr, config.momentum)
+    x_test = _inputs(test, config)
+    loss_fn = _loss(test)
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        task = make_task(config, config.batch, ctx.seed * 10_000_019 + step)
+        return _inputs(task, config), task.y
+
+    def evaluate() -> dict[str, float]:
+        metrics = _metrics(test, model(x_test))
+        if extra is not None:
+            metrics.update(extra(model, test, x_test))
+        return metrics
+
+    loop = Loop(
+        steps=config.steps,
+        eval_every=config.eval_every,
+        record_every=config.record_every,
+        clip=config.clip,
+        omega=config.omega,
+    )
+    metrics = train(model, ctx, loop, optimizer, batch, loss_fn, evaluate)
+    return {**metrics, "baseline": test.baseline}
+
+
+def _mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+# --- adding ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AddingConfig(SequenceConfig):
+    """The adding problem at length ``length``; test MSE against the 0.167 baseline."""
+
+    length: int = 100
+    lr: float = 1e-3
+    steps: int = 6000
+
+
+def _adding(config: Any, n: int, seed: int) -> SequenceTask:
+    return adding_task(n, config.length, seed=seed)
+
+
+_ADDING_REF = "H&S 1997; Le et al. 2015 (approx.)"
+_ADDING_VARIANTS: dict[str, dict[str, Any]] = {}
+_ADDING_EXPECT: dict[str, list[Expectation]] = {}
+for _length in (100, 200):
+    for _cell in ("rnn", "irnn", "lstm", "gru"):
+        _name = f"{_cell}-T{_length}"
+        _ADDING_VARIANTS[_name] = {"cell": _cell, "length": _length}
+        if _cell == "irnn":
+            # Le et al.: SGD with clipping, lr 1e-2 .. 1e-3; here Adam at a small rate.
+            _ADDING_VARIANTS[_name]["lr"] = 1e-4
+            _ADDING_VARIANTS[_name]["clip"] = 1.0
+    if _length == 100:
+        _ADDING_EXPECT["rnn-T100"] = [Expectation("test_mse", ">", 0.1, _ADDING_REF)]
+        _ADDING_EXPECT["irnn-T100"] = [Expectation("test_mse", "<", 0.05, _ADDING_REF)]
+        _ADDING_EXPECT["lstm-T100"] = [Expectation("test_mse", "<", 0.01, _ADDING_REF)]
+        _ADDING_EXPECT["gru-T100"] = [Expectation("test_mse", "<", 0.01, _ADDING_REF)]
+
+ADDING = register(
+    Experiment(
+        name="adding",
+        title="Adding problem, T = 100 and 200: tanh RNN, IRNN, LSTM, GRU (baseline 0.167)",
+        config=AddingConfig,
+        run=lambda c, ctx: run_sequence(c, ctx, _adding),
+        variants=_ADDING_VARIANTS,
+        quick={
+            "length": 20,
+            "steps": 150,
+            "hidden": 24,
+            "lr": 1e-2,
+            "n_test": 200,
+            "eval_every": 50,
+        },
+        metrics=("test_mse",),
+        expect=_ADDING_EXPECT,
+    )
+)
+
+
+# --- copy memory ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CopyConfig(SequenceConfig):
+    """Copy memory with ``delay`` blanks; test cross-entropy per step against
+    10·ln 8/(delay + 20)."""
+
+    delay: int = 100
+    lr: float = 1e-3
+    steps: int = 6000
+
+
+def _copy(config: CopyConfig, n: int, seed: int) -> SequenceTask:
+    return copy_task(n, config.delay, seed=seed)
+
+
+_COPY_REF = "Arjovsky et al. 2016 (approx.)"
+COPY = register(
+    Experiment(
+        name="copy",
+        title="Copy memory, T = 100: LSTM beats the memoryless baseline 0.173, RNN does not",
+        config=CopyConfig,
+        run=lambda c, ctx: run_sequence(c, ctx, _copy),
+        variants={"rnn": {"cell": "rnn"}, "lstm": {"cell": "lstm"}, "gru": {"cell": "gru"}},
+        quick={
+            "delay": 5,
+            "steps": 300,
+            "hidden": 32,
+            "lr": 1e-2,
+            "n_test": 200,
+            "eval_every": 100,
+        },
+        metrics=("test_loss", "test_accuracy"),
+        expect={
+            # at most half the memoryless baseline 10·ln 8 / 120 = 0.173
+            "lstm": [Expectation("test_loss", "<", 0.0866, _COPY_REF)],
+            "rnn": [Expectation("test_loss", ">", 0.15, _COPY_REF)],
+        },
+    )
+)
+
+
+# --- temporal order (Pascanu et al. 2013) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TemporalOrderConfig(SequenceConfig):
+    """Temporal order of ``symbols`` information symbols in ``length`` steps, in Pascanu
+    et al.'s setting: 50 tanh units, SGD lr 0.01, batch 20; the test error on
+    ``n_test`` = 10,000 fresh sequences (solved: < 1 %)."""
+
+    length: int = 50
+    symbols: int = 2
+    hidden: int = 50
+    optimizer: Optimizer = "sgd"
+    lr: float = 0.01
+    batch: int = 20
+    clip: float = 0.0
+    steps: int = 20000
+    n_test: int = 10000
+    eval_every: int = 1000
+    record_every: int = 200
+
+
+def _order(config: TemporalOrderConfig, n: int, seed: int) -> SequenceTask:
+    return temporal_order_task(n, config.length, symbols=config.symbols, seed=seed)
+
+
+_PASCANU = "Pascanu et al. 2013 §4.1"
+TEMPORAL_ORDER = register(
+    Experiment(
+        name="temporal-order",
+        title="Temporal order, L = 50: SGD vs SGD + clipping vs SGD + clipping + Ω (Pascanu)",
+        config=TemporalOrderConfig,
+        run=lambda c, ctx: run_sequence(c, ctx, _order),
+        variants={
+            "sgd": {},
+            "sgd-clip": {"clip": 1.0},
+            "sgd-clip-omega": {"clip": 1.0, "omega": 2.0},
+            "3sym-sgd": {"symbols": 3},
+            "3sym-sgd-clip-omega": {"symbols": 3, "clip": 1.0, "omega": 2.0},
+        },
+        quick={
+            "length": 12,
+            "steps": 400,
+            "hidden": 24,
+            "lr": 0.1,
+            "momentum": 0.9,
+            "n_test": 500,
+            "eval_every": 100,
+        },
+        metrics=("test_error",),
+        expect={
+            "sgd": [Expectation("test_error", ">", 0.01, _PASCANU)],
+            "sgd-clip-omega": [Expectation("test_error", "<", 0.01, _PASCANU)],
+        },
+    )
+)
+
+
+# --- latch (Bengio et al. 1994) -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LatchConfig(SequenceConfig):
+    """Latch a class given in the first ``info`` steps across ``length`` noisy steps."""
+
+    length: int = 50
+    info: int = 3
+    noise: float = 0.2
+    hidden: int = 16
+    optimizer: Optimizer = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    steps: int = 2000
+    eval_every: int = 200
+
+
+def _latch(config: LatchConfig, n: int, seed: int) -> SequenceTask:
+    return latch_task(n, config.length, info=config.info, noise=config.noise, seed=seed)
+
+
+_BENGIO = "Bengio et al. 1994 (direction)"
+LATCH = register(
+    Experiment(
+        name="latch",
+        title="Latch (Bengio 1994): a tanh RNN's success with SGD falls with the length",
+        config=LatchConfig,
+        run=lambda c, ctx: run_sequence(c, ctx, _latch),
+        variants={
+            "rnn-T10": {"length": 10},
+            "rnn-T50": {"length": 50},
+            "rnn-T200": {"length": 200},
+            "lstm-T200": {"length": 200, "cell": "lstm"},
+        },
+        quick={"steps": 200, "n_test": 300, "eval_every": 100},
+        metrics=("test_accuracy",),
+        expect={
+            "rnn-T10": [Expectation("test_accuracy", ">", 0.95, _BENGIO)],
+            "rnn-T200": [Expectation("test_accuracy", "<", 0.9, _BENGIO)],
+        },
+    )
+)
+
+
+# --- the seeds' autocomplete example --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AutocompleteConfig(SequenceConfig):
+    """ "today … i need" vs "last month … i had" with ``filler`` words in between."""
+
+    filler: int = 50
+    embed: int | None = 16
+    hidden: int = 32
+    lr: float = 3e-3
+    steps: int = 1500
+    eval_every: int = 250
+
+
+def _autocomplete(config: AutocompleteConfig, n: int, seed: int) -> SequenceTask:
+    task = autocomplete_task(n, config.filler, seed=seed)
+    return SequenceTask(
+        x=task.x,
+        y=task.y,
+        n_inputs=task.vocab_size,
+        n_out=task.n_classes,
+        loss="cross_entropy",
+        baseline=math.log(2.0),
+        chance=task.chance,
+        tokens=True,
+    )
+
+
+AUTOCOMPLETE_FILLERS = (5, 20, 50, 100)
+AUTOCOMPLETE = register(
+    Experiment(
+        name="autocomplete",
+        title="The seeds' autocomplete: accuracy against filler length for RNN, LSTM, GRU",
+        config=AutocompleteConfig,
+        run=lambda c, ctx: run_sequence(c, ctx, _autocomplete),
+        variants={
+            f"{cell}-L{filler}": {"cell": cell, "filler": filler}
+            for cell in ("rnn", "lstm", "gru")
+            for filler in AUTOCOMPLETE_FILLERS
+        },
+        quick={"steps": 150, "n_test": 300, "eval_every": 50, "filler": 3},
+        metrics=("test_accuracy",),
+    )
+)
+
+
+# --- W_rec small vs large (seeds/002, Pascanu et al. 2013) ----------------------------------
+
+
+@dataclass(frozen=True)
+class RecurrentNormConfig(SequenceConfig):
+    """A tanh RNN whose W_hh has largest singular value ``recurrent_norm`` (λ1), on the
+    adding problem of length ``length``. ``time_ratio_init`` is ||dL/dh_1|| / ||dL/dh_T||
+    at initialisation (median over test sequences): Pascanu's bound says it is at most
+    about λ1^(T−1) when λ1 < 1 (tanh: γ = 1)."""
+
+    length: int = 50
+    recurrent_norm: float | None = 1.0
+    lr: float = 1e-3
+    steps: int = 2000
+
+
+def time_ratio(model: RecurrentModel, x: torch.Tensor, y: torch.Tensor, loss_fn: Any) -> float:
+    """Median over sequences of ||dL/dh_1|| / ||dL/dh_T|| of the top layer, from the
+    unrolled twin (:func:`~backprobe.probe.recurrent.unrolled_forward`). The parameters'
+    ``.grad`` are left as they are (``torch.autograd.grad``, not ``backward``)."""
+    with torch.enable_grad():
+        out, unrolled = model.forward_unrolled(x)
+        states = unrolled.states[-1][0]  # top layer, forward direction: T tensors [B, H]
+        first, last = torch.autograd.grad(loss_fn(out, y), [states[0], states[-1]])
+    norms = [torch.linalg.vector_norm(g, dim=-1, dtype=torch.float64) for g in (first, last)]
+    return float((norms[0] / norms[1]).median())
+
+
+def _run_norm(config: RecurrentNormConfig, ctx: RunContext) -> dict[str, float]:
+    first = True
+
+    def extra(model: RecurrentModel, task: SequenceTask, x: torch.Tensor) -> dict[str, float]:
+        nonlocal first
+        ratio = time_ratio(model, x[:200], task.y[:200], F.mse_loss)
+        key = "time_ratio_init" if first else "time_ratio"
+        first = False
+        return {key: ratio}
+
+    return run_sequence(config, ctx, _adding, extra=extra)
+
+
+_NORMS = (0.5, 0.9, 1.5, 3.0)
+RECURRENT_NORM = register(
+    Experiment(
+        name="w-rec",
+        title="W_rec small vs large (seeds/002): gradient through time against λ1^(T−1)",
+        config=RecurrentNormConfig,
+        run=_run_norm,
+        variants={f"lambda{n:g}": {"recurrent_norm": n} for n in _NORMS},
+        quick={"length": 20, "steps": 60, "hidden": 32, "n_test": 200, "eval_every": 30},
+        metrics=("time_ratio_init", "test_mse"),
+        expect={
+            f"lambda{n:g}": [
+                Expectation(
+                    "time_ratio_init", "<", n ** (50 - 1), "Pascanu et al. 2013 eq. 5: ≤ λ1^(T−1)"
+                )
+            ]
+            for n in _NORMS
+            if n < 1
+        },
+    )
+)
+
+
+# --- exploding gradients and clipping -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExplodingConfig(SequenceConfig):
+    """A tanh RNN started with a large W_rec (λ1 = ``recurrent_norm``), trained by plain
+    SGD on the adding problem, with or without clipping the global gradient norm."""
+
+    length: int = 50
+    recurrent_norm: float | None = 3.0
+    optimizer: Optimizer = "sgd"
+    lr: float = 0.05
+    clip: float = 0.0
+    steps: int = 2000
+    record_every: int = 10
+
+
+EXPLODING = register(
+    Experiment(
+        name="exploding",
+        title="An exploding RNN (λ1 = 3, SGD) with and without gradient clipping",
+        config=ExplodingConfig,
+        run=lambda c, ctx: run_sequence(c, ctx, _adding),
+        variants={"no-clip": {"clip": 0.0}, "clip": {"clip": 1.0}},
+        quick={"length": 20, "steps": 100, "hidden": 32, "n_test": 200, "eval_every": 50},
+        metrics=("test_mse", "max_grad_norm"),
+    )
+)

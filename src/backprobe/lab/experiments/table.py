@@ -1,0 +1,148 @@
+"""``backprobe lab table``: the lab's results, read back from the run database.
+
+For each experiment and variant the table takes the newest invocation of
+``backprobe lab run`` that ran it, reads each seed's final metrics (the last value the
+run recorded), and shows their mean over seeds beside the published reference and the
+verdict: "reproduced" when the mean satisfies the published direction.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ...diagnose.verdict import verdict
+from ...store.db import RunDatabase
+from ...store.run import open_run
+from .base import Experiment, Row
+from .registry import experiments
+from .settings import make_config
+
+__all__ = ["LabRun", "collect", "final_value", "results_rows"]
+
+
+@dataclass
+class LabRun:
+    """A stored lab run: its identity (from its config) and final metrics."""
+
+    run_id: int
+    experiment: str
+    variant: str
+    seed: int
+    invocation: str
+    profile: str
+    created: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def final_value(series: np.ndarray) -> float:
+    """The last finite value of a recorded scalar [S]; NaN if none."""
+    finite = np.flatnonzero(np.isfinite(series))
+    return float(series[finite[-1]]) if finite.size else math.nan
+
+
+def collect(db: Path) -> list[LabRun]:
+    """Every finished lab run in ``db``, oldest first, with its final metrics."""
+    database = RunDatabase(db)
+    try:
+        infos = database.runs()
+    finally:
+        database.close()
+    runs = []
+    for info in infos:
+        lab = info.config.get("lab") if isinstance(info.config, dict) else None
+        if not isinstance(lab, dict) or info.status != "finished":
+            continue
+        run = LabRun(
+            run_id=info.id,
+            experiment=str(lab.get("experiment")),
+            variant=str(lab.get("variant")),
+            seed=int(lab.get("seed", 0)),
+            invocation=str(lab.get("invocation")),
+            profile=str(lab.get("profile", "")),
+            created=info.created,
+        )
+        stored = open_run(db, info.id)
+        for name in stored.scalar_names:
+            run.metrics[name] = final_value(stored.history(name))
+        if stored.steps.size:  # first / last layer gradient norm at the last recorded step
+            ratio = verdict(stored).ratio
+            run.metrics.setdefault("grad_ratio", math.nan if ratio is None else ratio)
+        runs.append(run)
+    return runs
+
+
+def _latest(runs: Sequence[LabRun]) -> dict[tuple[str, str], list[LabRun]]:
+    """(experiment, variant) → the runs of the newest invocation that ran it."""
+    newest: dict[tuple[str, str], str] = {}
+    for run in runs:  # oldest first: later invocations overwrite
+        newest[(run.experiment, run.variant)] = run.invocation
+    groups: dict[tuple[str, str], list[LabRun]] = defaultdict(list)
+    for run in runs:
+        if newest[(run.experiment, run.variant)] == run.invocation:
+            groups[(run.experiment, run.variant)].append(run)
+    return groups
+
+
+def _stats(values: Sequence[float]) -> tuple[float, float]:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan
+    return float(np.mean(finite)), float(np.std(finite))
+
+
+def _rows(experiment: Experiment, groups: dict[str, list[LabRun]]) -> list[Row]:
+    rows = []
+    for variant in experiment.variant_names():
+        runs = groups.get(variant)
+        if not runs:
+            continue
+        label = variant if runs[0].profile.startswith("full") else f"{variant} ({runs[0].profile})"
+        expectations = {e.metric: e for e in experiment.expect.get(variant, ())}
+        for metric in experiment.metrics:
+            values = [r.metrics.get(metric, math.nan) for r in runs]
+            mean, spread = _stats(values)
+            expected = expectations.get(metric)
+            verdict = ""
+            if expected is not None:
+                verdict = "reproduced" if expected.holds(mean) else "not reproduced"
+            rows.append(
+                Row(
+                    experiment=experiment.name,
+                    variant=label,
+                    metric=metric,
+                    value=mean,
+                    spread=0.0 if len(runs) == 1 else spread,
+                    seeds=len(runs),
+                    reference="" if expected is None else str(expected),
+                    verdict=verdict,
+                )
+            )
+    if experiment.summarise is not None and groups:
+        per_variant = {
+            v: {m: [r.metrics.get(m, math.nan) for r in runs] for m in _metric_names(runs)}
+            for v, runs in groups.items()
+        }
+        rows.extend(experiment.summarise(per_variant, make_config(experiment.config)))
+    return rows
+
+
+def _metric_names(runs: Sequence[LabRun]) -> list[str]:
+    return sorted({m for r in runs for m in r.metrics})
+
+
+def results_rows(db: Path, names: Sequence[str] | None = None) -> list[Row]:
+    """The table's rows for the experiments ``names`` (default all), registry order."""
+    groups = _latest(collect(db))
+    rows = []
+    for experiment in experiments():
+        if names and experiment.name not in names:
+            continue
+        mine = {v: runs for (e, v), runs in groups.items() if e == experiment.name}
+        rows.extend(_rows(experiment, mine))
+    return rows
