@@ -166,11 +166,14 @@ def swap_activations_(
             f"build the replacement directly."
         )
     report = SwapReport()
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     for qual, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
             if isinstance(child, types):
                 setattr(parent, child_name, _make(to))
                 report.swapped.append(f"{qual}.{child_name}" if qual else child_name)
+    # model order (a shared module reached by a second name goes last)
+    report.swapped.sort(key=lambda name: order.get(name, len(order)))
     names = tuple(n for t in types for k, v in _FUNCTIONAL.items() if issubclass(t, k) for n in v)
     if names:
         report.functional = _find_calls(model, names, report)
