@@ -121,6 +121,14 @@ def show(
     params_only: Annotated[
         bool, typer.Option("--params-only", help="Only layers that own parameters.")
     ] = False,
+    time: Annotated[
+        bool,
+        typer.Option(
+            "--time",
+            help="Also the recurrent layers' gradient through time: ||dL/dh_t|| per time "
+            "step against Pascanu's bound, and the memory horizon.",
+        ),
+    ] = False,
 ) -> None:
     """Summarise a stored run: per-layer gradient flow at a step, the verdict, and the
     findings stored by `backprobe diagnose`."""
@@ -135,6 +143,10 @@ def show(
         f"{stored.steps.size} recorded steps"
     )
     print_summary(stored, step=step, console=console, params_only=params_only)
+    if time:
+        from .report.through_time import print_time_profiles
+
+        print_time_profiles(stored, step=step, console=console)
     findings = load_findings(db, stored.id)
     if findings:
         console.print(f"[bold]findings[/bold] ({len(findings)}, stored by backprobe diagnose)")
@@ -214,7 +226,7 @@ def check(
     console.print(f"[dim]checked in {result.seconds:.1f} s[/dim]")
     worst = SEVERITIES.index(result.worst) if result else -1
     if fail_on != "none" and worst >= SEVERITIES.index(fail_on):
-        raise typer.Exit(2)
+        sys.exit(2)  # not typer.Exit: main() runs click with standalone_mode=False
 
 
 @app.command()
