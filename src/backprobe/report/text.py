@@ -18,6 +18,7 @@ from rich.text import Text
 from .._format import compact_number
 from ..diagnose.verdict import Verdict, verdict
 from ..store.view import RunView
+from .through_time import horizon_line
 
 BAR_WIDTH = 12
 _STYLE = {
@@ -151,6 +152,9 @@ def print_summary(
     console.print(summary_table(run, step, params_only))
     v = verdict(run, step)
     console.print(verdict_text(v))
+    horizon = horizon_line(run, step)
+    if horizon is not None:
+        console.print(horizon)
     return v
 
 
