@@ -1,0 +1,90 @@
+"""Lightning: ``BackprobeCallback`` records gradient health while ``Trainer.fit`` runs.
+
+::
+
+    from backprobe.integrations.lightning import BackprobeCallback
+
+    callback = BackprobeCallback(every=10)
+    trainer = lightning.Trainer(callbacks=[callback])
+    trainer.fit(model)
+    callback.probe.summary()
+
+The probe watches the ``LightningModule`` and records at ``on_before_optimizer_step``:
+after backward (of every accumulated micro-batch) and after Lightning has unscaled
+mixed-precision gradients, before the optimizer step and ``zero_grad``. The loss stored
+with a step is the one Lightning back-propagated (divided by ``accumulate_grad_batches``
+and summed over the micro-batches, i.e. their mean). Under DDP every rank runs the
+callback, the statistics are global and rank 0 writes the run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..probe import Probe
+from ..probe.schedule import Schedule
+from ..store import DEFAULT_DB
+from ._driver import ProbeDriver
+
+try:
+    from lightning.pytorch import Callback, LightningModule, Trainer
+except ImportError:  # the older package name
+    try:
+        from pytorch_lightning import Callback, LightningModule, Trainer
+    except ImportError as error:
+        raise ImportError(
+            "backprobe.integrations.lightning needs Lightning: pip install 'backprobe[lightning]'"
+        ) from error
+
+
+class BackprobeCallback(Callback):
+    """Attach a :class:`~backprobe.Probe` to the trained ``LightningModule``.
+
+    Args:
+        every, db, name: as for :class:`~backprobe.Probe` (``every`` counts optimizer
+            steps); the run's name defaults to the module's class name.
+        **probe_options: any other ``Probe`` option (``include``, ``exclude``,
+            ``sinks``, ``time_every``, …). The GradScaler is taken from the trainer.
+
+    After ``fit``, ``callback.probe`` reads the run (``history``, ``summary``, …).
+    """
+
+    def __init__(
+        self,
+        every: int | Schedule = 1,
+        db: str | Path | None = DEFAULT_DB,
+        name: str | None = None,
+        **probe_options: Any,
+    ) -> None:
+        super().__init__()
+        self._driver = ProbeDriver(every, db, name, probe_options)
+
+    @property
+    def probe(self) -> Probe | None:
+        """The probe, once training has started."""
+        return self._driver.probe
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        self._driver.start(pl_module, scaler if isinstance(scaler, torch.amp.GradScaler) else None)
+
+    def on_before_backward(
+        self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor
+    ) -> None:
+        self._driver.add_loss(loss)
+
+    def on_before_optimizer_step(
+        self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        self._driver.step()
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._driver.close()
+
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
+        self._driver.close(exception)

@@ -1,0 +1,98 @@
+"""Hugging Face: ``BackprobeTrainerCallback`` records gradient health in ``Trainer.train``.
+
+::
+
+    from backprobe.integrations.transformers import BackprobeTrainerCallback
+
+    callback = BackprobeTrainerCallback(every=10)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data,
+                                   callbacks=[callback])
+    trainer.train()
+    callback.probe.summary()
+
+The probe watches the model and records at ``on_pre_optimizer_step``: after backward of
+every accumulated micro-batch and after gradient clipping (which is where the Trainer
+unscales mixed-precision gradients), before the optimizer step and ``zero_grad``.
+Without clipping, fp16 gradients are still scaled there; the probe then divides the
+GradScaler's scale out itself. The loss stored with a step is the one the model returned
+(``outputs.loss``): the mean over the accumulated micro-batches, or their sum when the
+Trainer normalised it by the step's number of items. Under DDP every rank runs the
+callback, the statistics are global and rank 0 writes the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from ..probe import Probe
+from ..probe.schedule import Schedule
+from ..store import DEFAULT_DB
+from ._driver import ProbeDriver
+
+try:
+    from transformers import TrainerCallback
+except ImportError as error:
+    raise ImportError(
+        "backprobe.integrations.transformers needs transformers: "
+        "pip install 'backprobe[transformers]'"
+    ) from error
+
+
+class BackprobeTrainerCallback(TrainerCallback):
+    """Attach a :class:`~backprobe.Probe` to the model a ``transformers.Trainer`` trains.
+
+    Args:
+        every, db, name: as for :class:`~backprobe.Probe` (``every`` counts optimizer
+            steps); the run's name defaults to the model's class name.
+        **probe_options: any other ``Probe`` option (``include``, ``exclude``,
+            ``sinks``, …). The GradScaler is taken from the Trainer's optimizer.
+
+    After ``train``, ``callback.probe`` reads the run (``history``, ``summary``, …).
+    """
+
+    def __init__(
+        self,
+        every: int | Schedule = 1,
+        db: str | Path | None = DEFAULT_DB,
+        name: str | None = None,
+        **probe_options: Any,
+    ) -> None:
+        self._driver = ProbeDriver(every, db, name, probe_options)
+        self._loss_hook: RemovableHandle | None = None
+        self._normalised = False  # the Trainer divided the loss by the step's item count
+
+    @property
+    def probe(self) -> Probe | None:
+        """The probe, once training has started."""
+        return self._driver.probe
+
+    def on_train_begin(self, args, state, control, model: nn.Module | None = None, **kwargs):
+        if model is None:
+            return
+        # an accelerate AcceleratedOptimizer carries the GradScaler of fp16 training
+        scaler = getattr(kwargs.get("optimizer"), "scaler", None)
+        self._driver.start(model, scaler if isinstance(scaler, torch.amp.GradScaler) else None)
+        self._loss_hook = model.register_forward_hook(self._catch_loss, with_kwargs=True)
+
+    def _catch_loss(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+        if not (module.training and torch.is_grad_enabled()):
+            return  # evaluation, or a checkpointed segment's recomputation
+        loss = output.get("loss") if isinstance(output, Mapping) else None
+        if isinstance(loss, torch.Tensor):
+            self._normalised = kwargs.get("num_items_in_batch") is not None
+            self._driver.add_loss(loss)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self._driver.step(mean=not self._normalised)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._loss_hook is not None:
+            self._loss_hook.remove()
+            self._loss_hook = None
+        self._driver.close()

@@ -1,0 +1,91 @@
+"""BackprobeCallback in a real lightning.Trainer records what a plain loop records."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from backprobe import Probe
+from backprobe.store.view import LAYER_SERIES
+
+L = pytest.importorskip("lightning")
+from backprobe.integrations.lightning import BackprobeCallback  # noqa: E402
+
+STEPS = 3
+
+
+class Tiny(L.LightningModule):
+    """Linear → Tanh → Linear → ReLU → Linear, SGD on the mean squared error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(
+            nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)
+        )
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.2)
+
+
+def data(batches: int) -> TensorDataset:
+    gen = torch.Generator().manual_seed(1)
+    return TensorDataset(
+        torch.randn(batches * 5, 4, generator=gen), torch.randn(batches * 5, 2, generator=gen)
+    )
+
+
+def plain_loop(accumulate: int) -> Probe:
+    """The same module, data order and optimizer in a hand-written loop."""
+    module = Tiny()
+    opt = module.configure_optimizers()
+    batches = list(DataLoader(data(STEPS * accumulate), batch_size=5, shuffle=False))
+    probe = Probe(module, db=None)
+    with probe:
+        for step in range(STEPS):
+            total = 0.0
+            for batch in batches[step * accumulate : (step + 1) * accumulate]:
+                loss = module.training_step(batch, 0) / accumulate
+                loss.backward()
+                total = total + loss.detach()
+            probe.step(total)
+            opt.step()
+            opt.zero_grad()
+    return probe
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_callback_records_what_a_plain_loop_records(tmp_path, accumulate):
+    callback = BackprobeCallback(db=tmp_path / "runs.db", name="lightning")
+    trainer = L.Trainer(
+        callbacks=[callback],
+        max_steps=STEPS,
+        accumulate_grad_batches=accumulate,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(Tiny(), DataLoader(data(STEPS * accumulate), batch_size=5, shuffle=False))
+    probe = callback.probe
+    expected = plain_loop(accumulate)
+    assert probe.layers == expected.layers == ["net.0", "net.1", "net.2", "net.3", "net.4"]
+    assert probe.steps.tolist() == list(range(STEPS))
+    for stat in (*LAYER_SERIES, "loss"):
+        np.testing.assert_allclose(
+            probe.history(stat), expected.history(stat), rtol=1e-6, err_msg=stat
+        )
+    assert not probe.attached  # closed at the end of training, the run marked finished
+    from backprobe import open_run
+
+    assert open_run(tmp_path / "runs.db", "lightning").status == "finished"
