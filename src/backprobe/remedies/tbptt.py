@@ -40,7 +40,7 @@ Example:
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -177,7 +177,9 @@ class SavedTensorMeter:
 
     ``current_bytes`` is the size of the distinct storages saved by graphs that are still
     alive; ``peak_bytes`` its maximum. A storage saved by several operations (a weight
-    used at every time step) counts once.
+    used at every time step) counts once, and a view counts its whole storage (what it
+    keeps alive). Storages of the tensors in ``ignore`` are not counted: pass the data
+    and the parameters, which live whatever the graph does, to measure the activations.
 
     Example:
         >>> import torch
@@ -190,10 +192,11 @@ class SavedTensorMeter:
         0
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ignore: Iterable[torch.Tensor] = ()) -> None:
         self.current_bytes = 0
         self.peak_bytes = 0
         self._counts: dict[tuple[str, int], int] = {}
+        self._ignore = {_storage_key(t) for t in ignore}
         self._context = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
 
     def _release(self, key: tuple[str, int], nbytes: int) -> None:
@@ -203,9 +206,10 @@ class SavedTensorMeter:
             self.current_bytes -= nbytes
 
     def _pack(self, tensor: torch.Tensor) -> _Saved:
-        storage = tensor.untyped_storage()
-        key = (str(tensor.device), storage.data_ptr())
-        nbytes = storage.nbytes()
+        key = _storage_key(tensor)
+        if key in self._ignore:
+            return _Saved(tensor)
+        nbytes = tensor.untyped_storage().nbytes()
         if key not in self._counts:
             self._counts[key] = 0
             self.current_bytes += nbytes
@@ -225,6 +229,10 @@ class SavedTensorMeter:
 
     def __exit__(self, *exc: object) -> None:
         self._context.__exit__(*exc)
+
+
+def _storage_key(tensor: torch.Tensor) -> tuple[str, int]:
+    return (str(tensor.device), tensor.untyped_storage().data_ptr())
 
 
 class _Saved:
