@@ -18,7 +18,7 @@ from backprobe.store.view import LAYER_SERIES
 
 STEPS = 3
 BATCH = 8  # the global batch; each of 2 ranks gets 4 samples
-SERIES = (*LAYER_SERIES, "loss")
+SERIES = (*LAYER_SERIES, "loss", "first_nonfinite")
 
 
 def make_model() -> nn.Module:
@@ -29,10 +29,10 @@ def make_model() -> nn.Module:
     )
 
 
-def make_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+def make_batches(nan: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Global batches [BATCH, 6]. Feature 1 is negative everywhere (its ReLU unit is dead on
     every rank); feature 0 only in the first half of each batch (dead on rank 0 alone,
-    alive globally)."""
+    alive globally). With ``nan``, one step whose last sample (on rank 1) holds a NaN."""
     gen = torch.Generator().manual_seed(1)
     batches = []
     for _ in range(STEPS):
@@ -42,6 +42,9 @@ def make_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
         x[BATCH // 2 :, 0] = x[BATCH // 2 :, 0].abs()
         y = torch.randn(BATCH, 3, generator=gen)
         batches.append((x, y))
+    if nan:
+        batches[0][0][-1, 2] = float("nan")
+        return batches[:1]
     return batches
 
 
@@ -63,16 +66,17 @@ def histories(probe: Probe) -> dict[str, np.ndarray]:
     return {stat: probe.history(stat) for stat in SERIES}
 
 
-def train_single() -> dict[str, np.ndarray]:
+def train_single(nan: bool = False) -> dict[str, np.ndarray]:
     """The reference: one process, the global batch."""
     model = make_model()
     probe = Probe(model, db=None)
-    train(model, probe, make_batches())
+    train(model, probe, make_batches(nan))
     return histories(probe)
 
 
 def run_rank(rank: int, world: int, init_file: str, out: str) -> None:
-    """Entry point of ``torch.multiprocessing.spawn``: DDP then FSDP2, 3 steps each."""
+    """Entry point of ``torch.multiprocessing.spawn``: DDP then FSDP2, 3 steps each, then
+    one DDP step with a NaN in rank 1's data."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from torch.nn.parallel import DistributedDataParallel
@@ -94,5 +98,10 @@ def run_rank(rank: int, world: int, init_file: str, out: str) -> None:
         probe = Probe(model, db=db, name="fsdp")
         train(model, probe, make_batches(), rank, world)
         np.savez(Path(out) / f"fsdp-rank{rank}.npz", **histories(probe))
+
+        ddp = DistributedDataParallel(make_model())
+        probe = Probe(ddp, db=db, name="nan")
+        train(ddp, probe, make_batches(nan=True), rank, world)
+        np.savez(Path(out) / f"nan-rank{rank}.npz", **histories(probe))
     finally:
         dist.destroy_process_group()
