@@ -10,6 +10,7 @@ from matplotlib.collections import QuadMesh
 from matplotlib.colors import LogNorm, to_rgba
 from numpy.testing import assert_allclose, assert_array_equal
 
+import backprobe as bp
 from backprobe.diagnose.finding import Finding
 from backprobe.errors import BackprobeError
 from backprobe.report import figures as F
@@ -158,7 +159,7 @@ def test_jacobian_decay_marks_the_memory_horizon():
     assert [line.get_xdata()[0] for line in verticals] == [10.0]  # none for inf
     threshold = next(line for line in lines if line.get_label() == "0.001 × lag 0")
     assert_allclose(threshold.get_ydata(), 1e-3)
-    drawn_bound = next(line for line in lines if line.get_label().startswith("bound"))
+    drawn_bound = next(line for line in lines if line.get_label().startswith("dashed: bound"))
     assert_allclose(drawn_bound.get_ydata(), bound)
     assert 0.5**10 < 1e-3 < 0.5**9  # the planted horizon is the first lag below
 
@@ -231,7 +232,9 @@ def test_run_figures_draw_the_recurrent_profiles_with_their_bound():
     steps = [line.get_label() for line in ax.get_lines() if line.get_label().startswith("step")]
     assert steps == [f"step {s}" for s in run.steps[rows[F.choose_steps(rows)]]]
     decay_ax = figures["jacobian_decay:rnn"].axes[0]
-    bound = next(line for line in decay_ax.get_lines() if line.get_label().startswith("bound"))
+    bound = next(
+        line for line in decay_ax.get_lines() if line.get_label().startswith("dashed: bound")
+    )
     assert_allclose(bound.get_ydata(), (GAMMA * LAMBDA1) ** np.arange(T), rtol=1e-6)
     verticals = {
         line.get_xdata()[0]
@@ -270,3 +273,48 @@ def test_shape_errors_say_what_was_expected():
         F.time_profile_figure(np.ones((1, 4)), [0], bound=np.ones(3))
     with pytest.raises(BackprobeError, match="same shape"):
         F.loss_figure(np.arange(3), np.ones(2))
+
+
+class _LastStateRNN(torch.nn.Module):
+    """A tanh RNN read out from h_T only, so that the bound anchored at T holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = torch.nn.RNN(3, 8, batch_first=True)
+        self.out = torch.nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.rnn(x)
+        return self.out(h[:, -1])
+
+
+def test_recurrent_figures_of_a_probed_rnn_respect_the_bound():
+    torch.manual_seed(0)
+    model = _LastStateRNN()
+    with torch.no_grad():
+        model.rnn.weight_hh_l0 *= 2.0  # some directions grow, most shrink
+    probe = bp.Probe(model, db=None, time_every=1, time_batch=4)
+    with probe:
+        for _ in range(2):  # no update: W_hh, hence the bound, stays as it is
+            loss = model(torch.randn(4, 15, 3)).pow(2).mean()
+            loss.backward()
+            probe.step(loss)
+            model.zero_grad()
+    (name,) = probe.recurrent_layers
+    figures = F.recurrent_figures(probe, name)
+    bound = hochreiter_bound(model.rnn.weight_hh_l0, "tanh", range(15))
+    profile = probe.time_profile(name)
+    ax = figures[f"time_profile:{name}"].axes[0]
+    data = [line for line in ax.get_lines() if line.get_label().startswith("step")]
+    assert_array_equal(data[-1].get_ydata(), profile[-1])
+    anchored = next(line for line in ax.get_lines() if "bound" in line.get_label())
+    assert_allclose(anchored.get_ydata(), profile[0, -1] * bound[::-1], rtol=1e-5)
+    # the measured gradient through time never exceeds the theory's bound
+    assert np.all(profile[0] <= anchored.get_ydata() * (1 + 1e-5))
+    decay_ax = figures[f"jacobian_decay:{name}"].axes[0]
+    decay = probe.jacobian_decay(name)
+    assert np.all(decay[0] <= bound * (1 + 1e-5))
+    horizon = probe.memory_horizon(name)[0]
+    shown = "never" if np.isinf(horizon) else f"{horizon:.0f}"
+    labels = [line.get_label() for line in decay_ax.get_lines()]
+    assert f"step 0: {shown}" in labels and f"step 1: {shown}" in labels

@@ -30,9 +30,10 @@ if TYPE_CHECKING:
     from ..diagnose.finding import Finding
     from ..store.view import RunView
 
-#: Colours of findings by severity, and of the theory's bounds.
+#: Colours of findings by severity.
 SEVERITY_COLOURS = {"info": "#1f77b4", "warning": "#ff7f0e", "error": "#d62728"}
-BOUND_STYLE = {"color": "0.35", "linestyle": "--", "linewidth": 1.2}
+#: The theory's bounds: dashed, in the colour of the step they belong to.
+BOUND_STYLE = {"linestyle": "--", "linewidth": 1.1}
 #: Tick labels on a layer axis beyond which only every k-th name is written.
 MAX_LAYER_TICKS = 24
 #: How many recorded steps the per-step figures draw by default.
@@ -322,7 +323,8 @@ def time_profile_figure(
     t = np.arange(T)
     fig = _figure()
     ax = fig.add_subplot()
-    for row, (step, colour) in enumerate(zip(steps, _step_colours(len(steps)), strict=True)):
+    colours = _step_colours(len(steps))
+    for row, (step, colour) in enumerate(zip(steps, colours, strict=True)):
         ax.plot(t, _positive(p[row]), "-", color=colour, label=f"step {int(step)}")
     b = _bound_rows(bound, p.shape[0], T)
     labelled = False
@@ -332,8 +334,8 @@ def time_profile_figure(
             continue
         end = int(last[-1])
         anchored = p[row, end] * b[row, end - t[: end + 1]]
-        label = None if labelled else "bound ‖dL/dh_T‖·(γλ₁)^(T−t)"
-        ax.plot(t[: end + 1], _positive(anchored), label=label, **BOUND_STYLE)
+        label = None if labelled else "dashed: bound ‖dL/dh_T‖·(γλ₁)^(T−t)"
+        ax.plot(t[: end + 1], _positive(anchored), color=colours[row], label=label, **BOUND_STYLE)
         labelled = True
     ax.set_yscale("log")
     ax.set_xlabel("time step t")
@@ -382,12 +384,12 @@ def jacobian_decay_figure(
             label=f"{threshold:g} × lag 0",
         )
     b = _bound_rows(bound, d.shape[0], lags.size)
-    if b is not None:
-        # one line per distinct bound: W_hh changes with training, but often little
-        for i, row in enumerate(np.unique(b, axis=0)):
-            if np.isfinite(row).any():
-                label = "bound (γλ₁)^lag" if i == 0 else None
-                ax.plot(lags, _positive(row), label=label, **BOUND_STYLE)
+    labelled = False
+    for row, colour in enumerate(_step_colours(len(steps))):
+        if b is not None and np.isfinite(b[row]).any():
+            label = None if labelled else "dashed: bound (γλ₁)^lag"
+            ax.plot(lags, _positive(b[row]), color=colour, label=label, **BOUND_STYLE)
+            labelled = True
     ax.set_yscale("log")
     ax.set_xlabel("lag T − k (steps back in time)")
     ax.set_ylabel("‖dh_T/dh_k‖₂")

@@ -199,7 +199,10 @@ def _describe(run: RunView) -> tuple[str, str, str | None]:
     name = str(getattr(run, "name", type(run).__name__))
     run_id = getattr(run, "id", None) or getattr(run, "run_id", None)
     title = f"run {run_id}: {name}" if run_id is not None else name
-    status = getattr(run, "status", None) or "in memory"
+    status = getattr(run, "status", None)
+    if status is None:  # a live Probe
+        db = getattr(run, "db", None)
+        status = "live probe, " + ("in memory" if db is None else f"run database {db}")
     steps = run.steps
     parts = [status, f"{steps.size} recorded step{'s' if steps.size != 1 else ''}"]
     if steps.size:
