@@ -452,36 +452,39 @@ COPY_SYMBOLS = 8
 COPY_LENGTH = 10
 
 
-def copy_task(n: int, delay: int, *, seed: int = 0) -> SequenceTask:
-    """Copy memory (Arjovsky et al. 2016): remember 10 symbols across ``delay`` steps.
+def copy_task(n: int, delay: int, *, seed: int = 0, count: int = COPY_LENGTH) -> SequenceTask:
+    """Copy memory (Arjovsky et al. 2016): remember ``count`` (10) symbols across ``delay``.
 
-    Tokens: 0 blank, 1 … 8 symbols, 9 the "go" marker. An input is 10 symbols drawn
-    uniformly from 1 … 8, ``delay − 1`` blanks, the marker, then 10 blanks (T = delay + 20
-    steps). The target is blank for the first ``delay + 10`` steps and the 10 symbols for
-    the last 10. A memoryless model predicts blank, then uniform over the 8 symbols:
-    cross-entropy ``10·ln 8 / (delay + 20)`` per step (0.173 at delay 100), the baseline.
+    Tokens: 0 blank, 1 … 8 symbols, 9 the "go" marker. An input is ``count`` symbols drawn
+    uniformly from 1 … 8, ``delay − 1`` blanks, the marker, then ``count`` blanks
+    (T = delay + 2·count steps). The target is blank for the first ``delay + count``
+    steps and the symbols for the last ``count``. A memoryless model predicts blank, then
+    uniform over the 8 symbols: cross-entropy ``count·ln 8 / T`` per step (0.173 at
+    delay 100 with 10 symbols), the baseline.
 
     Returns:
-        SequenceTask with x int64 [n, delay + 20] (vocabulary 10), y int64 [n, delay + 20]
-        (9 classes), ``per_step``.
+        SequenceTask with x int64 [n, T] (vocabulary 10), y int64 [n, T] (9 classes),
+        ``per_step``.
     """
-    if n < 1 or delay < 1:
-        raise ValueError(f"Expected n >= 1 and delay >= 1, got n={n}, delay={delay}.")
+    if n < 1 or delay < 1 or count < 1:
+        raise ValueError(
+            f"Expected n >= 1, delay >= 1 and count >= 1, got n={n}, delay={delay}, count={count}."
+        )
     g = torch.Generator().manual_seed(seed)
-    length = delay + 2 * COPY_LENGTH
-    symbols = torch.randint(1, COPY_SYMBOLS + 1, (n, COPY_LENGTH), generator=g)
+    length = delay + 2 * count
+    symbols = torch.randint(1, COPY_SYMBOLS + 1, (n, count), generator=g)
     x = torch.zeros(n, length, dtype=torch.long)
-    x[:, :COPY_LENGTH] = symbols
-    x[:, delay + COPY_LENGTH - 1] = COPY_SYMBOLS + 1
+    x[:, :count] = symbols
+    x[:, delay + count - 1] = COPY_SYMBOLS + 1
     y = torch.zeros(n, length, dtype=torch.long)
-    y[:, -COPY_LENGTH:] = symbols
+    y[:, -count:] = symbols
     return SequenceTask(
         x=x,
         y=y,
         n_inputs=COPY_SYMBOLS + 2,
         n_out=COPY_SYMBOLS + 1,
         loss="cross_entropy",
-        baseline=COPY_LENGTH * math.log(COPY_SYMBOLS) / length,
+        baseline=count * math.log(COPY_SYMBOLS) / length,
         tokens=True,
         per_step=True,
     )

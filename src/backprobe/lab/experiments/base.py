@@ -124,7 +124,8 @@ class Experiment:
         config: the config dataclass; its defaults are the full run.
         run: trains one variant for one seed; returns {metric: value}.
         variants: variant name → config overrides; one run per variant and seed.
-        quick: overrides for the CI-sized run (seconds per variant).
+        quick: overrides for the CI-sized run (seconds per variant), applied after the
+            variant's own.
         metrics: the metrics the table shows, first the main one.
         expect: variant → expectations checked by the table.
         summarise: optional rows derived across variants.

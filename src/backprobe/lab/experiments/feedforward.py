@@ -9,15 +9,18 @@ that still trains, against mean-field theory's 6ξ.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...theory.meanfield import mean_field
 from ..models import DeepMLP
 from ..tasks import Task, classification_task, insurance_task
-from .base import Expectation, Experiment, RunContext
+from .base import Expectation, Experiment, Row, RunContext
 from .registry import register
 from .training import Loop, build_optimizer, train
 
@@ -150,5 +153,170 @@ INSURANCE = register(
                 Expectation("grad_ratio", "<", 1e-3, "Hochreiter 1991: ≤ 0.25 per layer")
             ],
         },
+    )
+)
+
+
+# --- the seeds' short vs long network -------------------------------------------------------
+
+SHORT_VS_LONG = register(
+    Experiment(
+        name="short-vs-long",
+        title="The seeds' short vs 50-layer network (sigmoid), and ReLU + He init as the cure",
+        config=MLPConfig,
+        run=run_mlp,
+        # The demo's chapter 1: sigmoid nets at lr 2 (each layer passes at most 1/4 of the
+        # gradient, so updates shrink on the way down), the ReLU + He net at lr 0.01.
+        variants={
+            "short-sigmoid": {"depth": 3, "lr": 2.0},
+            "deep-sigmoid": {"depth": 50, "lr": 2.0},
+            "deep-relu-he": {"depth": 50, "activation": "relu", "init": "he", "lr": 0.01},
+        },
+        quick={"steps": 150, "n_train": 2048, "n_test": 512, "eval_every": 50},
+        metrics=("test_accuracy", "grad_ratio"),
+        expect={
+            "short-sigmoid": [Expectation("test_accuracy", ">", 0.8, "seeds/001 (direction)")],
+            "deep-sigmoid": [
+                Expectation("grad_ratio", "<", 1e-6, "Hochreiter 1991: ≤ 0.25 per layer"),
+                Expectation("test_accuracy", "<", 0.4, "seeds/001 (direction)"),
+            ],
+            "deep-relu-he": [Expectation("test_accuracy", ">", 0.8, "He et al. 2015")],
+        },
+    )
+)
+
+
+# --- depth sweeps ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DepthConfig(MLPConfig):
+    """A network *trains* when its test accuracy reaches ``trainable_accuracy`` (chance is
+    0.25) after ``steps`` steps of SGD with momentum."""
+
+    optimizer: Literal["sgd", "adam", "rmsprop"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    steps: int = 500
+    eval_every: int = 250
+    record_every: int = 50
+    trainable_accuracy: float = 0.6
+
+
+def _max_trainable(depths: Sequence[int], accuracies: Sequence[float], threshold: float) -> float:
+    """The largest depth whose (mean) accuracy reaches ``threshold``; NaN if none."""
+    good = [d for d, a in zip(depths, accuracies, strict=True) if a >= threshold]
+    return float(max(good)) if good else math.nan
+
+
+def _depth_rows(
+    experiment: str,
+    groups: Mapping[str, Sequence[str]],
+    variants: Mapping[str, Mapping[str, object]],
+    results: Mapping[str, Mapping[str, Sequence[float]]],
+    config: DepthConfig,
+    reference: Mapping[str, float] | None = None,
+) -> list[Row]:
+    """One row per group of variants (same network but depth): the deepest that trains.
+    With ``reference`` (group → 6ξ), the verdict checks a factor of 2 either way."""
+    rows = []
+    for group, names in groups.items():
+        ran = [n for n in names if n in results]
+        if not ran:
+            continue
+        depths = [int(variants[n]["depth"]) for n in ran]  # type: ignore[call-overload]
+        accuracy = [float(np.nanmean(results[n]["test_accuracy"])) for n in ran]
+        deepest = _max_trainable(depths, accuracy, config.trainable_accuracy)
+        seeds = min(len(results[n]["test_accuracy"]) for n in ran)
+        text, verdict = "", ""
+        if reference is not None:
+            six_xi = reference[group]
+            text = f"6ξ = {six_xi:.3g} (Schoenholz et al. 2017), within ×2"
+            ok = math.isfinite(deepest) and six_xi / 2 <= deepest <= 2 * six_xi
+            verdict = "reproduced" if ok else "not reproduced"
+        rows.append(
+            Row(
+                experiment=experiment,
+                variant=f"{group} (depths {min(depths)}–{max(depths)})",
+                metric="max_trainable_depth",
+                value=deepest,
+                spread=0.0,
+                seeds=seeds,
+                reference=text,
+                verdict=verdict,
+            )
+        )
+    return rows
+
+
+SWEEP_DEPTHS = (2, 8, 16, 32, 64)
+_SWEEP_VARIANTS: dict[str, dict[str, object]] = {}
+_SWEEP_GROUPS: dict[str, list[str]] = {}
+for _act in ("sigmoid", "tanh", "relu"):
+    for _init in ("xavier", "he", "orthogonal"):
+        for _depth in SWEEP_DEPTHS:
+            _name = f"{_act}-{_init}-d{_depth}"
+            _SWEEP_VARIANTS[_name] = {"activation": _act, "init": _init, "depth": _depth}
+            _SWEEP_GROUPS.setdefault(f"{_act}-{_init}", []).append(_name)
+
+DEPTH_SWEEP = register(
+    Experiment(
+        name="depth-sweep",
+        title="Depth sweep: sigmoid / tanh / ReLU × Glorot / He / orthogonal × depth 2…64",
+        config=DepthConfig,
+        run=run_mlp,
+        variants=_SWEEP_VARIANTS,
+        quick={"steps": 100, "n_train": 1024, "n_test": 512, "eval_every": 50},
+        metrics=("test_accuracy",),
+        summarise=lambda results, config: _depth_rows(
+            "depth-sweep", _SWEEP_GROUPS, _SWEEP_VARIANTS, results, config
+        ),
+    )
+)
+
+# Mean-field networks: tanh, σ_b² = 0.05, three σ_w² in the ordered phase, where the
+# gradient's mean square shrinks by χ1 < 1 per layer and ξ = −1/ln χ1.
+SCALE_SIGMA_W2 = (0.8, 1.0, 1.2)
+SCALE_SIGMA_B2 = 0.05
+SCALE_DEPTHS = (6, 12, 18, 24, 36, 48, 72)
+_SCALE_VARIANTS: dict[str, dict[str, object]] = {}
+_SCALE_GROUPS: dict[str, list[str]] = {}
+for _s2 in SCALE_SIGMA_W2:
+    for _depth in SCALE_DEPTHS:
+        _name = f"sw2={_s2:g}-d{_depth}"
+        _SCALE_VARIANTS[_name] = {"sigma_w": math.sqrt(_s2), "depth": _depth}
+        _SCALE_GROUPS.setdefault(f"tanh σ_w²={_s2:g}", []).append(_name)
+
+
+def six_xi(sigma_w2: float, sigma_b2: float = SCALE_SIGMA_B2) -> float:
+    """Mean-field theory's trainable depth 6ξ for tanh at (σ_w², σ_b²)."""
+    return mean_field("tanh", math.sqrt(sigma_w2), math.sqrt(sigma_b2)).trainable_depth
+
+
+DEPTH_SCALE = register(
+    Experiment(
+        name="depth-scale",
+        title="Measured trainable depth of tanh nets at 3 σ_w against mean-field 6ξ",
+        config=DepthConfig,
+        run=run_mlp,
+        variants={
+            name: {
+                **overrides,
+                "activation": "tanh",
+                "init": "gaussian",
+                "sigma_b": math.sqrt(SCALE_SIGMA_B2),
+            }
+            for name, overrides in _SCALE_VARIANTS.items()
+        },
+        quick={"steps": 100, "n_train": 1024, "n_test": 512, "eval_every": 50},
+        metrics=("test_accuracy",),
+        summarise=lambda results, config: _depth_rows(
+            "depth-scale",
+            _SCALE_GROUPS,
+            _SCALE_VARIANTS,
+            results,
+            config,
+            reference={f"tanh σ_w²={s2:g}": six_xi(s2) for s2 in SCALE_SIGMA_W2},
+        ),
     )
 )

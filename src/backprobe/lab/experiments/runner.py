@@ -66,7 +66,11 @@ def plan(
     quick: bool = False,
     db: Path | None = None,
 ) -> list[Job]:
-    """The runs of ``experiment``: config = defaults ← quick ← variant ← ``settings``."""
+    """The runs of ``experiment``: config = defaults ← variant ← quick ← ``settings``.
+
+    Quick overrides come after the variant's, so that they can shrink what every variant
+    sets (a length, a learning rate); an experiment's quick dict leaves alone the fields
+    its variants are about (a depth sweep's depth)."""
     if seeds < 1:
         raise LabConfigError(f"Expected --seeds >= 1, got {seeds}.")
     user = parse_settings(experiment.config, settings, experiment.name)
@@ -75,7 +79,7 @@ def plan(
     invocation = uuid.uuid4().hex[:12]
     jobs = []
     for variant in experiment.variant_names(variants):
-        config = make_config(experiment.config, base, experiment.variants[variant], user)
+        config = make_config(experiment.config, experiment.variants[variant], base, user)
         for seed in range(first_seed, first_seed + seeds):
             jobs.append(
                 Job(
