@@ -127,7 +127,7 @@ def test_a_real_model_with_a_markup_layer_name(tmp_path):
             loss.backward()
             probe.step(loss)
             model.zero_grad()
-    path = probe.report(tmp_path / "r.html")
+    path = probe.report(tmp_path / "r.html", include=["gradient_flow"])
     page = path.read_text()
     assert "<script" not in page.lower()
     assert html.escape(EVIL) in page
@@ -138,7 +138,7 @@ def test_a_real_model_with_a_markup_layer_name(tmp_path):
 
 def test_probe_report_and_notebook_fragment(tmp_path):
     probe = record(None, steps=4)
-    path = probe.report(tmp_path / "out" / "probe.html")
+    path = probe.report(tmp_path / "out" / "probe.html", include=["loss"])
     page = path.read_text()
     assert f"verdict: {verdict(probe).message}" in html.unescape(page)
     fragment = probe._repr_html_()
@@ -174,6 +174,13 @@ def test_a_run_without_steps_still_reports(tmp_path):
     assert "no recorded step yet" in page
     assert "no findings computed" in page
     assert _images(page) == []
+    # a notebook shows a probe before training, even before it was attached
+    probe = bp.Probe(nn.Sequential(nn.Linear(2, 3), nn.ReLU()), db=None)
+    for _ in range(2):
+        fragment = probe._repr_html_()
+        assert "0 recorded steps" in fragment and "no recorded step yet" in fragment
+        probe.attach()
+    probe.close()
 
 
 def test_bad_arguments_are_user_errors(tmp_path):

@@ -194,6 +194,15 @@ def _recurrent_rows(run: RunView) -> list[dict[str, Any]]:
     return rows
 
 
+def _recorded_steps(run: RunView) -> np.ndarray:
+    """The run's recorded steps; none for a Probe that was never attached (which has no
+    run to read yet and says so by raising)."""
+    try:
+        return run.steps
+    except BackprobeError:
+        return np.zeros(0, dtype=np.int64)
+
+
 def _describe(run: RunView) -> tuple[str, str, str | None]:
     """(title, metadata line, notice) of a Probe or a stored run."""
     name = str(getattr(run, "name", type(run).__name__))
@@ -203,7 +212,7 @@ def _describe(run: RunView) -> tuple[str, str, str | None]:
     if status is None:  # a live Probe
         db = getattr(run, "db", None)
         status = "live probe, " + ("in memory" if db is None else f"run database {db}")
-    steps = run.steps
+    steps = _recorded_steps(run)
     parts = [status, f"{steps.size} recorded step{'s' if steps.size != 1 else ''}"]
     if steps.size:
         parts.append(f"steps {int(steps[0])}…{int(steps[-1])}")
@@ -234,7 +243,8 @@ def run_context(
     from .figures import run_figures
 
     title, meta, notice = _describe(run)
-    findings = run_findings(run) if run.steps.size else None
+    recorded = _recorded_steps(run).size > 0
+    findings = run_findings(run) if recorded else None
     context: dict[str, Any] = {
         "title": title,
         "meta": meta,
@@ -244,7 +254,7 @@ def run_context(
         "recurrent": [],
         "figures": [],
     }
-    if not run.steps.size:
+    if not recorded:
         context.update(verdict="no recorded step yet: nothing to judge", verdict_status="unknown")
         return context
     v = verdict(run)
@@ -281,7 +291,7 @@ def _comparison(runs: list[RunView]) -> list[dict[str, str]]:
 
     profiles = {}
     for run in runs:
-        if run.steps.size:
+        if _recorded_steps(run).size:
             title, _, _ = _describe(run)
             profiles[title] = (run.layers, run.history("grad_norm")[-1])
     if len(profiles) < 2:
