@@ -58,7 +58,7 @@ class GradNorms(transformers.TrainerCallback):
         self.norms.append({n: float(p.grad.double().norm()) for n, p in model.named_parameters()})
 
 
-@pytest.mark.parametrize("accumulate", [1, 2])
+@pytest.mark.parametrize("accumulate", [pytest.param(1, marks=pytest.mark.slow), 2])
 def test_trainer_callback_records_what_a_plain_loop_records(tmp_path, accumulate):
     model = tiny_gpt2()
     twin = copy.deepcopy(model)
