@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test test-slow lint bench clean
+.PHONY: demo test test-slow lint bench results clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,14 @@ test-slow: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/esn_vs_reservoirpy.py
+
+# The lab's full experiments (hours on a laptop CPU), then docs/results.md from their runs.
+# RESULTS="adding copy" reruns only those; RESULTS= rewrites the page from stored runs.
+RESULTS ?= all
+JOBS    ?= 2
+results: $(VENV)/.installed-base
+	$(BIN)/python -m backprobe.lab.experiments.results --run $(RESULTS) --jobs $(JOBS) \
+		--db backprobe-runs/results.db --out docs/results.md
 
 clean:
 	rm -rf $(VENV) backprobe-runs .pytest_cache .ruff_cache

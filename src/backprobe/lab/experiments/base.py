@@ -106,6 +106,7 @@ class Row:
     seeds: int
     reference: str
     verdict: str  # "reproduced", "not reproduced" or "" (nothing published to check)
+    seconds: float = math.nan  # mean wall time of a run (start to finish in the run DB)
 
 
 RunFn = Callable[[Any, RunContext], dict[str, float]]
@@ -129,6 +130,7 @@ class Experiment:
         metrics: the metrics the table shows, first the main one.
         expect: variant → expectations checked by the table.
         summarise: optional rows derived across variants.
+        seeds: seeds per variant for ``docs/results.md`` (``make results``).
     """
 
     name: str
@@ -140,6 +142,7 @@ class Experiment:
     metrics: tuple[str, ...] = ()
     expect: Mapping[str, Sequence[Expectation]] = field(default_factory=dict)
     summarise: SummaryFn | None = None
+    seeds: int = 1
 
     def __post_init__(self) -> None:
         if not dataclasses.is_dataclass(self.config):

@@ -9,6 +9,7 @@ the test metrics as scalars.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -52,19 +53,20 @@ class ESNConfig:
 def _store(
     esn: EchoStateNetwork,
     ctx: RunContext,
-    u: torch.Tensor,
+    predict: Callable[[], torch.Tensor],
     y: torch.Tensor,
     metrics: dict[str, float],
 ) -> None:
-    """One recorded probe step on the test data, with the metrics as scalars."""
+    """One recorded probe step: the test loss of ``predict()`` against ``y`` and its
+    gradient (the readout's only), with the metrics as scalars."""
     probe = Probe(esn, every=1, db=ctx.db, name=ctx.name, config=ctx.stored_config)
     with probe:
-        loss = F.mse_loss(esn(u), y)
+        loss = F.mse_loss(predict(), y)
         loss.backward()
         for name, value in metrics.items():
             probe.record_scalar(name, value)
         probe.step(loss)
-    ctx.report(1, 1, float(loss), "no gradient through time")
+    ctx.report(1, 1, float(loss.detach()), "no gradient through time")
 
 
 def _mackey_glass(config: ESNConfig, ctx: RunContext) -> dict[str, float]:
@@ -82,14 +84,18 @@ def _mackey_glass(config: ESNConfig, ctx: RunContext) -> dict[str, float]:
         seed=ctx.seed,
     )
     esn.fit(u[:split], y[:split], warmup=config.warmup)
-    with torch.no_grad():
+
+    def predict() -> torch.Tensor:
         # The reservoir runs on through the test part from where training left it.
-        pred = esn(u[split:], state=esn.last_state).reshape(-1)
+        return esn(u[split:], state=esn.last_state).reshape(-1)
+
+    with torch.no_grad():
+        pred = predict()
     truth = y[split:].reshape(-1)
     mse = float(((pred - truth) ** 2).mean())
     r2 = 1.0 - mse / float(truth.var(unbiased=False))
     metrics = {"test_rmse": math.sqrt(mse), "test_r2": r2}
-    _store(esn, ctx, u[split:], y[split:], metrics)
+    _store(esn, ctx, predict, truth, metrics)
     return metrics
 
 
@@ -110,11 +116,14 @@ def _adding(config: ESNConfig, ctx: RunContext) -> dict[str, float]:
     # Fit on the last step only: warm up through the first T - 1 steps of every sequence.
     target = train.y.unsqueeze(1).expand(-1, config.length, -1)
     esn.fit(train.x, target, warmup=config.length - 1)
+
+    def predict() -> torch.Tensor:
+        return esn(test.x)[:, -1]  # [n, 1], the last step's output
+
     with torch.no_grad():
-        pred = esn(test.x)[:, -1]
+        pred = predict()
     metrics = {"test_mse": float(F.mse_loss(pred, test.y)), "baseline": test.baseline}
-    last = test.y.unsqueeze(1).expand(-1, config.length, -1)
-    _store(esn, ctx, test.x, last, {"test_mse": metrics["test_mse"]})
+    _store(esn, ctx, predict, test.y, {"test_mse": metrics["test_mse"]})
     return metrics
 
 

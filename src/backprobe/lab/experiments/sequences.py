@@ -292,6 +292,7 @@ TEMPORAL_ORDER = register(
             "eval_every": 100,
         },
         metrics=("test_error",),
+        seeds=3,
         expect={
             "sgd": [Expectation("test_error", ">", 0.01, _PASCANU)],
             "sgd-clip-omega": [Expectation("test_error", "<", 0.01, _PASCANU)],

@@ -37,6 +37,7 @@ class LabRun:
     invocation: str
     profile: str
     created: float
+    seconds: float = math.nan
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -66,6 +67,7 @@ def collect(db: Path) -> list[LabRun]:
             invocation=str(lab.get("invocation")),
             profile=str(lab.get("profile", "")),
             created=info.created,
+            seconds=info.updated - info.created,
         )
         stored = open_run(db, info.id)
         for name in stored.scalar_names:
@@ -121,6 +123,7 @@ def _rows(experiment: Experiment, groups: dict[str, list[LabRun]]) -> list[Row]:
                     seeds=len(runs),
                     reference="" if expected is None else str(expected),
                     verdict=verdict,
+                    seconds=float(np.mean([r.seconds for r in runs])),
                 )
             )
     if experiment.summarise is not None and groups:
