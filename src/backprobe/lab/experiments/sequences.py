@@ -151,8 +151,8 @@ class AddingConfig(SequenceConfig):
     """The adding problem at length ``length``; test MSE against the 0.167 baseline."""
 
     length: int = 100
-    lr: float = 1e-3
-    steps: int = 6000
+    lr: float = 3e-3
+    steps: int = 4000
 
 
 def _adding(config: Any, n: int, seed: int) -> SequenceTask:
@@ -167,8 +167,9 @@ for _length in (100, 200):
         _name = f"{_cell}-T{_length}"
         _ADDING_VARIANTS[_name] = {"cell": _cell, "length": _length}
         if _cell == "irnn":
-            # Le et al.: SGD with clipping, lr 1e-2 .. 1e-3; here Adam at a small rate.
-            _ADDING_VARIANTS[_name]["lr"] = 1e-4
+            # Le et al.: SGD with clipping, lr 1e-2 .. 1e-3; here Adam at a small rate
+            # (a ReLU state that is carried unchanged amplifies large steps).
+            _ADDING_VARIANTS[_name]["lr"] = 3e-4
             _ADDING_VARIANTS[_name]["clip"] = 1.0
     if _length == 100:
         _ADDING_EXPECT["rnn-T100"] = [Expectation("test_mse", ">", 0.1, _ADDING_REF)]
