@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -73,11 +74,17 @@ def build_optimizer(
 
 
 def _health(probe: Probe) -> str:
-    """The verdict's status and first/last gradient ratio at the last recorded step."""
+    """The verdict's status and first/last layer gradient ratio at the last recorded
+    step; for a recurrent model also ||dL/dh_1|| / ||dL/dh_T|| of its first recurrent
+    layer at the last step with a time profile ("through time")."""
     v = verdict(probe)
-    if v.ratio is None:
-        return v.status
-    return f"{v.status} {format_ratio(v.ratio)}"
+    text = v.status if v.ratio is None else f"{v.status} {format_ratio(v.ratio)}"
+    for name in probe.recurrent_layers[:1]:
+        rows = probe.time_profile(name)  # [S, T]
+        measured = rows[np.isfinite(rows).all(axis=1)]
+        if measured.size and measured[-1, -1] > 0:
+            text += f", through time {format_ratio(float(measured[-1, 0] / measured[-1, -1]))}"
+    return text
 
 
 def train(
