@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 
 _cpu_groups: dict[int, ProcessGroup] = {}
 #: Fields of :class:`~backprobe.probe.stats.Field` whose totals make the statistics; any
-#: other entry (time profiles, user scalars) is read back as it is, from this rank.
+#: other entry (time profiles, user scalars, the loss scale) is read back as it is, from
+#: this rank.
 _TOTALLED = (
     "OUT_SUM",
     "OUT_NORM",
@@ -48,7 +49,6 @@ _TOTALLED = (
     "PARAM_GRAD_NORM",
     "PARAM_NORM",
     "LOSS",
-    "SCALE",
 )
 
 
@@ -137,7 +137,8 @@ def gather_step(buffer: StepBuffer, group: ProcessGroup, n_layers: int) -> HostS
 
     # Dead units: a unit is dead if its maximum over every rank's samples is <= 0.
     if agreed:
-        maxima = [peaks[layer].to(device, torch.float64) for layer in agreed]  # type: ignore[union-attr]
+        comparable = {layer: peak for layer, peak in peaks.items() if peak is not None}
+        maxima = [comparable[layer].to(device, torch.float64) for layer in agreed]
         joint = torch.cat(maxima)
         dist.all_reduce(joint, op=dist.ReduceOp.MAX, group=group)
         buffer.add_dead(agreed, list(torch.split(joint, [m.numel() for m in maxima])), shards=1)
@@ -159,7 +160,10 @@ def gather_step(buffer: StepBuffer, group: ProcessGroup, n_layers: int) -> HostS
     weights_t = torch.from_numpy(np.stack([weights, numels * weights])).to(
         device, non_blocking=True
     )
-    values = torch.cat([t.to(device, torch.float64) for t in buffer.tensors])
+    values = torch.cat(
+        [torch.zeros(0, dtype=torch.float64, device=device)]
+        + [t.to(device, torch.float64) for t in buffer.tensors]
+    )
     segment, key = index_t[: values.numel()], index_t[values.numel() :]
     per_entry = torch.zeros(3, n_entries, dtype=torch.float64, device=device)
     bad = (~torch.isfinite(values)).to(torch.float64)
