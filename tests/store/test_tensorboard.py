@@ -155,3 +155,10 @@ def test_sink_refuses_what_is_not_a_writer():
         TensorBoardSink(object())
     with pytest.raises(ProbeConfigError, match="bins"):
         TensorBoardSink(SummaryWriter.__new__(SummaryWriter), bins=0)
+
+
+def test_probe_refuses_a_bare_writer_as_a_sink(tmp_path):
+    writer = SummaryWriter(tmp_path / "tb")
+    with pytest.raises(ProbeConfigError, match=r"TensorBoardSink\(writer\)"):
+        Probe(make_model(), db=None, sinks=[writer])
+    writer.close()

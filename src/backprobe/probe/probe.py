@@ -35,7 +35,7 @@ from torch.utils.hooks import RemovableHandle
 from ..errors import ProbeConfigError, UnsupportedModuleError
 from ..integrations.distributed import is_primary, process_group, unwrap
 from ..store import DEFAULT_DB, LayerInfo, MemoryRun, RunView, RunWriter
-from ..store.sink import StepSink
+from ..store.sink import StepSink, check_sinks
 from ..store.view import ALL_SERIES, LAYER_SERIES, USER_PREFIX, SparseRows
 from .outputs import floating_tensors
 from .schedule import Schedule, make_schedule
@@ -156,7 +156,7 @@ class Probe(RunView):
         self.flush_every = flush_every
         self._user_config = dict(config or {})
         self._filters = (include, exclude)
-        self._extra_sinks = list(sinks) if is_primary() else []
+        self._extra_sinks = check_sinks(sinks) if is_primary() else []
 
         selected = select_layers(unwrap(model), include, exclude)  # names as without DDP
         self._modules: list[nn.Module] = []

@@ -8,12 +8,13 @@ the training step no device work on unrecorded steps and no transfer of its own.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 from torch import nn
 
+from ..errors import ProbeConfigError
 from .view import LayerInfo
 
 
@@ -43,3 +44,21 @@ class StepSink(Protocol):
 
     def close(self, status: str, error: str | None = None) -> None:
         """The run ended (``status`` "finished" or "failed")."""
+
+
+def check_sinks(sinks: Iterable[object]) -> list[StepSink]:
+    """The sinks as a list, each checked to be a :class:`StepSink`."""
+    checked = list(sinks)
+    for sink in checked:
+        if not isinstance(sink, StepSink):
+            hint = (
+                " Wrap a SummaryWriter: sinks=[TensorBoardSink(writer)] "
+                "(from backprobe.store.tensorboard)."
+                if hasattr(sink, "add_scalar")
+                else ""
+            )
+            raise ProbeConfigError(
+                f"Expected each sink to have watch, set_layers, append, flush and close "
+                f"(a StepSink), but got {type(sink).__name__}.{hint}"
+            )
+    return checked
