@@ -14,9 +14,11 @@ def test_token_and_feature_input_shapes(cell: str) -> None:
     torch.manual_seed(0)
     tokens = RecurrentModel(11, 8, 3, cell=cell, embed=5)  # type: ignore[arg-type]
     assert tokens(torch.randint(0, 11, (4, 6))).shape == (4, 3)
-    feats = RecurrentModel(2, 8, 1, cell=cell, layers=2, readout="all")  # type: ignore[arg-type]
+    layers = 1 if cell == "esn" else 2  # an echo state network has one reservoir
+    feats = RecurrentModel(2, 8, 1, cell=cell, layers=layers, readout="all")  # type: ignore[arg-type]
     assert feats(torch.randn(4, 6, 2)).shape == (4, 6, 1)
-    assert isinstance(feats.rnn, nn.RNNBase) and feats.rnn.num_layers == 2
+    if cell != "esn":
+        assert isinstance(feats.rnn, nn.RNNBase) and feats.rnn.num_layers == 2
 
 
 def test_last_readout_is_the_top_state_at_the_end() -> None:
@@ -59,3 +61,33 @@ def test_bad_arguments_are_refused() -> None:
         RecurrentModel(2, 4, 1, readout="first")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="positive"):
         RecurrentModel(2, 0, 1)
+
+
+@pytest.mark.parametrize(
+    ("cell", "layers", "names"), [("lstm", 1, ["rnn"]), ("gru", 2, ["rnn[l0]", "rnn[l1]"])]
+)
+def test_the_probe_finds_the_recurrent_core(cell: str, layers: int, names: list[str]) -> None:
+    from backprobe.lab.tasks import autocomplete_task
+    from backprobe.probe import Probe
+
+    torch.manual_seed(0)
+    task = autocomplete_task(16, 6, seed=0)
+    model = RecurrentModel(task.vocab_size, 8, 2, cell=cell, layers=layers, embed=4)  # type: ignore[arg-type]
+    with Probe(model, db=None, time_every=1) as probe:
+        loss = nn.functional.cross_entropy(model(task.x), task.y)
+        loss.backward()
+        probe.step(loss)
+    assert probe.recurrent_layers == names
+    profile = probe.time_profile(names[-1])
+    assert profile.shape == (1, task.length) and (profile > 0).all()
+
+
+def test_esn_cell_reads_out_the_reservoir() -> None:
+    torch.manual_seed(0)
+    model = RecurrentModel(2, 30, 1, cell="esn", readout="all")
+    assert model.out is model.rnn.readout
+    assert [n for n, p in model.named_parameters()] == ["rnn.readout.weight", "rnn.readout.bias"]
+    x = torch.randn(4, 12, 2)
+    assert torch.allclose(model(x), model.rnn(x))  # the ESN's own output, [B, T, 1]
+    with pytest.raises(ValueError, match="layers=1"):
+        RecurrentModel(2, 30, 1, cell="esn", layers=2)
