@@ -318,3 +318,12 @@ def test_recurrent_figures_of_a_probed_rnn_respect_the_bound():
     shown = "never" if np.isinf(horizon) else f"{horizon:.0f}"
     labels = [line.get_label() for line in decay_ax.get_lines()]
     assert f"step 0: {shown}" in labels and f"step 1: {shown}" in labels
+
+
+def test_nothing_to_draw_is_said_not_failed():
+    nothing = np.full((2, 3), np.nan)
+    fig = F.heatmap_figure(nothing, ["a", "b", "c"], [0, 1])
+    assert "no positive value" in fig.axes[0].get_title()
+    assert F.png_bytes(fig)[:4] == b"\x89PNG"
+    fig = F.gradient_flow_figure(np.zeros((1, 2)), ["a", "b"], [0])
+    assert "2 values 0 (underflow)" in fig.axes[0].get_title()

@@ -141,8 +141,8 @@ def gradient_flow_figure(
     fig = _figure()
     ax = fig.add_subplot()
     for row, (step, colour) in enumerate(zip(steps, _step_colours(len(steps)), strict=True)):
-        ax.plot(np.arange(keep.size), _positive(v[row, keep]), "o-", ms=3, color=colour)
-        ax.lines[-1].set_label(f"step {int(step)}")
+        line = _positive(v[row, keep])
+        ax.plot(np.arange(keep.size), line, "o-", ms=3, color=colour, label=f"step {int(step)}")
     ax.set_yscale("log")
     _layer_axis(ax, [names[i] for i in keep])
     ax.set_ylabel(label)
@@ -209,7 +209,10 @@ def heatmap_figure(
     fig = _figure(7.5, max(3.0, min(9.0, 1.5 + 0.18 * keep.size)))
     ax = fig.add_subplot()
     drawn = data.compressed()
-    norm = LogNorm(drawn.min(), drawn.max()) if drawn.size else None
+    if not drawn.size:
+        ax.set_title(f"{label} per layer and step: no positive value to draw")
+        return fig
+    norm = LogNorm(drawn.min(), drawn.max())
     mesh = ax.pcolormesh(edges, np.arange(keep.size + 1) - 0.5, data, norm=norm, cmap="magma")
     ax.set_ylim(keep.size - 0.5, -0.5)  # input at the top
     _layer_axis(ax, [names[i] for i in keep], axis="y")
