@@ -12,10 +12,11 @@ from backprobe.lab.models import CELLS, RecurrentModel
 @pytest.mark.parametrize("cell", CELLS)
 def test_token_and_feature_input_shapes(cell: str) -> None:
     torch.manual_seed(0)
-    tokens = RecurrentModel(11, 8, 3, cell=cell, embed=5)  # type: ignore[arg-type]
+    # An echo state network: one sparse reservoir, large enough not to be all zeros.
+    hidden, layers = (32, 1) if cell == "esn" else (8, 2)
+    tokens = RecurrentModel(11, hidden, 3, cell=cell, embed=5)  # type: ignore[arg-type]
     assert tokens(torch.randint(0, 11, (4, 6))).shape == (4, 3)
-    layers = 1 if cell == "esn" else 2  # an echo state network has one reservoir
-    feats = RecurrentModel(2, 8, 1, cell=cell, layers=layers, readout="all")  # type: ignore[arg-type]
+    feats = RecurrentModel(2, hidden, 1, cell=cell, layers=layers, readout="all")  # type: ignore[arg-type]
     assert feats(torch.randn(4, 6, 2)).shape == (4, 6, 1)
     if cell != "esn":
         assert isinstance(feats.rnn, nn.RNNBase) and feats.rnn.num_layers == 2
