@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..._format import compact_number
 from ...errors import LabConfigError
 
 __all__ = [
@@ -91,7 +92,7 @@ class Expectation:
         return measured < self.value if self.op == "<" else measured > self.value
 
     def __str__(self) -> str:
-        return f"{self.op} {self.value:g} ({self.reference})"
+        return f"{self.op} {compact_number(self.value, significant=2)} ({self.reference})"
 
 
 @dataclass(frozen=True)

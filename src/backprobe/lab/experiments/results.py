@@ -36,8 +36,8 @@ def _cell(text: str) -> str:
 
 
 def _value(row: Row) -> str:
-    if not math.isfinite(row.value):
-        return "—"
+    if math.isnan(row.value):
+        return "NaN (diverged)" if row.metric != "max_trainable_depth" else "none"
     text = compact_number(row.value)
     if row.seeds > 1 and math.isfinite(row.spread):
         text += f" ± {compact_number(row.spread, significant=2)}"
@@ -65,7 +65,11 @@ def markdown(rows: Sequence[Row]) -> str:
 def write_results(db: Path, out: Path) -> Path:
     """Write the results page for every experiment with runs in ``db``."""
     rows = results_rows(db)
-    titles = "\n".join(f"- **{e.name}**: {e.title}" for e in experiments())
+    ran = {r.experiment for r in rows}
+    titles = "\n".join(
+        f"- **{e.name}**: {e.title}" + ("" if e.name in ran else " — *no runs stored yet*")
+        for e in experiments()
+    )
     machine = (
         f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads available (each run uses one)"

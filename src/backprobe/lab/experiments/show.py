@@ -22,7 +22,8 @@ __all__ = ["print_experiments", "print_results", "print_rows"]
 
 
 def _fmt(value: float) -> str:
-    return "—" if not math.isfinite(value) else compact_number(value)
+    """Numbers as the table writes them; NaN (a diverged run) and inf are shown."""
+    return "NaN" if math.isnan(value) else compact_number(value)
 
 
 def print_experiments(
@@ -58,7 +59,7 @@ def print_results(console: Console, experiment: Experiment, results: Sequence[Jo
     for header in ("variant", "seed", *experiment.metrics, "seconds"):
         table.add_column(header, justify="left" if header == "variant" else "right")
     for r in results:
-        values = [_fmt(r.metrics.get(m, math.nan)) for m in experiment.metrics]
+        values = [_fmt(r.metrics[m]) if m in r.metrics else "—" for m in experiment.metrics]
         table.add_row(r.job.variant, str(r.job.seed), *values, f"{r.seconds:.1f}")
     console.print(table)
 

@@ -92,9 +92,11 @@ def _latest(runs: Sequence[LabRun]) -> dict[tuple[str, str], list[LabRun]]:
 
 
 def _stats(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and std over the seeds' finite values; ``inf`` when none is finite but one
+    overflowed, NaN when all diverged to NaN."""
     finite = [v for v in values if math.isfinite(v)]
     if not finite:
-        return math.nan, math.nan
+        return (math.inf if any(math.isinf(v) for v in values) else math.nan), math.nan
     return float(np.mean(finite)), float(np.std(finite))
 
 
@@ -107,7 +109,9 @@ def _rows(experiment: Experiment, groups: dict[str, list[LabRun]]) -> list[Row]:
         label = variant if runs[0].profile.startswith("full") else f"{variant} ({runs[0].profile})"
         expectations = {e.metric: e for e in experiment.expect.get(variant, ())}
         for metric in experiment.metrics:
-            values = [r.metrics.get(metric, math.nan) for r in runs]
+            values = [r.metrics[metric] for r in runs if metric in r.metrics]
+            if not values:  # not measured by this variant (RMSE of a classifier)
+                continue
             mean, spread = _stats(values)
             expected = expectations.get(metric)
             verdict = ""
