@@ -228,3 +228,15 @@ def test_findings_round_trip_through_json():
     run = make_run([step_series(dead=[NAN, NAN, NAN, 1.0, NAN]), bad])
     for f in run.findings(lr=10.0):
         assert bp.Finding.from_dict(json.loads(json.dumps(f.to_dict()))) == f
+
+
+def test_rules_read_only_the_steps_before_the_first_nonfinite_one():
+    garbage = step_series(
+        grad_norm=[NAN, NAN, 1e-9, NAN, 1.0],
+        dead=[NAN, NAN, NAN, 1.0, NAN],
+        first_nonfinite=np.array([0.0, 1.0]),
+    )
+    assert kinds(diagnose(make_run([step_series(), garbage]))) == ["nonfinite"]
+    assert kinds(diagnose(make_run([garbage]))) == ["nonfinite"]
+    starving = step_series(grad_norm=[1e-5, NAN, 1.0, NAN, 1.0])
+    assert kinds(diagnose(make_run([starving, garbage]))) == ["nonfinite", "vanishing"]

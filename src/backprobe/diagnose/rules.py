@@ -9,10 +9,17 @@ the rules read what was recorded up to its last flush), or the one-step run of
 from __future__ import annotations
 
 from ..store.view import RunView
+from ._head import RunHead
 from .depth import dead_findings, depth_findings, saturation_findings
 from .finding import Finding
 from .thresholds import DiagnoseThresholds
-from .training import Optimizer, learning_rate_findings, nonfinite_findings, plateau_findings
+from .training import (
+    Optimizer,
+    first_nonfinite_row,
+    learning_rate_findings,
+    nonfinite_findings,
+    plateau_findings,
+)
 
 
 def sort_findings(findings: list[Finding]) -> list[Finding]:
@@ -30,19 +37,22 @@ def diagnose(
 
     ``lr`` (and ``optimizer``, ``"sgd"`` or ``"adam"``) let the learning-rate rule
     estimate the update size; see :mod:`backprobe.diagnose.training`. A run with no
-    recorded step has no finding.
+    recorded step has no finding. After the first non-finite step only the
+    non-finite and learning-rate rules look further; the others read the steps before it.
     """
     t = thresholds or DiagnoseThresholds()
     if run.steps.size == 0:
         return []
     from .through_time import through_time_findings
 
-    findings: list[Finding] = []
-    findings += nonfinite_findings(run, t)
-    findings += depth_findings(run, t)
-    findings += through_time_findings(run, t)
-    findings += saturation_findings(run, t)
-    findings += dead_findings(run, t)
+    findings: list[Finding] = nonfinite_findings(run, t)
     findings += learning_rate_findings(run, t, lr=lr, optimizer=optimizer)
-    findings += plateau_findings(run, t)
+    stop = first_nonfinite_row(run)
+    finite = run if stop is None else RunHead(run, stop)
+    if finite.steps.size:
+        findings += depth_findings(finite, t)
+        findings += through_time_findings(finite, t)
+        findings += saturation_findings(finite, t)
+        findings += dead_findings(finite, t)
+        findings += plateau_findings(finite, t)
     return sort_findings(findings)
