@@ -10,7 +10,7 @@ from torch import nn
 
 from backprobe.errors import RemedyError
 from backprobe.lab.tasks import mackey_glass
-from backprobe.remedies import SavedTensorMeter, detach_state, truncated_bptt
+from backprobe.remedies import SavedTensorMeter, clip_grad_norm_, detach_state, truncated_bptt
 
 
 class Forecaster(nn.Module):
@@ -185,3 +185,25 @@ def test_truncated_bptt_trains_10x_longer_sequences_in_the_same_memory(make_prob
     assert len(loss) == 30
     assert loss[-5:].mean() < 0.2 * loss[:5].mean(), loss
     assert np.all(np.isfinite(loss))
+
+
+def test_clipping_inside_truncated_bptt_is_recorded_on_the_same_step(make_probe):
+    torch.manual_seed(0)
+    model = Forecaster(nn.RNN)
+    x, y = _series(2, 30)
+    probe = make_probe(model, time_every=lambda step: False)
+    with probe:
+        result = truncated_bptt(
+            model,
+            x,
+            y,
+            nn.functional.mse_loss,
+            torch.optim.SGD(model.parameters(), lr=0.01),
+            k1=10,
+            clip=lambda ps: clip_grad_norm_(ps, 0.01, probe=probe),
+            probe=probe,
+        )
+    pre, post = probe.history("clip/pre_norm"), probe.history("clip/post_norm")
+    assert len(pre) == result.updates == 3
+    assert np.all(pre > 0.01) and np.allclose(post, 0.01, rtol=1e-4)
+    np.testing.assert_allclose(probe.history("loss"), result.losses, rtol=1e-6)

@@ -101,8 +101,9 @@ _ACTIVATION_NAMES: dict[type[nn.Module], str] = {
     nn.Softplus: "softplus",
     nn.Identity: "linear",
 }
-#: Gains ``nn.init.calculate_gain`` does not know: from the activation's E[φ'(z)²]-matching
-#: used by the same reasoning as ReLU's √2 (close enough for an init; LSUV corrects it).
+#: Gains ``nn.init.calculate_gain`` does not know. These activations are ReLU-like (≈ 0 for
+#: negative inputs, ≈ identity for positive ones), so ReLU's √2 is used; an approximation
+#: that LSUV or ``edge_of_chaos`` (exact for each activation) can replace.
 _EXTRA_GAINS = {"gelu": math.sqrt(2.0), "silu": math.sqrt(2.0), "elu": math.sqrt(2.0)}
 
 

@@ -117,8 +117,9 @@ def truncated_bptt(
         state: the initial state (``None``: the model's zeros).
         time_dim: the time dimension of inputs, targets and outputs.
         clip: called as ``clip(parameters)`` between backward and the optimizer step,
-            e.g. ``lambda ps: clip_grad_norm_(ps, 1.0)``.
-        probe: a ``backprobe.Probe``; ``probe.step(loss)`` is called after each backward.
+            e.g. ``lambda ps: clip_grad_norm_(ps, 1.0, probe=probe)``.
+        probe: a ``backprobe.Probe``; ``probe.step(loss)`` is called after each backward
+            (and after ``clip``), before the optimizer step.
 
     Returns:
         :class:`TBPTTResult` with the per-update losses and the final detached state.
@@ -161,10 +162,10 @@ def truncated_bptt(
             targets.narrow(time_dim, first, end - first),
         )
         loss.backward()
+        if clip is not None:  # before probe.step, so that a clip recording on the probe
+            clip(params)  # (record_scalar) lands on this step
         if probe is not None:
             probe.step(loss)
-        if clip is not None:
-            clip(params)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         result.losses.append(float(loss.detach()))
