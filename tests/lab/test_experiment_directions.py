@@ -10,7 +10,7 @@ import math
 import pytest
 from rich.console import Console
 
-from backprobe.lab.experiments import run_experiment
+from backprobe.lab.experiments import get_experiment, run_experiment
 from backprobe.lab.experiments.feedforward import DepthConfig, _depth_rows, six_xi
 
 
@@ -97,3 +97,19 @@ def test_depth_scale_rows_compare_the_deepest_trainable_with_six_xi() -> None:
 def test_depth_scale_shallow_mean_field_net_trains(variant: str) -> None:
     m = _quick("depth-scale", variant, "sw2=0.8-d72")
     assert m[variant]["test_accuracy"] > m["sw2=0.8-d72"]["test_accuracy"] + 0.2
+
+
+def test_autocomplete_summary_is_the_longest_filler_each_cell_solves() -> None:
+    experiment = get_experiment("autocomplete")
+    results = {
+        "rnn-L5": {"test_accuracy": [1.0]},
+        "rnn-L20": {"test_accuracy": [0.93]},
+        "rnn-L50": {"test_accuracy": [0.55]},
+        "lstm-L5": {"test_accuracy": [1.0]},
+        "lstm-L100": {"test_accuracy": [0.97]},
+    }
+    assert experiment.summarise is not None
+    rows = {r.variant.split(" ")[0]: r for r in experiment.summarise(results, None)}
+    assert set(rows) == {"rnn", "lstm"}  # gru has no runs: no row
+    assert rows["rnn"].value == 20 and rows["lstm"].value == 100
+    assert rows["rnn"].metric == "longest_filler_solved" and rows["rnn"].seeds == 1

@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -22,6 +21,7 @@ from ..models import DeepMLP
 from ..tasks import Task, classification_task, insurance_task
 from .base import Expectation, Experiment, Row, RunContext
 from .registry import register
+from .summaries import reach_rows
 from .training import Loop, build_optimizer, train
 
 __all__ = ["MLPConfig", "gaussian_init_", "run_mlp"]
@@ -203,12 +203,6 @@ class DepthConfig(MLPConfig):
     trainable_accuracy: float = 0.6
 
 
-def _max_trainable(depths: Sequence[int], accuracies: Sequence[float], threshold: float) -> float:
-    """The largest depth whose (mean) accuracy reaches ``threshold``; NaN if none."""
-    good = [d for d, a in zip(depths, accuracies, strict=True) if a >= threshold]
-    return float(max(good)) if good else math.nan
-
-
 def _depth_rows(
     experiment: str,
     groups: Mapping[str, Sequence[str]],
@@ -219,34 +213,18 @@ def _depth_rows(
 ) -> list[Row]:
     """One row per group of variants (same network but depth): the deepest that trains.
     With ``reference`` (group → 6ξ), the verdict checks a factor of 2 either way."""
-    rows = []
-    for group, names in groups.items():
-        ran = [n for n in names if n in results]
-        if not ran:
-            continue
-        depths = [int(variants[n]["depth"]) for n in ran]  # type: ignore[call-overload]
-        accuracy = [float(np.nanmean(results[n]["test_accuracy"])) for n in ran]
-        deepest = _max_trainable(depths, accuracy, config.trainable_accuracy)
-        seeds = min(len(results[n]["test_accuracy"]) for n in ran)
-        text, verdict = "", ""
-        if reference is not None:
-            six_xi = reference[group]
-            text = f"6ξ = {six_xi:.3g} (Schoenholz et al. 2017), within ×2"
-            ok = math.isfinite(deepest) and six_xi / 2 <= deepest <= 2 * six_xi
-            verdict = "reproduced" if ok else "not reproduced"
-        rows.append(
-            Row(
-                experiment=experiment,
-                variant=f"{group} (depths {min(depths)}–{max(depths)})",
-                metric="max_trainable_depth",
-                value=deepest,
-                spread=0.0,
-                seeds=seeds,
-                reference=text,
-                verdict=verdict,
-            )
-        )
-    return rows
+    return reach_rows(
+        experiment,
+        groups,
+        variants,
+        results,
+        key="depth",
+        metric="max_trainable_depth",
+        threshold=config.trainable_accuracy,
+        reference=None
+        if reference is None
+        else {g: (v, "6ξ, Schoenholz et al. 2017") for g, v in reference.items()},
+    )
 
 
 SWEEP_DEPTHS = (2, 8, 16, 32, 64)

@@ -27,6 +27,7 @@ from ..tasks import (
 )
 from .base import Expectation, Experiment, RunContext
 from .registry import register
+from .summaries import reach_rows
 from .training import Loop, build_optimizer, train
 
 __all__ = ["SequenceConfig", "run_sequence"]
@@ -377,6 +378,7 @@ def _autocomplete(config: AutocompleteConfig, n: int, seed: int) -> SequenceTask
 
 
 AUTOCOMPLETE_FILLERS = (5, 20, 50, 100)
+AUTOCOMPLETE_CELLS = ("rnn", "lstm", "gru")
 AUTOCOMPLETE = register(
     Experiment(
         name="autocomplete",
@@ -385,11 +387,20 @@ AUTOCOMPLETE = register(
         run=lambda c, ctx: run_sequence(c, ctx, _autocomplete),
         variants={
             f"{cell}-L{filler}": {"cell": cell, "filler": filler}
-            for cell in ("rnn", "lstm", "gru")
+            for cell in AUTOCOMPLETE_CELLS
             for filler in AUTOCOMPLETE_FILLERS
         },
         quick={"steps": 150, "n_test": 300, "eval_every": 50},
         metrics=("test_accuracy",),
+        summarise=lambda results, config: reach_rows(
+            "autocomplete",
+            {cell: [f"{cell}-L{f}" for f in AUTOCOMPLETE_FILLERS] for cell in AUTOCOMPLETE_CELLS},
+            {f"{c}-L{f}": {"filler": f} for c in AUTOCOMPLETE_CELLS for f in AUTOCOMPLETE_FILLERS},
+            results,
+            key="filler",
+            metric="longest_filler_solved",
+            threshold=0.9,
+        ),
     )
 )
 
@@ -464,9 +475,11 @@ RECURRENT_NORM = register(
 @dataclass(frozen=True)
 class ExplodingConfig(SequenceConfig):
     """A tanh RNN started with a large W_rec (λ1 = ``recurrent_norm``), trained by plain
-    SGD on the adding problem, with or without clipping the global gradient norm."""
+    SGD on the adding problem, with or without clipping the global gradient norm.
+    Short sequences (T = 20), so that a tanh RNN can learn the task once its steps are
+    bounded: the difference is clipping, not memory."""
 
-    length: int = 50
+    length: int = 20
     recurrent_norm: float | None = 3.0
     optimizer: Optimizer = "sgd"
     lr: float = 0.05
@@ -482,7 +495,7 @@ EXPLODING = register(
         config=ExplodingConfig,
         run=lambda c, ctx: run_sequence(c, ctx, _adding),
         variants={"no-clip": {"clip": 0.0}, "clip": {"clip": 1.0}},
-        quick={"length": 20, "steps": 100, "hidden": 32, "n_test": 200, "eval_every": 50},
+        quick={"steps": 100, "hidden": 32, "n_test": 200, "eval_every": 50},
         metrics=("test_mse", "max_grad_norm"),
     )
 )
