@@ -89,3 +89,61 @@ def test_callback_records_what_a_plain_loop_records(tmp_path, accumulate):
     from backprobe import open_run
 
     assert open_run(tmp_path / "runs.db", "lightning").status == "finished"
+
+
+class RememberingTiny(Tiny):
+    """Tiny that saves the inputs each rank trained on, to rebuild the global batches."""
+
+    def __init__(self, out: str) -> None:
+        super().__init__()
+        self.out, self.seen = out, []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append(batch[0].clone())
+        return super().training_step(batch, batch_idx)
+
+    def on_train_end(self) -> None:
+        torch.save(self.seen, f"{self.out}/rank{self.global_rank}.pt")
+
+
+@pytest.mark.slow
+def test_callback_under_ddp_records_the_global_batch(tmp_path):
+    """strategy="ddp_spawn" on 2 CPU processes: rank 0's run equals one process trained on
+    the union of the two ranks' batches (Lightning's DistributedSampler shuffles)."""
+    callback = BackprobeCallback(db=tmp_path / "runs.db", name="ddp")
+    trainer = L.Trainer(
+        callbacks=[callback],
+        max_steps=STEPS,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    dataset = data(2 * STEPS)
+    trainer.fit(RememberingTiny(str(tmp_path)), DataLoader(dataset, batch_size=5))
+    from backprobe import open_run
+
+    run = open_run(tmp_path / "runs.db", "ddp")
+    x, y = dataset.tensors
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    module = Tiny()
+    opt = module.configure_optimizers()
+    expected = Probe(module, db=None)
+    with expected:
+        for step in range(STEPS):
+            rows = torch.cat([ranks[0][step], ranks[1][step]])
+            index = [int((x == row).all(1).nonzero()[0]) for row in rows]
+            loss = module.training_step((x[index], y[index]), 0)
+            loss.backward()
+            expected.step(loss)
+            opt.step()
+            opt.zero_grad()
+    assert run.steps.tolist() == list(range(STEPS))
+    for stat in (*LAYER_SERIES, "loss"):
+        np.testing.assert_allclose(
+            run.history(stat), expected.history(stat), rtol=1e-6, err_msg=stat
+        )
