@@ -87,7 +87,6 @@ def _template() -> jinja2.Template:
     import jinja2
 
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    env.filters["num"] = _num
     source = resources.files(__package__).joinpath("templates", "report.html.j2")
     return env.from_string(source.read_text(encoding="utf-8"))
 
