@@ -13,6 +13,8 @@ accuracy and how far the first layer's weights moved: the chain rule multiplies 
 sigmoid derivative (at most 1/4) per layer, so the long sigmoid network's first layers
 get ~nothing and learn nothing. Every run is stored in the run database.
 
+Chapter 2, "the short memory of RNNs", lives in :mod:`backprobe.lab.chapter_memory`.
+
 Chapters are plain functions in :data:`CHAPTERS`; later chapters append to it and reuse
 :func:`train_side_by_side`, :func:`print_profile` and :func:`comparison_table`.
 """
@@ -25,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -125,6 +128,10 @@ class ModelResult:
     profile: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
+    def key(self) -> str:
+        return self.spec.key
+
+    @property
     def ratio(self) -> float:
         """First / last layer gradient norm at the last recorded step (NaN if unknown)."""
         return math.nan if self.verdict.ratio is None else self.verdict.ratio
@@ -132,15 +139,17 @@ class ModelResult:
 
 @dataclass
 class ChapterResult:
-    """What a chapter measured: one :class:`ModelResult` per network, in training order."""
+    """What a chapter measured: one result per trained model, in training order
+    (chapter 1: :class:`ModelResult`; chapter 2:
+    :class:`~backprobe.lab.chapter_memory.MemoryResult`), each with a ``key``."""
 
     number: int
     title: str
-    models: list[ModelResult]
+    models: list[Any]
 
-    def model(self, key: str) -> ModelResult:
-        """The result of the network whose spec has this ``key``."""
-        return next(m for m in self.models if m.spec.key == key)
+    def model(self, key: str) -> Any:
+        """The result of the model with this ``key``."""
+        return next(m for m in self.models if m.key == key)
 
 
 ChapterFn = Callable[[DemoContext], ChapterResult]
@@ -570,8 +579,15 @@ def _tell_story(ctx: DemoContext, short: ModelResult, deep: ModelResult, relu: M
     )
 
 
+def _chapter_short_memory(ctx: DemoContext) -> ChapterResult:
+    from .chapter_memory import chapter_short_memory
+
+    return ChapterResult(2, "the short memory of RNNs", chapter_short_memory(ctx))
+
+
 CHAPTERS: list[Chapter] = [
     Chapter(1, "the short network vs the long network", chapter_short_vs_long),
+    Chapter(2, "the short memory of RNNs", _chapter_short_memory),
 ]
 
 

@@ -8,7 +8,10 @@ from the loss. This module measures, for each probed recurrent layer:
   later steps included — over a sub-batch of the recorded forward;
 * ``decay``: ||dh_T/dh_(T−lag)||₂ for every lag, the spectral norm of the product of
   step Jacobians, for the sub-batch's first sequence; its *memory horizon* is the lag
-  where it falls below 1e-3 (``store.view.RunView.memory_horizon``);
+  where it falls below 1e-3 (``store.view.RunView.memory_horizon``). For an LSTM it is
+  ||dc_T/dc_(T−lag)||₂ of the cell state c (total derivatives, the path through h
+  included): an LSTM carries its memory in c, and a trained one that holds a bit over
+  50 steps can show a short h-to-h decay while its c-to-c decay stays near 1;
 * ``theory``: λ1 of W_hh and γ = max |σ'|, so that readers can draw Hochreiter's and
   Pascanu's bound (γ·λ1)^lag beside the measurement;
 * for LSTM and GRU, the memory gate (forget, update): its mean and the fraction of its
@@ -283,6 +286,8 @@ class FusedWatch(_Watch):
             twin = unrolled_forward(module, x, self._hx)
             outputs, grads = self._twin_outputs(twin)
             chains = [chain for layer in twin.states for chain in layer]
+            # an LSTM keeps its memory in the cell state: its decay is that of c
+            memories = chains if twin.cells is None else [c for k in twin.cells for c in k]
             flat = [h for chain in chains for h in chain]
             state_grads = torch.autograd.grad(
                 outputs, flat, grads, retain_graph=True, allow_unused=True
@@ -302,7 +307,8 @@ class FusedWatch(_Watch):
                 if scale is not None:
                     signal = signal / scale
                 entries[(name, "signal")] = buffer.add_extra(signal)
-                entries[(name, "decay")] = buffer.add_extra(self._decay(chain, reverse))
+                decay = self._decay(memories[c], reverse)
+                entries[(name, "decay")] = buffer.add_extra(decay)
                 entries[(name, "theory")] = buffer.add_extra(_theory(module, weight))
             if twin.gates is not None:
                 gates = torch.stack([g for layer in twin.gates for d in layer for g in d]).detach()
@@ -318,7 +324,8 @@ class FusedWatch(_Watch):
         return [t for t, _ in kept], [g.to(t.dtype) for t, g in kept]
 
     def _decay(self, chain: list[torch.Tensor], reverse: bool) -> torch.Tensor:
-        """[T] ||dh_end/dh_(end−lag)||₂ for lag = 0…T−1 of the first sequence, in float64.
+        """[T] ||ds_end/ds_(end−lag)||₂ for lag = 0…T−1 of the first sequence, in float64,
+        for the memory state s (h, or an LSTM's c).
 
         One batched backward: grad_outputs are rows of the identity (exact) or random
         directions (estimate, see :class:`TimeSettings`) at the last-processed state.

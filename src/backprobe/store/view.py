@@ -44,7 +44,7 @@ USER_PREFIX = "user:"
 #: Per recorded step and recurrent (sub-)layer: float32 rows of varying length.
 PROFILE_KINDS: tuple[str, ...] = (
     "signal",  # [T] ||dL/dh_t|| for t = 0…T−1, summed over the probed sub-batch
-    "decay",  # [T] ||dh_T/dh_(T−lag)||₂ for lag = 0…T−1, in processing order
+    "decay",  # [T] ||dh_T/dh_(T−lag)||₂ (LSTM: of c) for lag = 0…T−1, processing order
     "theory",  # [2] λ1 of W_hh and γ = max |σ'| (NaN for gated cells)
 )
 #: Default memory-horizon threshold: the lag where ||dh_T/dh_(T−lag)|| falls below it.
@@ -187,7 +187,7 @@ class RunView(ABC):
         """||dh_T/dh_(T−lag)||₂ for lag = 0…T−1: float64 [S, T] (1 at lag 0). How much of
         a perturbation of the state ``lag`` steps before the end still reaches the end
         (Pascanu 2013, eq. 5); in processing order, so for a reverse direction "the end"
-        is t = 0."""
+        is t = 0. For an LSTM it is the cell state's ||dc_T/dc_(T−lag)||: its memory."""
         return align_rows(self.steps, self._profile_rows(self.recurrent_layer(name), "decay"))
 
     def memory_horizon(self, name: str, threshold: float = HORIZON_THRESHOLD) -> np.ndarray:
