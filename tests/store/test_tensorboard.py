@@ -162,3 +162,39 @@ def test_probe_refuses_a_bare_writer_as_a_sink(tmp_path):
     with pytest.raises(ProbeConfigError, match=r"TensorBoardSink\(writer\)"):
         Probe(make_model(), db=None, sinks=[writer])
     writer.close()
+
+
+class TinyRNN(nn.Module):
+    """nn.RNN with a small recurrent matrix (its memory fades within a few steps)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.rnn = nn.RNN(3, 8, batch_first=True)
+        self.head = nn.Linear(8, 1)
+        with torch.no_grad():
+            self.rnn.weight_hh_l0.mul_(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+def test_memory_horizon_of_recurrent_layers(tmp_path):
+    model = TinyRNN()
+    writer = SummaryWriter(tmp_path / "tb")
+    probe = Probe(model, db=None, every=2, sinks=[TensorBoardSink(writer)])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with probe:
+        for _ in range(4):
+            loss = model(torch.randn(4, 20, 3)).pow(2).mean()
+            loss.backward()
+            probe.step(loss)
+            opt.step()
+            opt.zero_grad()
+    writer.close()
+    horizon = probe.memory_horizon("rnn")
+    assert np.isfinite(horizon).all() and (horizon > 0).all()
+    written = read_events(tmp_path / "tb").Scalars("backprobe/memory_horizon/rnn")
+    assert [e.step for e in written] == probe.steps.tolist() == [0, 2]
+    assert [e.value for e in written] == horizon.tolist()
