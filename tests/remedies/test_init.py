@@ -166,7 +166,8 @@ def _grad_ratio_and_losses(make_probe, model, task, steps, lr, every):
             opt.zero_grad()
     grad = probe.history("grad_norm")
     first, last = probe.layers.index("fc1"), probe.layers.index("out")
-    return grad[:, last] / grad[:, first], probe.history("loss")
+    with np.errstate(divide="ignore"):  # a first-layer gradient that underflowed to 0
+        return grad[:, last] / grad[:, first], probe.history("loss")
 
 
 def test_deep_sigmoid_mlp_is_cured_by_relu_and_he_init(make_probe):
@@ -174,13 +175,15 @@ def test_deep_sigmoid_mlp_is_cured_by_relu_and_he_init(make_probe):
     smaller than the last's; after swap_activations_ to ReLU and He init the two are
     within 100×, and training lowers the loss."""
     task = classification_task(n_train=2048, n_test=16, seed=0)
-    model = DeepMLP(task.n_features, 32, 50, task.n_classes, activation="sigmoid")
+    # width 64: at width 32 the product of 50 random ReLU layers fluctuates more from
+    # seed to seed (finite-width effects grow with depth / width)
+    model = DeepMLP(task.n_features, 64, 50, task.n_classes, activation="sigmoid")
     before, _ = _grad_ratio_and_losses(make_probe, model, task, steps=1, lr=0.0, every=1)
-    assert before[0] >= 1e8
+    assert before[0] >= 1e8  # here inf: fc1's float32 gradient underflows to exactly 0
 
     report = swap_activations_(model, from_=nn.Sigmoid, to=nn.ReLU)
     assert len(report.swapped) == 50 and not report.functional
     init_(model, "he_normal")
-    ratio, losses = _grad_ratio_and_losses(make_probe, model, task, steps=150, lr=0.02, every=10)
+    ratio, losses = _grad_ratio_and_losses(make_probe, model, task, steps=150, lr=0.01, every=10)
     assert np.all(ratio <= 100) and np.all(ratio >= 1e-2), ratio
-    assert losses[-3:].mean() < 0.9 * losses[0], losses
+    assert losses[-3:].mean() < 0.85 * losses[:3].mean(), losses
