@@ -137,8 +137,6 @@ _RNN_TYPES: dict[str, type[nn.RNNBase] | None] = {
     "lstm": nn.LSTM,
     "gru": nn.GRU,
 }
-# Le et al. (2015) draw the IRNN's input weights from N(0, 0.001^2).
-_IRNN_INPUT_STD = 1e-3
 
 
 class RecurrentModel(nn.Module):
@@ -158,9 +156,10 @@ class RecurrentModel(nn.Module):
     Cells:
 
     - ``"rnn"``: Elman tanh RNN, PyTorch's default init ``U(±1/√hidden)``;
-    - ``"irnn"``: Le et al. (2015): ReLU RNN with W_hh = identity, all biases zero and
-      input weights ``N(0, 0.001²)``: the state is carried unchanged until learnt
-      otherwise, so the gradient through time neither vanishes nor explodes at first;
+    - ``"irnn"``: Le et al. (2015): ReLU RNN with W_hh = identity and all biases zero
+      (``backprobe.remedies.init_(rnn, "identity")``; input weights Glorot-uniform): the
+      state is carried unchanged until learnt otherwise, so the gradient through time
+      neither vanishes nor explodes at first;
     - ``"lstm"`` / ``"gru"``: the gated cells, PyTorch's default init;
     - ``"esn"``: an echo state network (:class:`~backprobe.remedies.EchoStateNetwork`,
       its defaults: spectral radius 1.25, leak 0.3) of ``hidden`` reservoir units: the
@@ -221,14 +220,11 @@ class RecurrentModel(nn.Module):
             self.set_recurrent_norm(recurrent_norm)
 
     def _init_irnn(self) -> None:
-        with torch.no_grad():
-            for name, p in self.rnn.named_parameters():
-                if name.startswith("weight_hh"):
-                    p.copy_(torch.eye(p.shape[0]))
-                elif name.startswith("weight_ih"):
-                    p.normal_(0.0, _IRNN_INPUT_STD)
-                else:
-                    p.zero_()
+        """Le et al.'s IRNN through :func:`backprobe.remedies.init_` ("identity"):
+        W_hh = I, zero biases, Glorot-uniform input weights (ReLU gain)."""
+        from ..remedies.init import init_
+
+        init_(self.rnn, "identity")
 
     @torch.no_grad()
     def set_recurrent_norm(self, norm: float) -> None:

@@ -22,6 +22,7 @@ from torch import nn
 from ...diagnose.verdict import format_ratio, verdict
 from ...probe import Probe
 from ...remedies.clipping import clip_grad_norm_, global_grad_norm
+from ...remedies.optim import build_optimizer as build_optimizer_from_spec
 from .base import RunContext
 
 __all__ = ["Loop", "build_optimizer", "lab_threads", "train"]
@@ -62,15 +63,10 @@ def lab_threads() -> Iterator[None]:
 def build_optimizer(
     name: str, params: Iterator[nn.Parameter] | list[nn.Parameter], lr: float, momentum: float
 ) -> torch.optim.Optimizer:
-    """``sgd`` (with ``momentum``), ``adam`` or ``rmsprop``."""
-    params = list(params)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, momentum=momentum)
-    raise ValueError(f"Expected optimizer sgd, adam or rmsprop, got {name!r}.")
+    """``sgd`` (with ``momentum``), ``adam`` or ``rmsprop``, through the remedies' spec
+    (``"sgd:lr=0.01,momentum=0.9"``), so that a run's config names what a finding would."""
+    spec = f"{name}:lr={lr!r}" + ("" if name == "adam" else f",momentum={momentum!r}")
+    return build_optimizer_from_spec(spec, list(params))
 
 
 def _health(probe: Probe) -> str:
