@@ -327,3 +327,23 @@ def test_nothing_to_draw_is_said_not_failed():
     assert F.png_bytes(fig)[:4] == b"\x89PNG"
     fig = F.gradient_flow_figure(np.zeros((1, 2)), ["a", "b"], [0])
     assert "2 values 0 (underflow)" in fig.axes[0].get_title()
+
+
+def test_compare_figures_overlay_the_runs():
+    run = planted_run()
+    grad = run.history("grad_norm")[-1]
+    fig = F.compare_flow_figure({"a": (run.layers, grad), "b": (run.layers, 2 * grad)})
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    a, b = _lines(ax)
+    assert (a.get_label(), b.get_label()) == ("a", "b")
+    assert_array_equal(a.get_ydata(), grad[[0, 2, 4, 6]])
+    assert_array_equal(b.get_ydata(), 2 * grad[[0, 2, 4, 6]])
+    assert _ticklabels(ax) == ["fc0", "fc1", "fc2", "fc3"]  # shared names label the axis
+    other = F.compare_flow_figure({"a": (run.layers, grad), "b": (["x", "y"], np.ones(2))})
+    assert "counted from the input" in other.axes[0].get_xlabel()
+    fig = F.compare_loss_figure({"a": (run.steps, run.history("loss")), "b": ([0, 1], [2.0, 1.0])})
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    assert_array_equal(_lines(ax)[0].get_ydata(), run.history("loss"))
+    assert_array_equal(_lines(ax)[1].get_xdata(), [0, 1])

@@ -161,7 +161,7 @@ def test_compare_two_runs_side_by_side(tmp_path):
     assert "run 1: left" in sections[0] and "run 2: right" in sections[1]
     assert "3 recorded steps" in sections[0] and "5 recorded steps" in sections[1]
     assert "gradient flow of the compared runs" in page.lower()
-    assert len(_images(page)) == 1 + 2  # the overlay, and one figure per run
+    assert len(_images(page)) == 2 + 2  # two overlays, and one figure per run
     with pytest.raises(BackprobeError, match="single run"):
         render_report(runs, extra_figures={"x": None})
 

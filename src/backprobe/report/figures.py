@@ -481,6 +481,33 @@ def loss_figure(
     return fig
 
 
+def compare_loss_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
+    """Several runs' loss curves on one axes; ``curves`` maps a run's label to (steps [S],
+    loss [S]). Log scale when every finite value is positive."""
+    fig = _figure(7.5, 3.5)
+    ax = fig.add_subplot()
+    positive = True
+    for label, (steps, loss) in curves.items():
+        s = np.asarray(steps, dtype=np.float64).reshape(-1)
+        y = np.asarray(loss, dtype=np.float64).reshape(-1)
+        if s.shape != y.shape:
+            raise BackprobeError(
+                f"Expected steps and loss of the same shape [S] for {label!r} but got "
+                f"{s.shape} and {y.shape}."
+            )
+        ax.plot(s, y, "-", linewidth=1.2, label=str(label))
+        finite = y[np.isfinite(y)]
+        positive = positive and bool(np.all(finite > 0))
+    if positive and ax.get_lines():
+        ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss")
+    ax.set_title("loss, compared")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
 # ---------------------------------------------------------------------------- from a run
 
 

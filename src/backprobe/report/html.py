@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 CAPTIONS = {
     "compare": "Gradient flow of the compared runs at their last recorded step, log scale: "
     "the parameter-gradient norm of each layer that owns parameters.",
+    "compare_loss": "Loss of the compared runs over their recorded steps.",
     "loss": "Loss over the recorded steps; dashed lines mark the steps of findings.",
     "gradient_flow": "Gradient flow: each layer's parameter-gradient norm at a few steps, "
     "log scale. A line falling toward the input is a vanishing gradient; rising, exploding.",
@@ -285,17 +286,21 @@ def _as_runs(runs: RunView | Sequence[RunView]) -> list[RunView]:
 
 
 def _comparison(runs: list[RunView]) -> list[dict[str, str]]:
-    """The overlay figure of the compared runs' last-step gradient flow."""
-    from .figures import compare_flow_figure
+    """The overlay figures of the compared runs: last-step gradient flow, and loss."""
+    from .figures import compare_flow_figure, compare_loss_figure
 
-    profiles = {}
+    profiles, losses = {}, {}
     for run in runs:
         if _recorded_steps(run).size:
             title, _, _ = _describe(run)
             profiles[title] = (run.layers, run.history("grad_norm")[-1])
+            losses[title] = (run.steps, run.history("loss"))
     if len(profiles) < 2:
         return []
-    return [_figure_entry("compare", compare_flow_figure(profiles))]
+    return [
+        _figure_entry("compare", compare_flow_figure(profiles)),
+        _figure_entry("compare_loss", compare_loss_figure(losses)),
+    ]
 
 
 def render_report(
