@@ -55,6 +55,8 @@ CAPTIONS = {
     "jacobian_spectrum": "Singular values of the Jacobian, largest first; green: the "
     "isometry band where the gradient is neither shrunk nor stretched.",
 }
+#: Length in pixels of a full log bar in the per-layer table.
+BAR_PX = 80
 #: Figures drawn for a notebook cell (``_repr_html_``): the quick ones.
 NOTEBOOK_FIGURES = ("loss", "gradient_flow")
 
@@ -147,7 +149,7 @@ def _layer_rows(run: RunView, row: int) -> tuple[list[dict[str, Any]], float, fl
         grad = stats["grad_norm"][i]
         bar = None
         if np.isfinite(grad) and grad > 0 and top > 0:
-            bar = round(100 * max(0.02, 1 - math.log10(top / grad) / decades), 1)
+            bar = round(BAR_PX * max(0.02, 1 - math.log10(top / grad) / decades), 1)
         sat = stats["saturated"][i]
         fraction = sat if layer.family and not np.isnan(sat) else stats["dead"][i]
         bad = nonfinite[i]
