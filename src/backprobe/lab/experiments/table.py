@@ -70,8 +70,14 @@ def collect(db: Path) -> list[LabRun]:
             seconds=info.updated - info.created,
         )
         stored = open_run(db, info.id)
-        for name in stored.scalar_names:
-            run.metrics[name] = final_value(stored.history(name))
+        names = stored.scalar_names
+        # A diverged run's metrics are those of its post-mortem step, NaN or inf included.
+        post_mortem = np.flatnonzero(stored.history("diverged") == 1) if "diverged" in names else []
+        for name in names:
+            series = stored.history(name)
+            run.metrics[name] = (
+                float(series[post_mortem[0]]) if len(post_mortem) else final_value(series)
+            )
         if stored.steps.size:  # first / last layer gradient norm at the last recorded step
             ratio = verdict(stored).ratio
             run.metrics.setdefault("grad_ratio", math.nan if ratio is None else ratio)

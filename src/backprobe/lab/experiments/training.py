@@ -99,13 +99,21 @@ def train(
 
     ``batch(step)`` gives (x, y); ``loss_fn(model(x), y)`` the scalar loss;
     ``evaluate()`` runs in ``torch.no_grad`` and eval mode and returns named metrics.
-    A non-finite loss ends training early (an exploding run): the metrics are then
-    those of the last evaluation and ``diverged`` is 1.
+    A non-finite loss ends training early (an exploding run): that step makes no update,
+    and the next step, recorded whatever the schedule, evaluates the model and stores its
+    metrics with ``diverged`` = 1 (the run's post-mortem).
     """
     last = loop.steps - 1
+    diverged_at: int | None = None
 
     def schedule(step: int) -> bool:
-        return step % loop.record_every == 0 or step % loop.eval_every == 0 or step == last
+        # After a divergence, the next step is recorded: the run's post-mortem.
+        return (
+            diverged_at is not None
+            or step % loop.record_every == 0
+            or step % loop.eval_every == 0
+            or step == last
+        )
 
     if loop.omega > 0:
         from ...remedies.regularizer import pascanu_omega
@@ -125,12 +133,15 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     metrics: dict[str, float] = {}
     tail: list[float] = []
-    diverged = False
     max_norm = 0.0
     reported = 0.0
     health = ""
+    value = math.nan
     with probe:
-        for step in range(loop.steps):
+        for step in range(loop.steps + 1):
+            post_mortem = diverged_at is not None
+            if step == loop.steps and not post_mortem:
+                break
             x, y = batch(step)
             if loop.omega > 0:
                 out, unrolled = model.forward_unrolled(x)  # type: ignore[operator]
@@ -140,8 +151,9 @@ def train(
                 task_loss = loss = loss_fn(model(x), y)
             loss.backward()
             value = float(task_loss.detach())
-            diverged = not math.isfinite(value)
-            if step % loop.eval_every == 0 or step == last or diverged:
+            if diverged_at is None and not math.isfinite(value):
+                diverged_at = step  # no update with it; the next step is the post-mortem
+            if step % loop.eval_every == 0 or step == last or post_mortem:
                 model.eval()
                 with torch.no_grad():
                     evaluated = evaluate()
@@ -149,7 +161,7 @@ def train(
                 metrics.update(evaluated)  # metrics only measured once (at init) stay
                 for name, metric in evaluated.items():
                     probe.record_scalar(name, metric)
-            if diverged:
+            if post_mortem:
                 probe.record_scalar("diverged", 1.0)
             # The global norm before clipping (clip_grad_norm_ records it as clip/pre_norm).
             if loop.clip > 0:
@@ -159,11 +171,12 @@ def train(
             max_norm = max(max_norm, norm) if math.isfinite(norm) else math.inf
             probe.record_scalar("max_grad_norm", max_norm)
             recorded = probe.step(task_loss)
-            if diverged:
+            if post_mortem:
                 break
             if recorded:
                 health = _health(probe)
-            optimizer.step()
+            if diverged_at is None:
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if step >= loop.steps - max(1, loop.steps // 10):
                 tail.append(value)
@@ -177,6 +190,6 @@ def train(
         **metrics,
         "train_loss": sum(tail) / len(tail) if tail else math.nan,
         "grad_ratio": math.nan if ratio is None else ratio,
-        "diverged": float(diverged),
+        "diverged": float(diverged_at is not None),
         "max_grad_norm": max_norm,
     }
