@@ -66,9 +66,9 @@ LSTM = Remedy(
 )
 RECURRENT_ORTHOGONAL = Remedy(
     "Orthogonal recurrent weights",
-    'backprobe.remedies.init_(model, "orthogonal")',
+    'backprobe.remedies.init_(model, "orthogonal", activation="linear")',
     "λ1 of W_hh = 1: the recurrence neither shrinks nor stretches the state on average "
-    "(LSTM forget-gate bias 1 as well).",
+    "(LSTM forget-gate bias 1 as well). activation= is the gain of the other layers.",
 )
 TRUNCATE = Remedy(
     "Truncated back-propagation through time",
@@ -87,7 +87,7 @@ ZERO_BIAS = Remedy(
 )
 IRNN = Remedy(
     "Identity recurrent weights with ReLU (IRNN)",
-    'backprobe.remedies.init_(model, "identity")  # with nn.RNN(..., nonlinearity="relu")',
+    'backprobe.remedies.init_(model, "identity", activation="linear")  # ReLU nn.RNN',
     "W_hh = I passes the state unchanged, so the gradient neither vanishes nor explodes "
     "through time at the start (Le et al. 2015).",
 )
@@ -143,5 +143,14 @@ LR_REFERENCES = ("Bengio 2012 (Practical recommendations)", "CS231n: update/weig
 INIT_REFERENCES = ("Poole et al. 2016", "Schoenholz et al. 2017", "He et al. 2015")
 TIME_REFERENCES = ("Hochreiter 1991", "Bengio et al. 1994", "Pascanu et al. 2013")
 
+FORGET_BIAS = Remedy(
+    "Open the LSTM's forget gate at the start",
+    'backprobe.remedies.init_(model, "orthogonal", activation="linear", forget_bias=1.0)',
+    "A forget-gate bias of 1 keeps f_t near 0.73 instead of 0.5, so the cell state carries "
+    "the gradient over many more steps (Gers et al. 2000; Jozefowicz et al. 2015).",
+)
+
 TIME_VANISHING_REMEDIES = (LSTM, RECURRENT_ORTHOGONAL, IRNN, REGULARISE)
+#: For LSTM / GRU, where the memory gate, not W_hh, carries the gradient through time.
+GATED_VANISHING_REMEDIES = (FORGET_BIAS, ADAM)
 TIME_EXPLODING_REMEDIES = (CLIP, RECURRENT_ORTHOGONAL, TRUNCATE, LSTM)

@@ -66,6 +66,8 @@ def _finding(
     kind = "vanishing_through_time" if vanishing else "exploding_through_time"
     limit = t.time_vanishing_error if vanishing else t.time_exploding_error
     severe = relative < limit if vanishing else relative > limit
+    layer = run.layer_index(module) if module in run.layers else None
+    gate = float(typical(run.history("gate_mean"))[layer]) if layer is not None else float("nan")
     evidence = {
         "decay_at_longest_lag": relative,
         "longest_lag": lag,
@@ -76,12 +78,14 @@ def _finding(
         "gamma": clean(gamma),
         "eta": clean(eta),
         "pascanu_bound_at_longest_lag": clean(eta**lag) if np.isfinite(eta) else None,
+        "memory_gate_mean": clean(gate),
     }
     theory = (
         f" λ1(W_hh) = {fmt(lam)} and γ = {fmt(gamma)} give η = γ·λ1 = {fmt(eta)}"
         + (", below 1: vanishing is certain." if eta < 1 else ", above 1: explosion is possible.")
         if np.isfinite(eta)
-        else " The gates decide: a forget/update gate far below 1 cuts the memory path."
+        else " The gates decide: a forget/update gate far below 1 cuts the memory path"
+        + (f" (mean {gate:.2f} here)." if np.isfinite(gate) else ".")
     )
     if vanishing:
         summary = (
@@ -90,18 +94,21 @@ def _finding(
             f"horizon {'beyond the sequence' if np.isinf(horizon) else f'{horizon:.0f} steps'}"
         )
         cause = (
-            "Back-propagation through time multiplies one Jacobian W_hhᵀ·diag(σ') per step "
-            f"(Pascanu et al. 2013, eq. 5); here each shrinks the gradient ×{fmt(per_step)}, "
+            "Back-propagation through time multiplies one step Jacobian ∂h_t/∂h_(t−1) per "
+            "step (W_hhᵀ·diag(σ') for a plain RNN; Pascanu et al. 2013, eq. 5); "
+            f"here each shrinks the gradient ×{fmt(per_step)}, "
             f"so inputs more than ~{horizon:.0f} steps back cannot influence learning." + theory
         )
-        remedies = advice.TIME_VANISHING_REMEDIES
+        gated = not np.isfinite(eta)
+        remedies = advice.GATED_VANISHING_REMEDIES if gated else advice.TIME_VANISHING_REMEDIES
     else:
         summary = (
             f"exploding through time in {name}: a change of the state {lag} steps back "
             f"reaches the end scaled by {fmt(relative)} (×{fmt(per_step)} per step)"
         )
         cause = (
-            "Back-propagation through time multiplies one Jacobian W_hhᵀ·diag(σ') per step; "
+            "Back-propagation through time multiplies one step Jacobian ∂h_t/∂h_(t−1) per "
+            "step (W_hhᵀ·diag(σ') for a plain RNN); "
             f"here each grows the gradient ×{fmt(per_step)}, so gradients from long ago "
             "dominate and updates explode." + theory
         )
