@@ -62,8 +62,9 @@ def markdown(rows: Sequence[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(db: Path, out: Path) -> Path:
-    """Write the results page for every experiment with runs in ``db``."""
+def write_results(db: Path, out: Path, note: str = "") -> Path:
+    """Write the results page for every experiment with runs in ``db``; ``note`` is a
+    paragraph put under the introduction (how the runs were made, what is missing)."""
     rows = results_rows(db)
     ran = {r.experiment for r in rows}
     titles = "\n".join(
@@ -83,7 +84,7 @@ A variant marked *(quick)* ran its CI-sized configuration, not the full one: its
 shows a direction only. "published" is the direction a paper (or the seeds) reports
 (see `REFERENCES.md`); the verdict checks the mean against it. `s / run` is the wall time
 of one run, probe included.
-
+{note and chr(10) + note + chr(10)}
 {titles}
 
 {markdown(rows)}"""
@@ -101,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="run the quick configurations")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
+    parser.add_argument("--note", default="", help="a paragraph for the page's introduction")
     args = parser.parse_args(argv)
     names = [e.name for e in experiments()] if "all" in args.run else list(args.run)
     console = Console()
@@ -115,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             db=args.db,
             console=console,
         )
-    path = write_results(args.db, args.out)
+    path = write_results(args.db, args.out, args.note)
     console.print(f"wrote {path}")
 
 
