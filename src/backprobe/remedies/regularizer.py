@@ -82,7 +82,11 @@ def omega_terms(
         # g · ∂h_{k+1}/∂h_k: the input of this vector-Jacobian product is h_k itself, so
         # autograd follows only the one step between them; create_graph keeps Ω
         # differentiable in W_rec and in the states' σ'.
-        (back,) = torch.autograd.grad(states[k + 1], states[k], g, create_graph=True)
+        (back,) = torch.autograd.grad(
+            states[k + 1], states[k], g, create_graph=True, allow_unused=True
+        )
+        if back is None:  # h_{k+1} does not depend on h_k: the step forgets everything
+            back = torch.zeros_like(g)
         g_sq = g.double().pow(2).sum(-1)
         keep = g_sq >= min_grad_sq
         ratio = back.pow(2).sum(-1).clamp_min(1e-30).sqrt() / g_sq.clamp_min(min_grad_sq).sqrt()
