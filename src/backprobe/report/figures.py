@@ -565,8 +565,9 @@ def run_figures(
 
     Keys: ``loss``, ``gradient_flow``, ``heatmap``, ``gain``, ``saturation``, then
     ``time_profile:<layer>`` and ``jacobian_decay:<layer>`` per recurrent (sub-)layer.
-    ``steps`` picks the training steps the per-step figures draw (default: up to four
-    spread from the first to the last recorded); ``include`` keeps only those keys
+    ``steps`` picks the training steps the per-layer figures draw (default: up to four
+    spread from the first to the last recorded; the recurrent figures draw up to four of
+    the steps that hold a time profile, which may be sparser); ``include`` keeps only those keys
     (recurrent ones by prefix, e.g. ``"time_profile"``). A run with no recorded step has
     no figures.
     """
