@@ -182,3 +182,23 @@ def test_load_factory_errors(tmp_path, monkeypatch):
             build_model(spec)
         assert "\n" not in str(info.value)
     assert callable(load_factory("zoo_models:good"))
+
+
+def test_stacked_lstm_with_dropout_and_token_inputs():
+    class Stacked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.LSTM(4, 8, num_layers=2, dropout=0.2, batch_first=True)
+            self.out = nn.Linear(8, 1)
+
+        def forward(self, x):
+            return self.out(self.rnn(x)[0][:, -1])
+
+    model = Stacked()
+    result = bp.check(model, input_shape=(4, 6, 4))
+    assert result.verdict.status == "healthy" and model.rnn.training
+    assert result.run.recurrent_layers == ["rnn[l0]", "rnn[l1]"]
+    tokens = nn.Sequential(nn.Embedding(50, 8), nn.Flatten(), nn.Linear(40, 2))
+    result = bp.check(tokens, torch.randint(0, 50, (4, 5)))
+    assert result.jacobian is None and "not a floating-point" in result.jacobian_note
+    assert not [f for f in result if f.severity != "info"]

@@ -9,8 +9,9 @@ activation), and Pascanu's condition for plain ``nn.RNN`` layers. The singular v
 the input–output Jacobian (at up to ``jacobian_examples`` examples) say how evenly the
 model passes gradients in all directions.
 
-The model is left as it was: parameter gradients, the global random state and every
-module's train/eval mode are restored afterwards.
+Dropout is switched off during the check (the network itself is measured, as mean field
+assumes); the model is left as it was: parameter gradients, the global random state and
+every module's train/eval mode are restored afterwards.
 """
 
 from __future__ import annotations
@@ -144,6 +145,18 @@ def _loss(output: object, y: object, loss_fn: Callable | None, seed: int) -> tor
     return loss.reshape(())
 
 
+def _dropout_off(model: nn.Module) -> None:
+    """Dropout modules, and recurrent layers with dropout between layers, to eval mode:
+    the check measures the network itself (as mean field does), and the unrolled twin
+    that measures gradients through time cannot replay a fused kernel's dropout masks.
+    Normalisation layers keep their mode (batch statistics while training)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd) or (
+            isinstance(m, nn.RNNBase) and m.dropout > 0
+        ):
+            m.eval()
+
+
 def _sequence_lengths(model: nn.Module) -> tuple[dict[str, int], list]:
     """Forward pre-hooks that note each nn.RNN's sequence length; (lengths, handles)."""
     lengths: dict[str, int] = {}
@@ -260,6 +273,7 @@ def check(
     try:
         for p in params:
             p.grad = None
+        _dropout_off(model)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             with probe:
