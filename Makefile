@@ -37,6 +37,7 @@ test-slow: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/overhead.py --workload lstm
 	$(BIN)/python benchmarks/esn_vs_reservoirpy.py
 
 # The lab's full experiments (hours on a laptop CPU), then docs/results.md from their runs.

@@ -1,6 +1,9 @@
 """Overhead of the probe against plain training and against peers, in one process run.
 
-Workload (issue 2): a 16-layer 512-wide tanh MLP, batch 256, SGD, 2 threads. Variants
+Workloads: ``mlp``, a 16-layer 512-wide tanh MLP, batch 256, SGD, 2 threads; ``lstm``,
+an LSTM (input 32, hidden 128, T = 100, batch 64) read at its last step, against the probe
+with time profiles (||dL/dh_t||, the Jacobian decay) every 10 steps on a sub-batch of 8.
+Variants
 run interleaved in rounds, so that drifts of the machine hit all of them alike: each
 round times ``--steps`` training steps of every variant between two runs of plain
 training, and a variant's ratio in that round is against the mean of those two. The
@@ -13,8 +16,9 @@ gradient. Peak memory is measured per variant in a fresh subprocess: the process
 resident memory over the timed steps, with the kernel's high-water mark reset after a
 warm-up (Linux), so that imports and set-up do not count.
 
-    python benchmarks/overhead.py            # full table (about 2 minutes)
-    python benchmarks/overhead.py --quick    # smoke run, seconds
+    python benchmarks/overhead.py                   # full MLP table (about 2 minutes)
+    python benchmarks/overhead.py --workload lstm   # the recurrent row
+    python benchmarks/overhead.py --quick           # smoke run, seconds
 """
 
 from __future__ import annotations
@@ -47,6 +51,28 @@ def make_model(depth: int, width: int, seed: int = 0) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class LastStepLSTM(nn.Module):
+    """An LSTM read at its last time step: [B, T, n_in] → [B, 1]."""
+
+    def __init__(self, n_in: int, hidden: int, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.lstm = nn.LSTM(n_in, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(x)
+        return self.head(out[:, -1])
+
+
+def make_workload(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor]:
+    """The model and its input batch for ``args.workload``."""
+    if args.workload == "lstm":
+        model: nn.Module = LastStepLSTM(32, args.width)
+        return model, torch.randn(args.batch, args.length, 32)
+    return make_model(args.depth, args.width), torch.randn(args.batch, args.width)
+
+
 class Variant:
     """One way of training: a model copy, its optimizer, and what is done per step."""
 
@@ -62,8 +88,10 @@ class Variant:
             return lambda loss, step: None
         if self.name.startswith("backprobe"):
             every = 10 if self.name.endswith("/10") else 1
-            db = tmp / f"{self.name.replace('/', '_')}.db"
-            self.probe = bp.Probe(self.model, every=every, db=db, name=self.name).attach()
+            db = tmp / f"{self.name.replace('/', '_').replace(' ', '_')}.db"
+            self.probe = bp.Probe(
+                self.model, every=every, db=db, name=self.name, time_batch=8
+            ).attach()
             return lambda loss, step: self.probe.step(loss)
         if self.name == "lightning grad_norm":
             from lightning.pytorch.utilities import grad_norm
@@ -94,7 +122,9 @@ class Variant:
         return (time.perf_counter() - start) / steps
 
 
-def available_variants() -> list[str]:
+def available_variants(workload: str) -> list[str]:
+    if workload == "lstm":
+        return ["plain", "backprobe time/10"]
     names = ["plain", "backprobe", "backprobe/10"]
     try:
         import lightning.pytorch  # noqa: F401
@@ -119,6 +149,10 @@ def peak_memory_mb(variant: str, args: argparse.Namespace) -> float:
         __file__,
         "--memory-of",
         variant,
+        "--workload",
+        args.workload,
+        "--length",
+        str(args.length),
         "--depth",
         str(args.depth),
         "--width",
@@ -134,8 +168,7 @@ def peak_memory_mb(variant: str, args: argparse.Namespace) -> float:
 
 def _measure_memory(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    model = make_model(args.depth, args.width)
-    x = torch.randn(args.batch, args.width)
+    model, x = make_workload(args)
     with tempfile.TemporaryDirectory() as tmp:
         variant = Variant(args.memory_of, model, x, Path(tmp))
         del model
@@ -163,9 +196,11 @@ def _status_mb(field: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workload", choices=("mlp", "lstm"), default="mlp")
     parser.add_argument("--depth", type=int, default=16)
-    parser.add_argument("--width", type=int, default=512)
-    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--width", type=int, default=None, help="MLP width / LSTM hidden")
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--length", type=int, default=100, help="LSTM sequence length")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps", type=int, default=20, help="steps per variant per round")
@@ -173,16 +208,21 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the memory column")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    lstm = args.workload == "lstm"
+    args.width = args.width or (128 if lstm else 512)
+    args.batch = args.batch or (64 if lstm else 256)
     if args.quick:
         args.depth, args.width, args.batch, args.rounds, args.steps = 4, 64, 32, 3, 5
+        args.length = 20
+        if lstm:  # every=10 needs 10 steps per round to record at all
+            args.steps = 10
     if args.memory_of:
         _measure_memory(args)
         return
 
     torch.set_num_threads(args.threads)
-    names = available_variants()
-    model = make_model(args.depth, args.width)
-    x = torch.randn(args.batch, args.width)
+    names = available_variants(args.workload)
+    model, x = make_workload(args)
     ratios: dict[str, list[float]] = {name: [] for name in names}
     times: dict[str, list[float]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as tmp:
@@ -206,10 +246,14 @@ def main() -> None:
                 v.probe.close()
 
     memory = {} if args.no_memory else {n: peak_memory_mb(n, args) for n in names}
+    workload = (
+        f"LSTM, hidden {args.width}, T = {args.length}, batch {args.batch}"
+        if lstm
+        else f"{args.depth}-layer {args.width}-wide tanh MLP, batch {args.batch}"
+    )
     print(
-        f"\n{args.depth}-layer {args.width}-wide tanh MLP, batch {args.batch}, "
-        f"{args.threads} threads, torch {torch.__version__}; {args.rounds} rounds of "
-        f"{args.steps} steps per variant, each round between two plain runs\n"
+        f"\n{workload}, {args.threads} threads, torch {torch.__version__}; {args.rounds} "
+        f"rounds of {args.steps} steps per variant, each round between two plain runs\n"
     )
     print("| variant | ms / step | ratio to plain (median, IQR) | peak memory (MB) |")
     print("|---|---:|---:|---:|")
