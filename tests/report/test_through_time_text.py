@@ -61,6 +61,7 @@ def test_rows_are_the_runs_numbers(db):
     profile = run.time_profile("rnn")[-1]
     lam, gamma = run.recurrent_theory("rnn")[-1]
     assert f"λ1 = {lam:.3g}" in text
+    assert ("vanishing guaranteed" if lam * gamma < 1 else "exploding possible") in text
     first = next(line for line in text.splitlines() if line.strip().startswith("0 "))
     assert compact_number(profile[0], significant=2) in first
     assert compact_number((gamma * lam) ** 19, significant=2) in first  # bound at lag 19

@@ -19,6 +19,7 @@ from rich.text import Text
 
 from .._format import compact_number
 from ..store.view import HORIZON_THRESHOLD, RunView
+from ..theory.bounds import regime_of
 
 BAR_WIDTH = 16
 #: At most this many time steps are listed; the others are skipped evenly.
@@ -92,7 +93,7 @@ def time_table(run: RunView, name: str, step: int | None = None) -> Table | None
     decades = max(2.0, math.ceil(-math.log10(finite.min()))) if finite.size else 2.0
     horizon = run.memory_horizon(name)[row]
     theory = (
-        f"λ1 = {lam:.3g}, γ = {gamma:g}, η = γ·λ1 = {eta:.3g}"
+        f"λ1 = {lam:.3g}, γ = {gamma:g}, η = γ·λ1 = {eta:.3g}: {regime_of(lam, gamma)}"
         if np.isfinite(eta)
         else _gate_phrase(run, name, row)
     )

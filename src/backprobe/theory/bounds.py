@@ -279,6 +279,15 @@ def _explain(regime: Regime, lam: float, gamma: float, eta: float) -> str:
     )
 
 
+def regime_of(lambda1: float, gamma: float) -> Regime:
+    """Pascanu's condition from λ1 of W_hh and γ = max |σ'|: λ1 < 1/γ guarantees
+    vanishing, λ1 > 1/γ makes exploding possible, equality (relative 1e-6) is neither."""
+    edge = 1.0 / gamma
+    if math.isclose(lambda1, edge, rel_tol=EDGE_RTOL):
+        return NEITHER
+    return VANISHING if lambda1 < edge else EXPLODING
+
+
 def pascanu_regime(W_hh: torch.Tensor | np.ndarray, nonlinearity: Activation) -> RecurrentRegime:
     """Pascanu's condition for the plain recurrence h_t = σ(W_hh h_(t−1) + W_ih x_t + b).
 
@@ -290,11 +299,7 @@ def pascanu_regime(W_hh: torch.Tensor | np.ndarray, nonlinearity: Activation) ->
     gamma = GAMMA[name]
     lam = spectral_norm(_matrix(W_hh, "W_hh"))
     eta = gamma * lam
-    edge = 1.0 / gamma
-    if math.isclose(lam, edge, rel_tol=EDGE_RTOL):
-        regime: Regime = NEITHER
-    else:
-        regime = VANISHING if lam < edge else EXPLODING
+    regime = regime_of(lam, gamma)
     return RecurrentRegime(
         regime=regime,
         explanation=_explain(regime, lam, gamma, eta),
