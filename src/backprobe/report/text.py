@@ -202,3 +202,10 @@ def print_findings(findings: list, console: Console | None = None, verbose: bool
             console.print(Text(f"    {rank}. {remedy.title}: ", style="cyan").append(remedy.call))
         if f.references:
             console.print(Text(f"    see: {'; '.join(f.references)}", style="dim"))
+    if verbose and any(r.call.startswith("backprobe.") for f in findings for r in f.remedies):
+        console.print(
+            Text(
+                "the calls assume: import torch, backprobe.remedies; from torch import nn",
+                style="dim",
+            )
+        )
