@@ -174,4 +174,4 @@ def test_omega_raises_the_time_ratio_and_solves_temporal_order_quick(make_probe)
 
 @pytest.mark.slow
 def test_omega_solves_temporal_order_where_plain_sgd_fails(make_probe):
-    _check_omega_helps(make_probe, length=50, steps=3000)
+    _check_omega_helps(make_probe, length=30, steps=2000)
