@@ -374,3 +374,25 @@ def test_unbatched_input_and_packed_first_sequence_lengths():
     assert np.isfinite(decay[0]).all() and decay.shape[1] == 9
     assert np.isfinite(decay[1, :5]).all() and np.isnan(decay[1, 5:]).all()  # 5 real steps
     assert np.isfinite(probe.time_profile("rnn")).all()
+
+
+def test_training_dropout_between_layers_skips_the_profile_with_one_warning():
+    torch.manual_seed(12)
+    model = SeqClassifier("lstm", num_layers=2, dropout=0.3)
+    x, y = _data()
+    probe = bp.Probe(model, db=None).attach()
+    with pytest.warns(UserWarning, match="dropout=0.3 between layers cannot be replayed"):
+        for _ in range(3):
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            probe.step(loss)
+            model.zero_grad()
+    assert probe.steps.tolist() == [0, 1, 2]  # the other statistics are recorded
+    assert probe.recurrent_layers == []
+    model.eval()  # no dropout: the replay is the forward the loss came from
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    probe.step(loss)
+    probe.close()
+    assert np.isnan(probe.time_profile("rnn[l0]")[:3]).all()
+    assert np.isfinite(probe.time_profile("rnn[l0]")[3]).all()

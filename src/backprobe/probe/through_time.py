@@ -34,6 +34,7 @@ Everything stays on the device and rides in the recorded step's one host transfe
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from dataclasses import dataclass
 from functools import partial
@@ -226,6 +227,7 @@ class FusedWatch(_Watch):
         self._chains = [
             (f"weight_hh_l{k}{d}", bool(d)) for k in range(module.num_layers) for d in directions
         ]
+        self._warned_dropout = False
 
     def reset(self) -> None:
         self._input: torch.Tensor | PackedSequence | None = None
@@ -275,7 +277,7 @@ class FusedWatch(_Watch):
     # -- measurement ----------------------------------------------------------------------
 
     def measure(self, buffer: StepBuffer, scale: torch.Tensor | None) -> Entries:
-        if self._input is None or not self._grads:
+        if self._input is None or not self._grads or self._dropout_hides_the_forward():
             return {}
         module = self.module
         with torch.enable_grad():
@@ -317,6 +319,23 @@ class FusedWatch(_Watch):
                 stats = torch.stack([gates.mean(), gates.gt(GATE_OPEN).float().mean()])
                 entries[(self.name, "gates")] = buffer.add_extra(stats)
         return entries
+
+    def _dropout_hides_the_forward(self) -> bool:
+        """Dropout between the layers of a training module draws masks that no replay can
+        reproduce, so its time profile would explain another forward than the loss's:
+        skip it (with one warning) while it trains; eval mode or dropout=0 measure."""
+        module = self.module
+        if not (module.training and module.dropout > 0 and module.num_layers > 1):
+            return False
+        if not self._warned_dropout:
+            self._warned_dropout = True
+            warnings.warn(
+                f"backprobe records no time profile of {self.name!r} while it trains: its "
+                f"dropout={module.dropout} between layers cannot be replayed. Profiles "
+                f"resume in eval mode (e.g. at evaluation steps) or with dropout=0.",
+                stacklevel=4,
+            )
+        return True
 
     def _twin_outputs(self, twin: UnrolledResult) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The twin's outputs that received a gradient in the real backward, with it."""
