@@ -396,3 +396,15 @@ def test_training_dropout_between_layers_skips_the_profile_with_one_warning():
     probe.close()
     assert np.isnan(probe.time_profile("rnn[l0]")[:3]).all()
     assert np.isfinite(probe.time_profile("rnn[l0]")[3]).all()
+
+
+def test_a_diverging_model_records_non_finite_profiles_without_failing_the_step():
+    torch.manual_seed(13)
+    model = SeqClassifier("rnn", nonlinearity="relu")
+    with torch.no_grad():
+        model.rnn.weight_hh_l0.copy_(1e30 * torch.eye(6))
+    x, y = _data(T=12)
+    probe = _train(model, x.abs() + 1, y, steps=1, lr=0.0)
+    decay = probe.jacobian_decay("rnn")[0]
+    assert not np.isfinite(decay).all()  # the SVD alone would have refused these
+    assert probe.steps.tolist() == [0]

@@ -400,8 +400,17 @@ class FusedWatch(_Watch):
             jac = torch.stack([torch.zeros_like(directions) if r is None else r for r in rows]).to(
                 torch.float64
             )  # [T, k, H]: rows uᵢᵀ·ds_end/ds_t
-            decays.append(torch.linalg.matrix_norm(jac, ord=2))
+            decays.append(_spectral_norms(jac))
         return decays
+
+
+def _spectral_norms(jac: torch.Tensor) -> torch.Tensor:
+    """[T] spectral norms of [T, k, H] matrices; a matrix holding NaN or inf (a diverging
+    model) gets its largest |entry| (inf or NaN) instead: the SVD refuses such input, and
+    the training step must not fail because the model diverges."""
+    finite = jac.isfinite().all(dim=-1).all(dim=-1)
+    safe = torch.where(finite[:, None, None], jac, torch.zeros_like(jac))
+    return torch.where(finite, torch.linalg.matrix_norm(safe, ord=2), jac.abs().amax(dim=(-2, -1)))
 
 
 def make_watch(name: str, module: nn.Module, settings: TimeSettings) -> _Watch:
