@@ -215,7 +215,7 @@ def main() -> None:
         args.depth, args.width, args.batch, args.rounds, args.steps = 4, 64, 32, 3, 5
         args.length = 20
         if lstm:  # every=10 needs 10 steps per round to record at all
-            args.steps = 10
+            args.rounds, args.steps = 2, 10
     if args.memory_of:
         _measure_memory(args)
         return
