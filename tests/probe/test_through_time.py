@@ -408,3 +408,108 @@ def test_a_diverging_model_records_non_finite_profiles_without_failing_the_step(
     decay = probe.jacobian_decay("rnn")[0]
     assert not np.isfinite(decay).all()  # the SVD alone would have refused these
     assert probe.steps.tolist() == [0]
+
+
+class CellLoop(nn.Module):
+    """A user's loop over a cell; ``edit_state`` breaks the recurrence between calls."""
+
+    def __init__(self, cell: nn.Module, edit_state: bool = False) -> None:
+        super().__init__()
+        self.cell = cell
+        self.head = nn.Linear(cell.hidden_size, 2)
+        self.edit_state = edit_state
+
+    def forward(self, x):
+        state = None
+        for t in range(x.shape[1]):
+            state = self.cell(x[:, t], state)
+            if self.edit_state:
+                state = state * 1.0
+        h = state[0] if isinstance(state, tuple) else state
+        return self.head(h)
+
+
+def _output_gate(cell: nn.LSTMCell, x: torch.Tensor, state) -> torch.Tensor:
+    h = torch.zeros(1, cell.hidden_size, dtype=x.dtype) if state is None else state[0]
+    gates = x @ cell.weight_ih.T + cell.bias_ih + h @ cell.weight_hh.T + cell.bias_hh
+    return torch.sigmoid(gates.chunk(4, dim=-1)[3])
+
+
+def _cell_brute_decay(cell: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """||ds_T/ds_k||₂ of the first sequence (s = h, or for an LSTMCell its c, with h_k
+    following c_k through the output gate), by torch.autograd.functional.jacobian over
+    the cell's own calls."""
+    xs = x[0:1].double()
+    cell = cell.double()
+    lstm = isinstance(cell, nn.LSTMCell)
+    states = [None]
+    for t in range(xs.shape[1]):
+        states.append(
+            tuple(s.detach() for s in cell(xs[:, t], states[-1]))
+            if lstm
+            else cell(xs[:, t], states[-1]).detach()
+        )
+    T = xs.shape[1]
+    norms = []
+    for lag in range(T):
+        k = T - 1 - lag
+        if lstm:
+            o_k = _output_gate(cell, xs[:, k], states[k])
+
+            def f(c, k=k, o_k=o_k):
+                s = (o_k * torch.tanh(c), c)  # h_k follows c_k through the output gate
+                for t in range(k + 1, T):
+                    s = cell(xs[:, t], s)
+                return s[1]
+
+            J = torch.autograd.functional.jacobian(f, states[k + 1][1])[0, :, 0, :]
+        else:
+
+            def f(h, k=k):
+                for t in range(k + 1, T):
+                    h = cell(xs[:, t], h)
+                return h
+
+            J = torch.autograd.functional.jacobian(f, states[k + 1])[0, :, 0, :]
+        norms.append(torch.linalg.matrix_norm(J, ord=2).item())
+    cell.float()
+    return np.array(norms)
+
+
+@pytest.mark.parametrize("cell", [nn.RNNCell(3, 5), nn.GRUCell(3, 5)])
+def test_cell_loops_get_the_decay_of_their_replayed_calls(cell):
+    torch.manual_seed(14)
+    model = CellLoop(cell)
+    x, y = _data(T=9)
+    probe = _train(model, x, y, steps=1, lr=0.0)
+    assert_allclose(probe.jacobian_decay("cell")[0], _cell_brute_decay(cell, x), rtol=1e-4)
+
+
+def test_an_lstm_cell_decay_is_that_of_its_cell_state():
+    torch.manual_seed(15)
+    cell = nn.LSTMCell(3, 5)
+    model = CellLoop(cell)
+    x, y = _data(T=6)
+    probe = _train(model, x, y, steps=1, lr=0.0)
+    assert_allclose(probe.jacobian_decay("cell")[0], _cell_brute_decay(cell, x), rtol=1e-4)
+
+
+def test_a_loop_that_edits_the_state_between_calls_gets_no_decay():
+    torch.manual_seed(16)
+    model = CellLoop(nn.RNNCell(3, 5), edit_state=True)
+    x, y = _data(T=5)
+    probe = _train(model, x, y, steps=1, lr=0.0)
+    assert np.isfinite(probe.time_profile("cell")[0]).all()
+    assert probe.jacobian_decay("cell").size == 0 or np.isnan(probe.jacobian_decay("cell")).all()
+
+
+def test_a_fused_lstm_decay_is_its_cell_states_as_for_the_cell():
+    torch.manual_seed(17)
+    model = SeqClassifier("lstm", hidden=5)
+    x, y = _data(T=7)
+    probe = _train(model, x, y, steps=1, lr=0.0)
+    cell = nn.LSTMCell(3, 5)
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(cell, name).copy_(getattr(model.rnn, name + "_l0"))
+    assert_allclose(probe.jacobian_decay("rnn")[0], _cell_brute_decay(cell, x), rtol=1e-4)

@@ -208,7 +208,7 @@ def _params(module: nn.RNNBase, layer: int, reverse: bool) -> dict[str, torch.Te
     return {name: getattr(module, name + sfx, None) for name in names}
 
 
-def _step(
+def cell_step(
     mode: str, gi: torch.Tensor, state: _State, p: dict[str, torch.Tensor | None]
 ) -> tuple[_State, torch.Tensor | None]:
     """One time step from the precomputed input term ``gi = W_ih x_t + b_ih`` [B, G·H]:
@@ -255,7 +255,7 @@ def _run_direction(
     cs: list[torch.Tensor | None] = [None] * x.shape[0]
     gates: list[torch.Tensor | None] = [None] * x.shape[0]
     for t in steps:
-        (h, c), gates[t] = _step(mode, gi_all[t], state, p)
+        (h, c), gates[t] = cell_step(mode, gi_all[t], state, p)
         if mask is not None:
             h = torch.where(mask[t], h, state[0])
             c = None if c is None else torch.where(mask[t], c, state[1])

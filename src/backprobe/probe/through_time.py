@@ -26,8 +26,9 @@ same outputs) and back-propagates the captured output gradients into the twin's 
 ``torch.autograd.grad`` — which touches no parameter's ``.grad``. The loss depends on the
 module only through its outputs, so this is the loss's own dL/dh_t. Cells
 (``nn.RNNCell``, ``nn.LSTMCell``, ``nn.GRUCell``) are called once per step by the user's
-loop: :class:`CellWatch` hooks each call's h_t directly, which gives the signal (no
-replay, so no decay and no gates for cells).
+loop: :class:`CellWatch` hooks each call's h_t directly, which gives the signal, and
+replays the calls of the first sequence for the decay while they form one recurrence
+(no gates for cells).
 
 Everything stays on the device and rides in the recorded step's one host transfer.
 """
@@ -38,14 +39,16 @@ import warnings
 import weakref
 from dataclasses import dataclass
 from functools import partial
+from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..errors import ProbeConfigError
 from ..theory.bounds import activation_gamma
-from .recurrent import UnrolledResult, unrolled_forward
+from .recurrent import UnrolledResult, cell_step, unrolled_forward
 from .stats import StepBuffer
 
 #: Fused recurrent modules that the unrolled twin reproduces.
@@ -175,10 +178,23 @@ class _Watch:
 
 
 class CellWatch(_Watch):
-    """An ``nn.RNNCell`` / ``nn.LSTMCell`` / ``nn.GRUCell``: each call is a time step."""
+    """An ``nn.RNNCell`` / ``nn.LSTMCell`` / ``nn.GRUCell``: each call is a time step.
+
+    Each call's h_t is hooked for ||dL/dh_t||. For the decay the calls are replayed at
+    ``step()`` from their inputs (the first sequence of the batch) — but only while they
+    form one recurrence: every call's state argument is the previous call's output (the
+    same tensor objects). A loop that edits the state between calls (attention, resets,
+    teacher forcing of h) gets no decay, since a replay would not be its recurrence.
+    """
+
+    _MODES: ClassVar[dict[type, str]] = {nn.LSTMCell: "LSTM", nn.GRUCell: "GRU"}
 
     def reset(self) -> None:
         self._norms: list[torch.Tensor | None] = []
+        self._inputs: list[torch.Tensor] = []  # x_t of the first sequence, [1, H_in]
+        self._start: object = None  # its state before the first call (None: zeros)
+        self._last: object = None  # the previous call's output
+        self._chained = True
 
     def on_forward(self, args: tuple, kwargs: dict, output: object) -> None:
         h = output[0] if isinstance(output, tuple) else output
@@ -186,6 +202,14 @@ class CellWatch(_Watch):
             return
         self._norms.append(None)
         h.register_hook(partial(self._on_grad, self._epoch, len(self._norms) - 1))
+        x = args[0] if args else kwargs.get("input")
+        hx = args[1] if len(args) > 1 else kwargs.get("hx")
+        if self._last is None:
+            self._start = None if hx is None else _first_rows(hx)
+        elif not _same_state(hx, self._last):
+            self._chained = False
+        self._last = output
+        self._inputs.append(_first_rows(x))
 
     def _on_grad(self, epoch: int, t: int, grad: torch.Tensor) -> None:
         if epoch == self._epoch:
@@ -199,10 +223,54 @@ class CellWatch(_Watch):
         signal = torch.stack([like.new_zeros(()) if n is None else n for n in self._norms])
         if scale is not None:
             signal = signal / scale
-        return {
+        entries = {
             (self.name, "signal"): buffer.add_extra(signal),
             (self.name, "theory"): buffer.add_extra(_theory(self.module, "weight_hh")),
         }
+        if self._chained:
+            with torch.enable_grad():
+                entries[(self.name, "decay")] = buffer.add_extra(self._decay())
+        return entries
+
+    def _decay(self) -> torch.Tensor:
+        """The first sequence's calls replayed as k copies with the cell's parameters."""
+        cell = self.module
+        mode = self._MODES.get(type(cell)) or f"RNN_{cell.nonlinearity.upper()}"
+        size = cell.hidden_size
+        k = size if size <= self.settings.exact_max else self.settings.probes
+        x0 = self._inputs[0]
+        if self._start is None:
+            h = x0.new_zeros(k, size)
+            c = x0.new_zeros(k, size) if mode == "LSTM" else None
+        elif mode == "LSTM":
+            h, c = (s.expand(k, -1) for s in self._start)  # type: ignore[union-attr]
+        else:
+            h, c = self._start.expand(k, -1), None  # type: ignore[union-attr]
+        h = h.detach().requires_grad_()
+        params = {name: getattr(cell, name) for name in ("weight_ih", "weight_hh", "bias_ih")}
+        params.update(bias_hh=cell.bias_hh, weight_hr=None)
+        states = []
+        for x in self._inputs:
+            gi = F.linear(x.expand(k, -1), params["weight_ih"], params["bias_ih"])
+            (h, c), _ = cell_step(mode, gi, (h, c), params)
+            states.append(c if mode == "LSTM" else h)  # an LSTM's memory is its c
+        directions = _probe_directions(size, self.settings, states[0])
+        return _chain_decay(states, False, directions)
+
+
+def _first_rows(state: object) -> object:
+    """The first sequence's row(s), detached, [1, H] (a tuple for an LSTM's (h, c))."""
+    if isinstance(state, tuple):
+        return tuple(_first_rows(s) for s in state)
+    t = state.detach()  # type: ignore[union-attr]
+    return t.unsqueeze(0) if t.dim() == 1 else t[:1]
+
+
+def _same_state(hx: object, output: object) -> bool:
+    """Whether a call's state argument is the previous call's output (same tensors)."""
+    if isinstance(output, tuple):
+        return isinstance(hx, tuple) and all(a is b for a, b in zip(hx, output, strict=False))
+    return hx is output
 
 
 def _take(t: torch.Tensor, dim: int, n: int) -> torch.Tensor:
@@ -372,36 +440,44 @@ class FusedWatch(_Watch):
         """Per sub-layer, [T] ||ds_end/ds_(end−lag)||₂ for lag = 0…T−1 of the first
         sequence, float64, for the memory state s (h, or an LSTM's cell state c).
 
-        The first sequence is replayed as k identical copies, and one ordinary backward
-        per sub-layer sends row i of the identity (exact) or of a random orthonormal
-        k × H matrix Q (estimate, see :class:`TimeSettings`) into copy i's last-processed
-        state: the gradient reaching copy i's state at t is row i of Qᵀ·ds_end/ds_t.
+        The first sequence is replayed as k identical copies (see :func:`_chain_decay`
+        and :func:`_probe_directions`).
         """
         size = self.module.hidden_size  # of h, or of an LSTM's c (proj_size shrinks h only)
-        exact = size <= self.settings.exact_max
-        k = size if exact else self.settings.probes
+        k = size if size <= self.settings.exact_max else self.settings.probes
         x, hx = self._first_sequence(k)
         twin = unrolled_forward(self.module, x, hx)
         # an LSTM keeps its memory in the cell state: its decay is that of c
         memory = twin.states if twin.cells is None else twin.cells
         chains = [chain for layer in memory for chain in layer]
-        like = chains[0][0]
-        if exact:
-            directions = torch.eye(size, dtype=like.dtype, device=like.device)
-        else:  # k orthonormal rows: ||Qᵀ·J||₂ ≤ ||J||₂, a random subspace's view of J
-            gaussian = torch.randn(size, k, dtype=torch.float64, device=like.device)
-            directions = torch.linalg.qr(gaussian).Q.T.to(like.dtype)
-        decays = []
-        for chain, (_, reverse) in zip(chains, self._chains, strict=True):
-            order = chain if reverse else chain[::-1]  # lag 0 first
-            rows = torch.autograd.grad(
-                order[0], order, directions, retain_graph=True, allow_unused=True
-            )
-            jac = torch.stack([torch.zeros_like(directions) if r is None else r for r in rows]).to(
-                torch.float64
-            )  # [T, k, H]: rows uᵢᵀ·ds_end/ds_t
-            decays.append(_spectral_norms(jac))
-        return decays
+        directions = _probe_directions(size, self.settings, chains[0][0])
+        return [
+            _chain_decay(chain, reverse, directions)
+            for chain, (_, reverse) in zip(chains, self._chains, strict=True)
+        ]
+
+
+def _probe_directions(size: int, settings: TimeSettings, like: torch.Tensor) -> torch.Tensor:
+    """[k, size] rows sent back from the last state: the identity (exact, k = size) up to
+    ``settings.exact_max`` units, else k = ``settings.probes`` random orthonormal rows Q,
+    for which ||Qᵀ·J||₂ ≤ ||J||₂ is a random subspace's view of J."""
+    if size <= settings.exact_max:
+        return torch.eye(size, dtype=like.dtype, device=like.device)
+    gaussian = torch.randn(size, settings.probes, dtype=torch.float64, device=like.device)
+    return torch.linalg.qr(gaussian).Q.T.to(like.dtype)
+
+
+def _chain_decay(
+    chain: list[torch.Tensor], reverse: bool, directions: torch.Tensor
+) -> torch.Tensor:
+    """[T] ||ds_end/ds_(end−lag)||₂ for lag = 0…T−1 from the states ``chain`` [T × [k, H]]
+    of k copies of one sequence: one backward sends direction i into copy i's last
+    processed state, so the gradient reaching copy i's state at t is row i of
+    directions·ds_end/ds_t."""
+    order = chain if reverse else chain[::-1]  # lag 0 first
+    rows = torch.autograd.grad(order[0], order, directions, retain_graph=True, allow_unused=True)
+    jac = torch.stack([torch.zeros_like(directions) if r is None else r for r in rows])
+    return _spectral_norms(jac.to(torch.float64))  # jac: [T, k, H]
 
 
 def _spectral_norms(jac: torch.Tensor) -> torch.Tensor:
