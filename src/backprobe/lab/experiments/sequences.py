@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...remedies.init import init_
 from ..models import Cell, RecurrentModel
 from ..tasks import (
     SequenceTask,
@@ -47,6 +48,9 @@ class SequenceConfig:
     layers: int = 1
     embed: int | None = None  # token input: None = one-hot, else an nn.Embedding of this size
     recurrent_norm: float | None = None  # rescale W_hh to this largest singular value
+    # "default": PyTorch's; else backprobe.remedies.init_(rnn, init, forget_bias=...)
+    init: Literal["default", "xavier_uniform", "orthogonal"] = "default"
+    forget_bias: float = 1.0  # the LSTM forget-gate bias under a remedies init
     optimizer: Optimizer = "adam"
     lr: float = 1e-3
     momentum: float = 0.0
@@ -114,6 +118,8 @@ def run_sequence(
         readout="all" if test.per_step else "last",
         recurrent_norm=config.recurrent_norm,
     )
+    if config.init != "default":
+        init_(model.rnn, config.init, forget_bias=config.forget_bias)
     optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr, config.momentum)
     x_test = _inputs(test, config)
     loss_fn = _loss(test)
@@ -260,7 +266,7 @@ class TemporalOrderConfig(SequenceConfig):
     lr: float = 0.01
     batch: int = 20
     clip: float = 0.0
-    steps: int = 20000
+    steps: int = 5000
     n_test: int = 10000
     eval_every: int = 1000
     record_every: int = 200
@@ -353,9 +359,15 @@ LATCH = register(
 
 @dataclass(frozen=True)
 class AutocompleteConfig(SequenceConfig):
-    """ "today … i need" vs "last month … i had" with ``filler`` words in between."""
+    """ "today … i need" vs "last month … i had" with ``filler`` words in between.
+
+    Glorot-uniform weights and an LSTM forget-gate bias of 1 (Gers et al. 2000;
+    Jozefowicz et al. 2015): with PyTorch's default init the LSTM stayed at chance from
+    a filler of 20 words on in 1500 steps (measured); the standard init is the fair
+    comparison."""
 
     filler: int = 50
+    init: Literal["default", "xavier_uniform", "orthogonal"] = "xavier_uniform"
     embed: int | None = 16
     hidden: int = 32
     lr: float = 3e-3
