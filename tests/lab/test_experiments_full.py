@@ -42,15 +42,17 @@ def test_full_experiment_reproduces_what_it_declares(name: str, tmp_path: Path) 
         (r.variant, r.metric, r.value, r.reference) for r in judged if r.verdict != "reproduced"
     ]
     assert not failed
-    if name == "autocomplete":  # the seeds: gated cells remember "today" across the filler
-        assert m["lstm-L100"]["test_accuracy"] > 0.9 and m["gru-L100"]["test_accuracy"] > 0.9
+    if name == "autocomplete":  # the seeds: gated cells remember "today" for longer
+        reach = {r.variant.split(" ")[0]: r.value for r in results_rows(db, [name])
+                 if r.metric == "longest_filler_solved"}  # fmt: skip
+        assert reach["rnn"] == 5 and reach["lstm"] >= 20 and reach["gru"] >= 20
         assert m["rnn-L100"]["test_accuracy"] < 0.75
-        assert m["rnn-L5"]["test_accuracy"] > 0.95
     if name == "exploding":
         assert m["no-clip"]["max_grad_norm"] > 1e3 * m["clip"]["max_grad_norm"]
         assert m["clip"]["test_mse"] < 0.167
     if name == "adding":
-        assert m["lstm-T200"]["test_mse"] < 0.05 and m["gru-T200"]["test_mse"] < 0.05
+        # LSTM and GRU beat the baseline at T = 100-400 (REFERENCES.md): half of it at 200
+        assert m["lstm-T200"]["test_mse"] < 0.0835 and m["gru-T200"]["test_mse"] < 0.0835
     if name == "esn":
         assert m["mackey-glass"]["test_rmse"] < 1e-2
     if name == "depth-sweep":
