@@ -92,7 +92,7 @@ class Expectation:
         return measured < self.value if self.op == "<" else measured > self.value
 
     def __str__(self) -> str:
-        return f"{self.op} {compact_number(self.value, significant=2)} ({self.reference})"
+        return f"{self.op} {compact_number(self.value)} ({self.reference})"
 
 
 @dataclass(frozen=True)
