@@ -150,11 +150,11 @@ def test_errors_name_what_to_pass():
         init_(nn.Sequential(nn.ReLU()), "he_normal")
 
 
-def _grad_ratio_and_losses(make_probe, model, task, steps, lr, every):
-    """Train with SGD, probed every ``every`` steps: (last/first layer gradient norm at
-    each recorded step, recorded losses)."""
-    probe = make_probe(model, every=every)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
+def _grad_ratio_and_losses(make_probe, model, task, steps, lr):
+    """Train with SGD + momentum 0.9, probed at every step: (last/first layer gradient
+    norm at each step, losses)."""
+    probe = make_probe(model, every=1)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     g = torch.Generator().manual_seed(1)
     with probe:
         for _ in range(steps):
@@ -174,16 +174,19 @@ def test_deep_sigmoid_mlp_is_cured_by_relu_and_he_init(make_probe):
     """The seeds' 50-layer sigmoid network: the first layer's gradient is ≥ 1e8 times
     smaller than the last's; after swap_activations_ to ReLU and He init the two are
     within 100×, and training lowers the loss."""
+    torch.manual_seed(0)  # the weights do not depend on the tests run before this one
     task = classification_task(n_train=2048, n_test=16, seed=0)
     # width 64: at width 32 the product of 50 random ReLU layers fluctuates more from
     # seed to seed (finite-width effects grow with depth / width)
     model = DeepMLP(task.n_features, 64, 50, task.n_classes, activation="sigmoid")
-    before, _ = _grad_ratio_and_losses(make_probe, model, task, steps=1, lr=0.0, every=1)
+    before, _ = _grad_ratio_and_losses(make_probe, model, task, steps=1, lr=0.0)
     assert before[0] >= 1e8  # here inf: fc1's float32 gradient underflows to exactly 0
 
     report = swap_activations_(model, from_=nn.Sigmoid, to=nn.ReLU)
     assert len(report.swapped) == 50 and not report.functional
     init_(model, "he_normal")
-    ratio, losses = _grad_ratio_and_losses(make_probe, model, task, steps=150, lr=0.01, every=10)
+    # plain SGD moves a 50-layer ReLU net slowly (over seeds its loss fell 4–27 % in 150
+    # steps); with momentum 0.9 it fell 28–33 %, measured over seeds 0–4
+    ratio, losses = _grad_ratio_and_losses(make_probe, model, task, steps=150, lr=0.005)
     assert np.all(ratio <= 100) and np.all(ratio >= 1e-2), ratio
-    assert losses[-3:].mean() < 0.85 * losses[:3].mean(), losses
+    assert losses[-30:].mean() < 0.85 * losses[:30].mean(), losses
