@@ -201,7 +201,7 @@ def _initial_states(
     return states[0], (states[1] if is_lstm else None)
 
 
-def _params(module: nn.RNNBase, layer: int, reverse: bool) -> dict[str, torch.Tensor | None]:
+def layer_params(module: nn.RNNBase, layer: int, reverse: bool) -> dict[str, torch.Tensor | None]:
     """The module's own parameters of one layer and direction (``None`` where absent)."""
     sfx = f"_l{layer}" + ("_reverse" if reverse else "")
     names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
@@ -325,7 +325,7 @@ def unrolled_forward(
             idx = k * n_dirs + d
             start = (h0[idx], None if c0 is None else c0[idx])
             hs, cs, gs, (h, c) = _run_direction(
-                mode, layer_input, start, _params(module, k, d == 1), d == 1, mask
+                mode, layer_input, start, layer_params(module, k, d == 1), d == 1, mask
             )
             layer_states.append(hs)
             layer_cells.append(cs)

@@ -24,11 +24,13 @@ that reached the module's outputs. At ``Probe.step()`` it replays that sub-batch
 the unrolled twin (:func:`~backprobe.probe.recurrent.unrolled_forward`, same parameters,
 same outputs) and back-propagates the captured output gradients into the twin's h_t with
 ``torch.autograd.grad`` — which touches no parameter's ``.grad``. The loss depends on the
-module only through its outputs, so this is the loss's own dL/dh_t. Cells
-(``nn.RNNCell``, ``nn.LSTMCell``, ``nn.GRUCell``) are called once per step by the user's
-loop: :class:`CellWatch` hooks each call's h_t directly, which gives the signal, and
-replays the calls of the first sequence for the decay while they form one recurrence
-(no gates for cells).
+module only through its outputs, so this is the loss's own dL/dh_t. The decay comes
+from the replay's states of the first sequence: :func:`~backprobe.probe.decay.memory_decay`
+rebuilds every step's gates from them and carries k rows back through the step
+Jacobians, without a graph. Cells (``nn.RNNCell``, ``nn.LSTMCell``, ``nn.GRUCell``) are
+called once per step by the user's loop: :class:`CellWatch` hooks each call's h_t
+directly, which gives the signal, and keeps the first sequence's inputs and states for
+the decay while the calls form one recurrence (no gates for cells).
 
 Everything stays on the device and rides in the recorded step's one host transfer.
 """
@@ -42,13 +44,13 @@ from functools import partial
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..errors import ProbeConfigError
 from ..theory.bounds import activation_gamma
-from .recurrent import UnrolledResult, cell_step, unrolled_forward
+from .decay import memory_decay
+from .recurrent import UnrolledResult, layer_params, unrolled_forward
 from .stats import StepBuffer
 
 #: Fused recurrent modules that the unrolled twin reproduces.
@@ -68,14 +70,13 @@ class TimeSettings:
     batch: sequences of the recorded forward replayed through the twin (the first ones).
         The replay runs step by step, so its cost grows with ``batch × T``.
     exact_max: hidden sizes up to this get the exact spectral norm of dh_T/dh_k (the
-        first sequence replayed as that many copies, one backward per sub-layer with the
-        identity, then singular values); larger ones get an estimate from ``probes``
-        random directions.
+        identity's H rows carried back through the step Jacobians); larger ones get an
+        estimate from ``probes`` random directions.
     probes: for the estimate, the rows of a random orthonormal matrix Q [probes, H]:
         ||Qᵀ·dh_T/dh_k||₂ is a lower bound on the spectral norm (measured: 0.40–0.55 of
         it for random tanh RNNs of 80 and 128 units; on a geometric decay that moves the
-        memory horizon by a step or two). The replay costs ``probes`` copies instead
-        of H.
+        memory horizon by a step or two). The recursion carries ``probes`` rows
+        instead of H.
     """
 
     batch: int = 8
@@ -180,11 +181,12 @@ class _Watch:
 class CellWatch(_Watch):
     """An ``nn.RNNCell`` / ``nn.LSTMCell`` / ``nn.GRUCell``: each call is a time step.
 
-    Each call's h_t is hooked for ||dL/dh_t||. For the decay the calls are replayed at
-    ``step()`` from their inputs (the first sequence of the batch) — but only while they
-    form one recurrence: every call's state argument is the previous call's output (the
-    same tensor objects). A loop that edits the state between calls (attention, resets,
-    teacher forcing of h) gets no decay, since a replay would not be its recurrence.
+    Each call's h_t is hooked for ||dL/dh_t||. For the decay each call's input and output
+    state of the first sequence are kept, and the step Jacobians are rebuilt from them
+    at ``step()`` — but only while the calls form one recurrence: every call's state
+    argument is the previous call's output (the same tensor objects). A loop that edits
+    the state between calls (attention, resets, teacher forcing of h) gets no decay,
+    since the product of the cell's Jacobians would not be its recurrence's.
     """
 
     _MODES: ClassVar[dict[type, str]] = {nn.LSTMCell: "LSTM", nn.GRUCell: "GRU"}
@@ -192,6 +194,7 @@ class CellWatch(_Watch):
     def reset(self) -> None:
         self._norms: list[torch.Tensor | None] = []
         self._inputs: list[torch.Tensor] = []  # x_t of the first sequence, [1, H_in]
+        self._outputs: list[object] = []  # its h_t [1, H] (an LSTM's (h_t, c_t))
         self._start: object = None  # its state before the first call (None: zeros)
         self._last: object = None  # the previous call's output
         self._chained = True
@@ -209,7 +212,8 @@ class CellWatch(_Watch):
         elif not _same_state(hx, self._last):
             self._chained = False
         self._last = output
-        self._inputs.append(_first_rows(x))
+        self._inputs.append(_first_rows(x))  # type: ignore[arg-type]
+        self._outputs.append(_first_rows(output))
 
     def _on_grad(self, epoch: int, t: int, grad: torch.Tensor) -> None:
         if epoch == self._epoch:
@@ -228,34 +232,49 @@ class CellWatch(_Watch):
             (self.name, "theory"): buffer.add_extra(_theory(self.module, "weight_hh")),
         }
         if self._chained:
-            with torch.enable_grad():
-                entries[(self.name, "decay")] = buffer.add_extra(self._decay())
+            entries[(self.name, "decay")] = buffer.add_extra(self._decay())
         return entries
 
     def _decay(self) -> torch.Tensor:
-        """The first sequence's calls replayed as k copies with the cell's parameters."""
+        """[T] the first sequence's decay, from its recorded calls."""
         cell = self.module
         mode = self._MODES.get(type(cell)) or f"RNN_{cell.nonlinearity.upper()}"
-        size = cell.hidden_size
-        k = size if size <= self.settings.exact_max else self.settings.probes
-        x0 = self._inputs[0]
-        if self._start is None:
-            h = x0.new_zeros(k, size)
-            c = x0.new_zeros(k, size) if mode == "LSTM" else None
-        elif mode == "LSTM":
-            h, c = (s.expand(k, -1) for s in self._start)  # type: ignore[union-attr]
+        params = {name: getattr(cell, name) for name in ("weight_ih", "weight_hh")}
+        params.update(bias_ih=cell.bias_ih, bias_hh=cell.bias_hh, weight_hr=None)
+        x = torch.cat(self._inputs)
+        if mode == "LSTM":
+            h, c = (torch.cat(part) for part in zip(*self._outputs, strict=True))
         else:
-            h, c = self._start.expand(k, -1), None  # type: ignore[union-attr]
-        h = h.detach().requires_grad_()
-        params = {name: getattr(cell, name) for name in ("weight_ih", "weight_hh", "bias_ih")}
-        params.update(bias_hh=cell.bias_hh, weight_hr=None)
-        states = []
-        for x in self._inputs:
-            gi = F.linear(x.expand(k, -1), params["weight_ih"], params["bias_ih"])
-            (h, c), _ = cell_step(mode, gi, (h, c), params)
-            states.append(c if mode == "LSTM" else h)  # an LSTM's memory is its c
-        directions = _probe_directions(size, self.settings, states[0])
-        return _chain_decay(states, False, directions)
+            h, c = torch.cat(self._outputs), None  # type: ignore[arg-type]
+        start = self._start if self._start is not None else _zero_state(h, c)
+        h0, c0 = start if mode == "LSTM" else (start, None)  # type: ignore[misc]
+        return _sequence_decay(mode, params, x, (h0, c0), h, c, self.settings)
+
+
+def _zero_state(h: torch.Tensor, c: torch.Tensor | None) -> object:
+    """The zero state [1, H] (a tuple for an LSTM) that a call with ``hx=None`` starts from."""
+    zeros = h.new_zeros(1, h.shape[-1])
+    return zeros if c is None else (zeros, c.new_zeros(1, c.shape[-1]))
+
+
+def _sequence_decay(
+    mode: str,
+    params: dict[str, torch.Tensor | None],
+    x: torch.Tensor,
+    start: tuple[torch.Tensor, torch.Tensor | None],
+    h: torch.Tensor,
+    c: torch.Tensor | None,
+    settings: TimeSettings,
+) -> torch.Tensor:
+    """[T] ||ds_end/ds_(end−lag)||₂ of one sequence from its steps in processing order:
+    inputs ``x`` [T, F], states ``h`` [T, H_out] and, for an LSTM, ``c`` [T, H]; ``start``
+    the state (h_0 [1, H_out], c_0 [1, H] or None) before the first step."""
+    h0, c0 = start
+    h_prev = torch.cat([h0.reshape(1, -1), h[:-1]])
+    c_prev = None if c is None or c0 is None else torch.cat([c0.reshape(1, -1), c[:-1]])
+    memory = h if c is None else c  # an LSTM keeps its memory in the cell state
+    directions = _probe_directions(memory.shape[-1], settings, memory)
+    return memory_decay(mode, params, x, h_prev, h, c_prev, c, directions)
 
 
 def _first_rows(state: object) -> object:
@@ -273,20 +292,40 @@ def _same_state(hx: object, output: object) -> bool:
     return hx is output
 
 
-def _take(t: torch.Tensor, dim: int, n: int) -> torch.Tensor:
-    return t.narrow(dim, 0, min(n, t.shape[dim])).detach()
+def _time_major(t: torch.Tensor, batch_first: bool, unbatched: bool) -> torch.Tensor:
+    """[T, B, F] from a recurrent module's input or output layout (B = 1 when unbatched)."""
+    if unbatched:
+        return t.unsqueeze(1)
+    return t.transpose(0, 1) if batch_first else t
 
 
-def _sub_packed(data: torch.Tensor, like: PackedSequence, n: int) -> PackedSequence:
-    """The first ``n`` sequences (user order) of a packed tensor laid out like ``like``."""
+def _rows(state: object, n: int, unbatched: bool) -> object:
+    """The first ``n`` sequences' rows [L·D, n, H] of h_0 (a tuple for an LSTM's (h, c)),
+    detached; an unbatched [L·D, H] state becomes [L·D, 1, H]."""
+    if isinstance(state, tuple):
+        return tuple(_rows(s, n, unbatched) for s in state)
+    t = state.detach()  # type: ignore[union-attr]
+    return t.unsqueeze(1) if unbatched else t[:, :n]
+
+
+def _padded(data: torch.Tensor, like: PackedSequence, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` sequences (user order) of a packed tensor ``data`` laid out like
+    ``like``: [T, n, F] time-major, zero-padded, cut to their longest length, detached;
+    and their lengths [n]."""
     packed = PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
     padded, lengths = pad_packed_sequence(packed)  # [T, B, F], user order
-    n = min(n, padded.shape[1])
-    return pack_padded_sequence(padded[:, :n].detach(), lengths[:n], enforce_sorted=False)
+    lengths = lengths[:n]
+    return padded[: int(lengths.max()), :n].detach(), lengths
 
 
 class FusedWatch(_Watch):
-    """An ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU``: replayed through its unrolled twin."""
+    """An ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU``: replayed through its unrolled twin.
+
+    The replay of the sub-batch gives the signal, by back-propagating the gradients
+    captured at the module's outputs into the twin's states; its first sequence's states
+    give the decay (:func:`~backprobe.probe.decay.memory_decay`), per sub-layer with the
+    layer's input held fixed.
+    """
 
     def __init__(self, name: str, module: nn.Module, settings: TimeSettings) -> None:
         super().__init__(name, module, settings)
@@ -298,9 +337,10 @@ class FusedWatch(_Watch):
         self._warned_dropout = False
 
     def reset(self) -> None:
-        self._input: torch.Tensor | PackedSequence | None = None
-        self._packed_like: PackedSequence | None = None
-        self._hx: object = None
+        self._input: torch.Tensor | None = None  # [T, n, F], time-major, zero-padded
+        self._lengths: torch.Tensor | None = None  # [n] for packed input, else None
+        self._hx: object = None  # h_0 [L·D, n, H] (a tuple for an LSTM), or None
+        # output [T, n, D·H_out]; h_n and c_n [L·D, n, ·]: the gradients that reached them
         self._grads: dict[str, torch.Tensor] = {}
 
     # -- capture --------------------------------------------------------------------------
@@ -312,81 +352,132 @@ class FusedWatch(_Watch):
         x = args[0] if args else kwargs.get("input")
         hx = args[1] if len(args) > 1 else kwargs.get("hx")
         out, state = output  # type: ignore[misc]
-        if isinstance(x, PackedSequence):
-            self._packed_like = x
-            self._input = _sub_packed(x.data, x, n)
-            out_tensor = out.data
+        packed = x if isinstance(x, PackedSequence) else None
+        unbatched = packed is None and x.dim() == 2
+        if packed is not None:
+            self._input, self._lengths = _padded(packed.data, packed, n)
         else:
-            unbatched = x.dim() == 2
-            self._input = x.detach() if unbatched else _take(x, 0 if module.batch_first else 1, n)
-            out_tensor = out
-        unbatched = not isinstance(x, PackedSequence) and x.dim() == 2
-        if hx is not None and not unbatched:
-            hx = tuple(_take(h, 1, n) for h in hx) if isinstance(hx, tuple) else _take(hx, 1, n)
-        self._hx = hx
+            self._input = _time_major(x, module.batch_first, unbatched)[:, :n].detach()
+        self._hx = None if hx is None else _rows(hx, n, unbatched)
         h_n, c_n = state if isinstance(state, tuple) else (state, None)
+        out_tensor = out.data if packed is not None else out
         for key, t in (("output", out_tensor), ("h_n", h_n), ("c_n", c_n)):
             if t is not None and t.requires_grad:
-                t.register_hook(partial(self._on_grad, self._epoch, key, unbatched))
+                t.register_hook(partial(self._on_grad, self._epoch, key, packed, unbatched))
 
-    def _on_grad(self, epoch: int, key: str, unbatched: bool, grad: torch.Tensor) -> None:
+    def _on_grad(
+        self,
+        epoch: int,
+        key: str,
+        packed: PackedSequence | None,
+        unbatched: bool,
+        grad: torch.Tensor,
+    ) -> None:
         if epoch != self._epoch or key in self._grads:
             return
         n = self.settings.batch
-        if unbatched:
-            self._grads[key] = grad.detach()
-        elif key == "output" and self._packed_like is not None:
-            self._grads[key] = _sub_packed(grad, self._packed_like, n).data
-        elif key == "output":
-            self._grads[key] = _take(grad, 0 if self.module.batch_first else 1, n)
+        if key != "output":
+            self._grads[key] = _rows(grad, n, unbatched)  # type: ignore[assignment]
+        elif packed is not None:
+            self._grads[key] = _padded(grad, packed, n)[0]
         else:
-            self._grads[key] = _take(grad, 1, n)
+            grad = _time_major(grad, self.module.batch_first, unbatched)
+            self._grads[key] = grad[:, :n].detach()
 
     # -- measurement ----------------------------------------------------------------------
 
     def measure(self, buffer: StepBuffer, scale: torch.Tensor | None) -> Entries:
         if self._input is None or not self._grads or self._dropout_hides_the_forward():
             return {}
-        module = self.module
         with torch.enable_grad():
-            # the twin must reach the states even when the parameters are frozen
-            x = self._input
-            if isinstance(x, PackedSequence):
-                x = PackedSequence(
-                    x.data.requires_grad_(), x.batch_sizes, x.sorted_indices, x.unsorted_indices
-                )
-            else:
-                x = x.requires_grad_()
-            twin = unrolled_forward(module, x, self._hx)
-            outputs, grads = self._twin_outputs(twin)
-            chains = [chain for layer in twin.states for chain in layer]
-            decays = self._decays()
-            flat = [h for chain in chains for h in chain]
-            state_grads = torch.autograd.grad(
-                outputs, flat, grads, retain_graph=True, allow_unused=True
+            twin = self._replay()
+            signals = self._signals(twin)
+        decays = self._decays(twin)
+        entries: Entries = {}
+        for name, signal, decay, (weight, _) in zip(
+            self.names, signals, decays, self._chains, strict=True
+        ):
+            entries[(name, "signal")] = buffer.add_extra(
+                signal if scale is None else signal / scale
             )
-            entries: Entries = {}
-            T = len(chains[0])
-            for c, (name, chain) in enumerate(zip(self.names, chains, strict=True)):
-                weight, _ = self._chains[c]
-                # a state that got no gradient (the loss does not depend on it) counts as 0
-                got = [
-                    torch.zeros_like(h) if g is None else g
-                    for g, h in zip(state_grads[c * T : (c + 1) * T], chain, strict=True)
-                ]
-                signal = torch.linalg.vector_norm(
-                    torch.stack(got).flatten(1), dim=1, dtype=torch.float64
-                )
-                if scale is not None:
-                    signal = signal / scale
-                entries[(name, "signal")] = buffer.add_extra(signal)
-                entries[(name, "decay")] = buffer.add_extra(decays[c])
-                entries[(name, "theory")] = buffer.add_extra(_theory(module, weight))
-            if twin.gates is not None:
-                gates = torch.stack([g for layer in twin.gates for d in layer for g in d]).detach()
-                stats = torch.stack([gates.mean(), gates.gt(GATE_OPEN).float().mean()])
-                entries[(self.name, "gates")] = buffer.add_extra(stats)
+            entries[(name, "decay")] = buffer.add_extra(decay)
+            entries[(name, "theory")] = buffer.add_extra(_theory(self.module, weight))
+        if twin.gates is not None:
+            gates = torch.stack([g for layer in twin.gates for d in layer for g in d]).detach()
+            stats = torch.stack([gates.mean(), gates.gt(GATE_OPEN).float().mean()])
+            entries[(self.name, "gates")] = buffer.add_extra(stats)
         return entries
+
+    def _replay(self) -> UnrolledResult:
+        """The unrolled twin on the sub-batch, in the module's layout (packed again when
+        the input was)."""
+        # the twin must reach the states even when the parameters are frozen
+        x = self._input.clone().requires_grad_()  # type: ignore[union-attr]
+        if self._lengths is not None:
+            x = pack_padded_sequence(x, self._lengths, enforce_sorted=False)
+        elif self.module.batch_first:
+            x = x.transpose(0, 1)
+        return unrolled_forward(self.module, x, self._hx)
+
+    def _signals(self, twin: UnrolledResult) -> list[torch.Tensor]:
+        """Per sub-layer, [T] float64 ||dL/dh_t|| over the sub-batch."""
+        chains = [chain for layer in twin.states for chain in layer]
+        roots, seeds = self._twin_outputs(twin)
+        flat = [h for chain in chains for h in chain]
+        got = torch.autograd.grad(roots, flat, seeds, allow_unused=True)
+        T = len(chains[0])
+        signals = []
+        for c, chain in enumerate(chains):
+            # a state that got no gradient (the loss does not depend on it) counts as 0
+            grads = [
+                torch.zeros_like(h) if g is None else g
+                for g, h in zip(got[c * T : (c + 1) * T], chain, strict=True)
+            ]
+            rows = torch.stack(grads).flatten(1)
+            signals.append(torch.linalg.vector_norm(rows, dim=1, dtype=torch.float64))
+        return signals
+
+    def _decays(self, twin: UnrolledResult) -> list[torch.Tensor]:
+        """Per sub-layer, [length] ||ds_end/ds_(end−lag)||₂ of the sub-batch's first
+        sequence (its real steps when packed), for the memory state s (h, or an LSTM's
+        cell state c), from its states in the twin."""
+        module = self.module
+        length = self._input.shape[0] if self._lengths is None else int(self._lengths[0])  # type: ignore[union-attr]
+        first = [
+            [torch.stack(chain)[:length, 0].detach() for chain in layer] for layer in twin.states
+        ]
+        cells = None
+        if twin.cells is not None:
+            cells = [
+                [torch.stack(chain)[:length, 0].detach() for chain in layer] for layer in twin.cells
+            ]
+        h0, c0 = self._first_start()
+        decays = []
+        for c, (_, reverse) in enumerate(self._chains):
+            layer, direction = divmod(c, len(first[0]))
+            x = self._input[:length, 0] if layer == 0 else torch.cat(first[layer - 1], dim=-1)  # type: ignore[index]
+            h = first[layer][direction]
+            cell = None if cells is None else cells[layer][direction]
+            if reverse:  # processing order: the last time step first
+                x, h = x.flip(0), h.flip(0)
+                cell = None if cell is None else cell.flip(0)
+            start = (h0[c], None if c0 is None else c0[c])
+            params = layer_params(module, layer, reverse)
+            decays.append(_sequence_decay(module.mode, params, x, start, h, cell, self.settings))
+        return decays
+
+    def _first_start(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The first sequence's h_0 [L·D, H_out] and, for an LSTM, c_0 [L·D, H]."""
+        module, hx = self.module, self._hx
+        if hx is None:
+            h0 = self._input.new_zeros(  # type: ignore[union-attr]
+                len(self._chains), module.proj_size or module.hidden_size
+            )
+            c0 = h0.new_zeros(len(self._chains), module.hidden_size)
+            return h0, (c0 if module.mode == "LSTM" else None)
+        if isinstance(hx, tuple):
+            return hx[0][:, 0], hx[1][:, 0]
+        return hx[:, 0], None  # type: ignore[index]
 
     def _dropout_hides_the_forward(self) -> bool:
         """Dropout between the layers of a training module draws masks that no replay can
@@ -406,87 +497,32 @@ class FusedWatch(_Watch):
         return True
 
     def _twin_outputs(self, twin: UnrolledResult) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The twin's outputs that received a gradient in the real backward, with it."""
-        out = twin.output.data if isinstance(twin.output, PackedSequence) else twin.output
+        """The twin's outputs that received a gradient in the real backward, time-major,
+        with that gradient."""
+        T = self._input.shape[0]  # type: ignore[union-attr]
+        out = twin.output
+        if isinstance(out, PackedSequence):
+            out = pad_packed_sequence(out, total_length=T)[0]
+        elif self.module.batch_first:
+            out = out.transpose(0, 1)
         pairs = [("output", out), ("h_n", twin.h_n), ("c_n", twin.c_n)]
         kept = [(t, self._grads[k]) for k, t in pairs if t is not None and k in self._grads]
         return [t for t, _ in kept], [g.to(t.dtype) for t, g in kept]
 
-    def _first_sequence(self, copies: int) -> tuple[torch.Tensor, object]:
-        """The sub-batch's first sequence and its h_0, repeated ``copies`` times along the
-        batch, in the module's own layout (a packed one: its real steps only)."""
-        module, x, hx = self.module, self._input, self._hx
-        batch_dim = 0 if module.batch_first else 1
-        if isinstance(x, PackedSequence):
-            padded, lengths = pad_packed_sequence(x)  # [T, B, F], user order
-            first = padded[: int(lengths[0]), :1]
-            first = first.transpose(0, 1) if module.batch_first else first
-        else:
-            first = x.unsqueeze(batch_dim) if x.dim() == 2 else x.narrow(batch_dim, 0, 1)
-        shape = list(first.shape)
-        shape[batch_dim] = copies
-        first = first.detach().requires_grad_().expand(shape)
-        if hx is not None:
-            unbatched = not isinstance(x, PackedSequence) and x.dim() == 2
-
-            def repeat(h: torch.Tensor) -> torch.Tensor:
-                h = h.unsqueeze(1) if unbatched else h[:, :1]
-                return h.expand(-1, copies, -1)
-
-            hx = tuple(map(repeat, hx)) if isinstance(hx, tuple) else repeat(hx)
-        return first, hx
-
-    def _decays(self) -> list[torch.Tensor]:
-        """Per sub-layer, [T] ||ds_end/ds_(end−lag)||₂ for lag = 0…T−1 of the first
-        sequence, float64, for the memory state s (h, or an LSTM's cell state c).
-
-        The first sequence is replayed as k identical copies (see :func:`_chain_decay`
-        and :func:`_probe_directions`).
-        """
-        size = self.module.hidden_size  # of h, or of an LSTM's c (proj_size shrinks h only)
-        k = size if size <= self.settings.exact_max else self.settings.probes
-        x, hx = self._first_sequence(k)
-        twin = unrolled_forward(self.module, x, hx)
-        # an LSTM keeps its memory in the cell state: its decay is that of c
-        memory = twin.states if twin.cells is None else twin.cells
-        chains = [chain for layer in memory for chain in layer]
-        directions = _probe_directions(size, self.settings, chains[0][0])
-        return [
-            _chain_decay(chain, reverse, directions)
-            for chain, (_, reverse) in zip(chains, self._chains, strict=True)
-        ]
-
 
 def _probe_directions(size: int, settings: TimeSettings, like: torch.Tensor) -> torch.Tensor:
-    """[k, size] rows sent back from the last state: the identity (exact, k = size) up to
-    ``settings.exact_max`` units, else k = ``settings.probes`` random orthonormal rows Q,
-    for which ||Qᵀ·J||₂ ≤ ||J||₂ is a random subspace's view of J."""
+    """[k, size] float64 rows sent back from the last state: the identity (exact,
+    k = size) up to ``settings.exact_max`` units, else k = ``settings.probes`` random
+    orthonormal rows Q, for which ||Qᵀ·J||₂ ≤ ||J||₂ is a random subspace's view of J.
+    Q is drawn from a generator of its own with a fixed seed: the user's random stream
+    (dropout, shuffling) must not move because the probe recorded a step."""
     if size <= settings.exact_max:
-        return torch.eye(size, dtype=like.dtype, device=like.device)
-    gaussian = torch.randn(size, settings.probes, dtype=torch.float64, device=like.device)
-    return torch.linalg.qr(gaussian).Q.T.to(like.dtype)
-
-
-def _chain_decay(
-    chain: list[torch.Tensor], reverse: bool, directions: torch.Tensor
-) -> torch.Tensor:
-    """[T] ||ds_end/ds_(end−lag)||₂ for lag = 0…T−1 from the states ``chain`` [T × [k, H]]
-    of k copies of one sequence: one backward sends direction i into copy i's last
-    processed state, so the gradient reaching copy i's state at t is row i of
-    directions·ds_end/ds_t."""
-    order = chain if reverse else chain[::-1]  # lag 0 first
-    rows = torch.autograd.grad(order[0], order, directions, retain_graph=True, allow_unused=True)
-    jac = torch.stack([torch.zeros_like(directions) if r is None else r for r in rows])
-    return _spectral_norms(jac.to(torch.float64))  # jac: [T, k, H]
-
-
-def _spectral_norms(jac: torch.Tensor) -> torch.Tensor:
-    """[T] spectral norms of [T, k, H] matrices; a matrix holding NaN or inf (a diverging
-    model) gets its largest |entry| (inf or NaN) instead: the SVD refuses such input, and
-    the training step must not fail because the model diverges."""
-    finite = jac.isfinite().all(dim=-1).all(dim=-1)
-    safe = torch.where(finite[:, None, None], jac, torch.zeros_like(jac))
-    return torch.where(finite, torch.linalg.matrix_norm(safe, ord=2), jac.abs().amax(dim=(-2, -1)))
+        return torch.eye(size, dtype=torch.float64, device=like.device)
+    generator = torch.Generator(device=like.device).manual_seed(0)
+    gaussian = torch.randn(
+        size, settings.probes, dtype=torch.float64, device=like.device, generator=generator
+    )
+    return torch.linalg.qr(gaussian).Q.T
 
 
 def make_watch(name: str, module: nn.Module, settings: TimeSettings) -> _Watch:
