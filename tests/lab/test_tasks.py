@@ -78,7 +78,7 @@ def test_bad_arguments_are_refused() -> None:
         classification_task(n_classes=1)
     with pytest.raises(ValueError, match="positive"):
         classification_task(n_train=0)
-    # One feature through one tanh unit: the offsets cannot share the pool out over ten
+    # One feature through one tanh unit: the fitted offsets do not share the pool out over ten
     # classes (some class wins no input at all, for every seed and CPU kernel tried).
     with pytest.raises(ValueError, match="more features"):
         classification_task(n_features=1, teacher_width=1, n_classes=10, seed=0)
