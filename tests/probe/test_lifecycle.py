@@ -4,6 +4,8 @@ work on the others."""
 from __future__ import annotations
 
 import functools
+import gc
+import weakref
 
 import numpy as np
 import pytest
@@ -301,3 +303,24 @@ def test_skipped_steps_leave_the_buffer_empty(make_probe):
         buffer = probe._buffer
         assert buffer.tensors == [] and not buffer.unit_max
         assert not probe.step()
+
+
+def test_recorded_steps_keep_no_output_alive(make_probe):
+    """After a recorded step nothing of the probe holds a layer's output, even with the
+    garbage collector off (as timing code often runs): a reference cycle through a hook
+    would keep every activation of every step in memory."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    outputs: list[weakref.ref] = []
+    model[1].register_forward_hook(lambda m, i, out: outputs.append(weakref.ref(out)))
+    probe = make_probe(model).attach()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(3):
+            model(torch.randn(5, 4)).sum().backward()
+            probe.step()
+        assert len(outputs) == 3
+        assert all(ref() is None for ref in outputs)
+    finally:
+        if enabled:
+            gc.enable()
