@@ -10,6 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+from backprobe.probe.stats import grad_row_norms
+
 from .models import MODEL_KINDS, loss_fn, make_input, make_model, mlp
 from .reference import LAYER_STATS, Recorder, assert_matches, expected_stats
 
@@ -274,3 +276,18 @@ def test_lazy_modules_are_probed_once_materialised(tmp_path):
     expected = torch.cat([p.grad.reshape(-1) for p in model[0].parameters()]).norm().item()
     np.testing.assert_allclose(probe.history("grad_norm")[0, 0], expected, rtol=1e-6)
     assert [layer.n_params for layer in probe.layer_info] == [48, 0, 9]
+
+
+@pytest.mark.parametrize(
+    "scale", [1.0, 1e-25, 1e25, 1e-12, 0.0], ids=["unit", "tiny", "huge", "small", "zero"]
+)
+def test_signal_row_norms_equal_float64_norms_at_every_scale(scale):
+    """A float32 signal's per-sample norms equal float64 ones (1e-6) whatever the scale,
+    also when one sample is healthy and another vanishing, and stay NaN for a NaN sample."""
+    rows = torch.randn(4, 300, generator=torch.Generator().manual_seed(0))
+    rows[1] *= 1e-24  # a vanishing sample next to healthy ones
+    rows = (rows * scale).float()
+    expected = rows.double().norm(dim=1).numpy()
+    np.testing.assert_allclose(grad_row_norms(rows).double().numpy(), expected, rtol=1e-6)
+    rows[2, 5] = float("nan")
+    assert np.isnan(grad_row_norms(rows).numpy()[2])

@@ -9,16 +9,19 @@ Per-sample vectors rather than scalars are kept because they are as cheap to com
 (one pass each) and let the host count samples with non-finite values without another
 pass over the tensor. A *sample* is an index along the tensor's first dimension.
 
-Backward signals are reduced in float64: a vanishing gradient's entries fall below 1e-19,
-where their float32 squares underflow to zero, and measuring such gradients is the point.
-A float64 norm is also non-finite exactly when an entry is, so it doubles as the
-detector. Parameter and gradient norms are taken in float32 and recomputed in float64
-where float32 may be inexact (:func:`refine_norms`). Activations are reduced in float32
+Backward signals are measured as exactly as in float64: a vanishing gradient's entries
+fall below 1e-19, where their float32 squares underflow to zero, and measuring such
+gradients is the point. On accelerators they are reduced in float64 (a float64 norm is
+also non-finite exactly when an entry is, so it doubles as the detector); on the CPU in
+float32, redone in float64 when float32 may be inexact (:func:`grad_row_norms`).
+Parameter and gradient norms are taken in float32 and recomputed in float64 where
+float32 may be inexact (:func:`refine_norms`). Activations are reduced in float32
 (float64 for float64 models).
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -94,7 +97,25 @@ def row_norms(t: torch.Tensor) -> torch.Tensor:
 
 
 def grad_row_norms(t: torch.Tensor) -> torch.Tensor:
-    """[samples] L2 norms accumulated in float64 (see the module docstring)."""
+    """[samples] L2 norms of a backward signal, as exact as float64 ones (see the module
+    docstring).
+
+    On the CPU a float32 norm comes first and is kept when every sample's root-mean-square
+    entry lies in ``FLOAT32_RMS_RANGE``, where it is exact to 1e-6; otherwise (vanishing,
+    exploding, zero or non-finite samples) the norms are taken again in float64. Looking
+    at the values costs nothing there, since a CPU tensor is computed when the call
+    returns, and it spares the float64 copy of the tensor in healthy steps. On an
+    accelerator the check would stall the device until the hook's kernels finish, so the
+    norms are accumulated in float64 at once.
+    """
+    if t.device.type == "cpu" and accumulator(t.dtype) == torch.float32:
+        norms = row_norms(t)
+        features = t.numel() // max(norms.numel(), 1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rms = norms.numpy() / math.sqrt(features)
+        low, high = FLOAT32_RMS_RANGE
+        if np.all((rms >= low) & (rms <= high)):  # false for zero, NaN and inf too
+            return norms
     return _per_row(torch.linalg.vector_norm, t, torch.float64)
 
 
@@ -240,7 +261,7 @@ class StepBuffer:
 
     def add_grad(self, layer: int, grad: torch.Tensor) -> None:
         """Backward signal: dL/d(one output tensor of the layer)."""
-        self.add(layer, Field.GRAD_NORM, grad_row_norms(grad), grad.numel())
+        self.add(layer, Field.GRAD_NORM, grad_row_norms(grad.detach()), grad.numel())
 
     def unit_peaks(self) -> dict[int, torch.Tensor | None]:
         """Per layer that can die: its units' maxima over the step's samples [units], or
