@@ -110,11 +110,12 @@ def grad_row_norms(t: torch.Tensor) -> torch.Tensor:
     """
     if t.device.type == "cpu" and accumulator(t.dtype) == torch.float32:
         norms = row_norms(t)
-        features = t.numel() // max(norms.numel(), 1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rms = norms.numpy() / math.sqrt(features)
+        if not norms.numel():
+            return norms
+        smallest, largest = (m.item() for m in torch.aminmax(norms))  # NaN if any is
+        scale = math.sqrt(t.numel() // norms.numel())  # norm = RMS * sqrt(features)
         low, high = FLOAT32_RMS_RANGE
-        if np.all((rms >= low) & (rms <= high)):  # false for zero, NaN and inf too
+        if low * scale <= smallest and largest <= high * scale:  # false for NaN
             return norms
     return _per_row(torch.linalg.vector_norm, t, torch.float64)
 
