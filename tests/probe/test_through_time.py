@@ -8,7 +8,7 @@ import pytest
 import torch
 from numpy.testing import assert_allclose
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import backprobe as bp
 from backprobe.errors import BackprobeError, ProbeConfigError
@@ -513,3 +513,55 @@ def test_a_fused_lstm_decay_is_its_cell_states_as_for_the_cell():
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
             getattr(cell, name).copy_(getattr(model.rnn, name + "_l0"))
     assert_allclose(probe.jacobian_decay("rnn")[0], _cell_brute_decay(cell, x), rtol=1e-4)
+
+
+STACKS = {
+    "tanh": lambda: nn.RNN(3, 5, num_layers=2, bidirectional=True),
+    "relu": lambda: nn.RNN(3, 5, num_layers=3, nonlinearity="relu"),
+    "lstm": lambda: nn.LSTM(3, 5, num_layers=2, bidirectional=True),
+    "lstm-proj": lambda: nn.LSTM(3, 5, num_layers=3, bidirectional=True, proj_size=2),
+    "gru": lambda: nn.GRU(3, 5, num_layers=2, bidirectional=True),
+}
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("kind", list(STACKS))
+def test_signals_of_stacked_layers_equal_autograd_through_the_unrolled_twin(kind, packed):
+    """Every sub-layer's ||dL/dh_t|| (the written-out backward of the probe) against
+    autograd on the unrolled twin, with a loss on the output at every step, on h_n and
+    on c_n: stacks, both directions, projections, packed sequences of several lengths
+    (to the float32 the profiles are stored in)."""
+    from backprobe.probe.recurrent import unrolled_forward
+
+    torch.manual_seed(11)
+    module = STACKS[kind]().double()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(9, 6, 3, generator=g, dtype=torch.float64)  # [T, B, H_in]
+    lengths = torch.tensor([9, 4, 7, 2, 9, 5])
+    weights = {}
+
+    def loss_of(out, state):
+        if packed:
+            out = pad_packed_sequence(out)[0]
+        parts = [out, *(state if isinstance(state, tuple) else (state,))]
+        for i, part in enumerate(parts):
+            weights.setdefault(i, torch.randn(part.shape, generator=g, dtype=torch.float64))
+        return sum((w * part).sum() for w, part in zip(weights.values(), parts, strict=True))
+
+    def inputs():
+        return pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+
+    probe = bp.Probe(nn.ModuleDict({"rnn": module}), db=None, time_batch=4)
+    with probe:
+        loss = loss_of(*module(inputs()))
+        loss.backward()
+        probe.step(loss)
+    twin = unrolled_forward(module, inputs())
+    twin.retain_state_grads()
+    state = twin.h_n if twin.c_n is None else (twin.h_n, twin.c_n)
+    loss_of(twin.output, state).backward()
+    chains = [chain for layer in twin.states for chain in layer]
+    assert len(probe.recurrent_layers) == len(chains) > 1
+    for name, chain in zip(probe.recurrent_layers, chains, strict=True):
+        expected = [h.grad[:4].norm().item() for h in chain]
+        assert_allclose(probe.time_profile(name)[0], expected, rtol=1e-6, err_msg=name)

@@ -49,6 +49,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from ..errors import ProbeConfigError
 from ..theory.bounds import activation_gamma
+from .bptt import backward, recurrence
 from .decay import memory_decay
 from .recurrent import UnrolledResult, layer_params, unrolled_forward
 from .stats import StepBuffer
@@ -389,10 +390,9 @@ class FusedWatch(_Watch):
     def measure(self, buffer: StepBuffer, scale: torch.Tensor | None) -> Entries:
         if self._input is None or not self._grads or self._dropout_hides_the_forward():
             return {}
-        with torch.enable_grad():
+        with torch.no_grad():
             twin = self._replay()
-            signals = self._signals(twin)
-        decays = self._decays(twin)
+            signals, decays = self._profiles(twin)
         entries: Entries = {}
         for name, signal, decay, (weight, _) in zip(
             self.names, signals, decays, self._chains, strict=True
@@ -411,73 +411,118 @@ class FusedWatch(_Watch):
     def _replay(self) -> UnrolledResult:
         """The unrolled twin on the sub-batch, in the module's layout (packed again when
         the input was)."""
-        # the twin must reach the states even when the parameters are frozen
-        x = self._input.clone().requires_grad_()  # type: ignore[union-attr]
+        x = self._input
         if self._lengths is not None:
             x = pack_padded_sequence(x, self._lengths, enforce_sorted=False)
         elif self.module.batch_first:
             x = x.transpose(0, 1)
         return unrolled_forward(self.module, x, self._hx)
 
-    def _signals(self, twin: UnrolledResult) -> list[torch.Tensor]:
-        """Per sub-layer, [T] float64 ||dL/dh_t|| over the sub-batch."""
-        chains = [chain for layer in twin.states for chain in layer]
-        roots, seeds = self._twin_outputs(twin)
-        flat = [h for chain in chains for h in chain]
-        got = torch.autograd.grad(roots, flat, seeds, allow_unused=True)
-        T = len(chains[0])
-        signals = []
-        for c, chain in enumerate(chains):
-            # a state that got no gradient (the loss does not depend on it) counts as 0
-            grads = [
-                torch.zeros_like(h) if g is None else g
-                for g, h in zip(got[c * T : (c + 1) * T], chain, strict=True)
-            ]
-            rows = torch.stack(grads).flatten(1)
-            signals.append(torch.linalg.vector_norm(rows, dim=1, dtype=torch.float64))
-        return signals
+    def _profiles(self, twin: UnrolledResult) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per sub-layer, in the order of ``self.names``: [T] float64 ||dL/dh_t|| over the
+        sub-batch, and [length] ||ds_end/ds_(end−lag)||₂ of its first sequence (its real
+        steps when packed), from the replay's states.
 
-    def _decays(self, twin: UnrolledResult) -> list[torch.Tensor]:
-        """Per sub-layer, [length] ||ds_end/ds_(end−lag)||₂ of the sub-batch's first
-        sequence (its real steps when packed), for the memory state s (h, or an LSTM's
-        cell state c), from its states in the twin."""
+        The signal is the written-out backward (:func:`~backprobe.probe.bptt.backward`) of
+        each sub-layer, in the model's precision, fed the gradients captured at the
+        module's outputs, from the top layer down: the gradient that a layer passes to its
+        inputs is what the layer below receives at its output. The decay holds the layer's
+        input fixed (:func:`~backprobe.probe.decay.memory_decay`).
+        """
         module = self.module
-        length = self._input.shape[0] if self._lengths is None else int(self._lengths[0])  # type: ignore[union-attr]
-        first = [
-            [torch.stack(chain)[:length, 0].detach() for chain in layer] for layer in twin.states
-        ]
-        cells = None
-        if twin.cells is not None:
-            cells = [
-                [torch.stack(chain)[:length, 0].detach() for chain in layer] for layer in twin.cells
-            ]
-        h0, c0 = self._first_start()
-        decays = []
-        for c, (_, reverse) in enumerate(self._chains):
-            layer, direction = divmod(c, len(first[0]))
-            x = self._input[:length, 0] if layer == 0 else torch.cat(first[layer - 1], dim=-1)  # type: ignore[index]
-            h = first[layer][direction]
-            cell = None if cells is None else cells[layer][direction]
-            if reverse:  # processing order: the last time step first
-                x, h = x.flip(0), h.flip(0)
-                cell = None if cell is None else cell.flip(0)
-            start = (h0[c], None if c0 is None else c0[c])
-            params = layer_params(module, layer, reverse)
-            decays.append(_sequence_decay(module.mode, params, x, start, h, cell, self.settings))
-        return decays
+        x = self._input
+        T, n = x.shape[:2]  # type: ignore[union-attr]
+        dtype = torch.promote_types(x.dtype, torch.float32)  # type: ignore[union-attr]
+        real = self._real_steps()
+        h0, c0 = self._start_states()
+        hs = [[torch.stack(chain) for chain in layer] for layer in twin.states]
+        cs = (
+            None
+            if twin.cells is None
+            else [[torch.stack(c) for c in layer] for layer in twin.cells]
+        )
+        above, h_n, c_n = self._output_grads(T, n, dtype)  # at the top output, h_n, c_n
+        n_dirs = len(hs[0])
+        signals: list[torch.Tensor] = [h0] * len(self._chains)
+        decays: list[torch.Tensor] = [h0] * len(self._chains)
+        for layer in range(module.num_layers - 1, -1, -1):
+            layer_input = x if layer == 0 else torch.cat(hs[layer - 1], dim=-1)
+            below = torch.zeros_like(layer_input, dtype=dtype)
+            for d in range(n_dirs):
+                c = layer * n_dirs + d
+                order = _reverse_time if d == 1 else _same_time
+                h = order(hs[layer][d])
+                steps = {
+                    "x": order(layer_input),
+                    "h_prev": torch.cat([h0[c : c + 1], h[:-1]]),
+                    "h": h,
+                }
+                if cs is not None:
+                    cell = order(cs[layer][d])
+                    steps.update(c_prev=torch.cat([c0[c : c + 1], cell[:-1]]), c=cell)  # type: ignore[index]
+                params = layer_params(module, layer, d == 1)
+                live = None if real is None else order(real)
+                rec = recurrence(module.mode, params, **steps, real=live, dtype=dtype)
+                width = h.shape[-1]
+                inject = order(above[..., d * width : (d + 1) * width])
+                back = backward(rec, inject, h_n[c], None if c_n is None else c_n[c])
+                norms = torch.linalg.vector_norm(back.h, dim=(1, 2), dtype=torch.float64)
+                signals[c] = order(norms)
+                if layer > 0:
+                    below += order(back.inputs(rec))
+                decays[c] = self._first_decay(params, steps, live)
+            above = below
+        return signals, decays
 
-    def _first_start(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The first sequence's h_0 [L·D, H_out] and, for an LSTM, c_0 [L·D, H]."""
+    def _first_decay(
+        self, params: dict[str, torch.Tensor | None], steps: dict, live: torch.Tensor | None
+    ) -> torch.Tensor:
+        """[length] the decay of the sub-batch's first sequence over its real steps, from a
+        sub-layer's ``steps`` (``x``, ``h_prev``, ``h`` and an LSTM's ``c_prev`` and ``c``,
+        [T, n, ·] in processing order) and ``live`` ([T, n, 1], False at padded steps)."""
+        first = {k: v[:, 0] if live is None else v[live[:, 0, 0], 0] for k, v in steps.items()}
+        start = (first["h_prev"][:1], first["c_prev"][:1] if "c" in first else None)
+        h, c = first["h"], first.get("c")
+        return _sequence_decay(self.module.mode, params, first["x"], start, h, c, self.settings)
+
+    def _real_steps(self) -> torch.Tensor | None:
+        """[T, n, 1] bool, False at padded steps of packed input; None when unpacked."""
+        if self._lengths is None:
+            return None
+        steps = torch.arange(self._input.shape[0]).unsqueeze(1)  # type: ignore[union-attr]
+        return (steps < self._lengths.unsqueeze(0)).unsqueeze(-1).to(self._input.device)  # type: ignore[union-attr]
+
+    def _start_states(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The sub-batch's h_0 [L·D, n, H_out] and, for an LSTM, c_0 [L·D, n, H]."""
         module, hx = self.module, self._hx
-        if hx is None:
-            h0 = self._input.new_zeros(  # type: ignore[union-attr]
-                len(self._chains), module.proj_size or module.hidden_size
-            )
-            c0 = h0.new_zeros(len(self._chains), module.hidden_size)
-            return h0, (c0 if module.mode == "LSTM" else None)
-        if isinstance(hx, tuple):
-            return hx[0][:, 0], hx[1][:, 0]
-        return hx[:, 0], None  # type: ignore[index]
+        if hx is not None:
+            return hx if isinstance(hx, tuple) else (hx, None)  # type: ignore[return-value]
+        n = self._input.shape[1]  # type: ignore[union-attr]
+        h0 = self._input.new_zeros(len(self._chains), n, module.proj_size or module.hidden_size)  # type: ignore[union-attr]
+        c0 = h0.new_zeros(len(self._chains), n, module.hidden_size)
+        return h0, (c0 if module.mode == "LSTM" else None)
+
+    def _output_grads(
+        self, T: int, n: int, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Gradients (in ``dtype``) captured in the real backward, zero where none arrived: at
+        the output [T, n, D·H_out] (time-major), at h_n [L·D, n, H_out] and, for an LSTM,
+        at c_n [L·D, n, H] (None for RNN and GRU)."""
+        module, grads = self.module, self._grads
+        out_size = module.proj_size or module.hidden_size
+        n_dirs = 2 if module.bidirectional else 1
+        like = self._input.new_zeros((), dtype=dtype)  # type: ignore[union-attr]
+
+        def captured(key: str, shape: tuple[int, ...]) -> torch.Tensor:
+            got = grads.get(key)
+            return like.new_zeros(shape) if got is None else got.to(dtype)
+
+        output = captured("output", (T, n, n_dirs * out_size))
+        h_n = captured("h_n", (len(self._chains), n, out_size))
+        c_n = None
+        if module.mode == "LSTM":
+            c_n = captured("c_n", (len(self._chains), n, module.hidden_size))
+        return output, h_n, c_n
 
     def _dropout_hides_the_forward(self) -> bool:
         """Dropout between the layers of a training module draws masks that no replay can
@@ -496,18 +541,15 @@ class FusedWatch(_Watch):
             )
         return True
 
-    def _twin_outputs(self, twin: UnrolledResult) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The twin's outputs that received a gradient in the real backward, time-major,
-        with that gradient."""
-        T = self._input.shape[0]  # type: ignore[union-attr]
-        out = twin.output
-        if isinstance(out, PackedSequence):
-            out = pad_packed_sequence(out, total_length=T)[0]
-        elif self.module.batch_first:
-            out = out.transpose(0, 1)
-        pairs = [("output", out), ("h_n", twin.h_n), ("c_n", twin.c_n)]
-        kept = [(t, self._grads[k]) for k, t in pairs if t is not None and k in self._grads]
-        return [t for t, _ in kept], [g.to(t.dtype) for t, g in kept]
+
+def _same_time(t: torch.Tensor) -> torch.Tensor:
+    """A forward direction's steps: processing order is time order."""
+    return t
+
+
+def _reverse_time(t: torch.Tensor) -> torch.Tensor:
+    """A reverse direction's steps: from time order to processing order and back."""
+    return t.flip(0)
 
 
 def _probe_directions(size: int, settings: TimeSettings, like: torch.Tensor) -> torch.Tensor:
