@@ -22,15 +22,17 @@ so h_t is not a tensor anyone can hook. :class:`FusedWatch` keeps the recorded f
 input (the first ``batch`` sequences, detached) and, through tensor hooks, the gradients
 that reached the module's outputs. At ``Probe.step()`` it replays that sub-batch through
 the unrolled twin (:func:`~backprobe.probe.recurrent.unrolled_forward`, same parameters,
-same outputs) and back-propagates the captured output gradients into the twin's h_t with
-``torch.autograd.grad`` — which touches no parameter's ``.grad``. The loss depends on the
-module only through its outputs, so this is the loss's own dL/dh_t. The decay comes
-from the replay's states of the first sequence: :func:`~backprobe.probe.decay.memory_decay`
-rebuilds every step's gates from them and carries k rows back through the step
-Jacobians, without a graph. Cells (``nn.RNNCell``, ``nn.LSTMCell``, ``nn.GRUCell``) are
-called once per step by the user's loop: :class:`CellWatch` hooks each call's h_t
-directly, which gives the signal, and keeps the first sequence's inputs and states for
-the decay while the calls form one recurrence (no gates for cells).
+same outputs, no graph) and carries the captured output gradients back through the
+twin's steps with the written-out backward of :mod:`backprobe.probe.bptt` — which
+touches no parameter's ``.grad``. The loss depends on the module only through its
+outputs, so this is the loss's own dL/dh_t (equal to autograd's on the twin; tested).
+The decay comes from the replay's states of the first sequence:
+:func:`~backprobe.probe.decay.memory_decay` rebuilds every step's gates from them and
+carries k rows back through the same recursion in float64. Cells (``nn.RNNCell``,
+``nn.LSTMCell``, ``nn.GRUCell``) are called once per step by the user's loop:
+:class:`CellWatch` hooks each call's h_t directly, which gives the signal, and keeps the
+first sequence's inputs and states for the decay while the calls form one recurrence
+(no gates for cells).
 
 Everything stays on the device and rides in the recorded step's one host transfer.
 """
