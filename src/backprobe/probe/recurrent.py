@@ -201,6 +201,12 @@ def _initial_states(
     return states[0], (states[1] if is_lstm else None)
 
 
+def real_steps(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """[T, B, 1] bool: True where step t is part of sequence b (t < lengths[b]), False at
+    the padded steps of packed input."""
+    return (torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1)
+
+
 def layer_params(module: nn.RNNBase, layer: int, reverse: bool) -> dict[str, torch.Tensor | None]:
     """The module's own parameters of one layer and direction (``None`` where absent)."""
     sfx = f"_l{layer}" + ("_reverse" if reverse else "")
@@ -295,8 +301,7 @@ def unrolled_forward(
     if packed is not None:
         x, lengths = pad_packed_sequence(packed)  # [T, B, H_in], batch in the user's order
         unbatched = False
-        steps = torch.arange(x.shape[0]).unsqueeze(1)
-        mask = (steps < lengths.unsqueeze(0)).unsqueeze(-1).to(x.device)  # [T, B, 1]
+        mask = real_steps(lengths, x.shape[0]).to(x.device)
         if x.shape[-1] != module.input_size:
             raise RecurrentInputError(
                 f"Expected input features of size input_size={module.input_size} but got "

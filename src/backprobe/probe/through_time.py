@@ -53,7 +53,7 @@ from ..errors import ProbeConfigError
 from ..theory.bounds import activation_gamma
 from .bptt import backward, recurrence
 from .decay import memory_decay
-from .recurrent import UnrolledResult, layer_params, unrolled_forward
+from .recurrent import UnrolledResult, layer_params, real_steps, unrolled_forward
 from .stats import StepBuffer
 
 #: Fused recurrent modules that the unrolled twin reproduces.
@@ -435,7 +435,7 @@ class FusedWatch(_Watch):
         x = self._input
         T, n = x.shape[:2]  # type: ignore[union-attr]
         dtype = torch.promote_types(x.dtype, torch.float32)  # type: ignore[union-attr]
-        real = self._real_steps()
+        real = None if self._lengths is None else real_steps(self._lengths, T).to(x.device)  # type: ignore[union-attr]
         h0, c0 = self._start_states()
         hs = [[torch.stack(chain) for chain in layer] for layer in twin.states]
         cs = (
@@ -445,8 +445,8 @@ class FusedWatch(_Watch):
         )
         above, h_n, c_n = self._output_grads(T, n, dtype)  # at the top output, h_n, c_n
         n_dirs = len(hs[0])
-        signals: list[torch.Tensor] = [h0] * len(self._chains)
-        decays: list[torch.Tensor] = [h0] * len(self._chains)
+        signals: dict[int, torch.Tensor] = {}  # by sub-layer, filled from the top down
+        decays: dict[int, torch.Tensor] = {}
         for layer in range(module.num_layers - 1, -1, -1):
             layer_input = x if layer == 0 else torch.cat(hs[layer - 1], dim=-1)
             below = torch.zeros_like(layer_input, dtype=dtype)
@@ -474,7 +474,8 @@ class FusedWatch(_Watch):
                     below += order(back.inputs(rec))
                 decays[c] = self._first_decay(params, steps, live)
             above = below
-        return signals, decays
+        order_of_names = range(len(self._chains))
+        return [signals[c] for c in order_of_names], [decays[c] for c in order_of_names]
 
     def _first_decay(
         self, params: dict[str, torch.Tensor | None], steps: dict, live: torch.Tensor | None
@@ -486,13 +487,6 @@ class FusedWatch(_Watch):
         start = (first["h_prev"][:1], first["c_prev"][:1] if "c" in first else None)
         h, c = first["h"], first.get("c")
         return _sequence_decay(self.module.mode, params, first["x"], start, h, c, self.settings)
-
-    def _real_steps(self) -> torch.Tensor | None:
-        """[T, n, 1] bool, False at padded steps of packed input; None when unpacked."""
-        if self._lengths is None:
-            return None
-        steps = torch.arange(self._input.shape[0]).unsqueeze(1)  # type: ignore[union-attr]
-        return (steps < self._lengths.unsqueeze(0)).unsqueeze(-1).to(self._input.device)  # type: ignore[union-attr]
 
     def _start_states(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The sub-batch's h_0 [L·D, n, H_out] and, for an LSTM, c_0 [L·D, n, H]."""
