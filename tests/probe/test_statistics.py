@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from backprobe.probe.stats import grad_row_norms
+from backprobe.probe.stats import StatSlots, grad_row_norms
 
 from .models import MODEL_KINDS, loss_fn, make_input, make_model, mlp
 from .reference import LAYER_STATS, Recorder, assert_matches, expected_stats
@@ -82,10 +82,13 @@ def test_layer_info_describes_layers(probe_one_step):
     assert not any(i.frozen for i in info)
 
 
-def test_statistics_of_later_steps_match_reference(make_probe):
+@pytest.mark.parametrize("kind", ["residual", "relu_mlp"])
+@pytest.mark.parametrize("batches", [(5, 5, 5), (2, 9, 4)], ids=["same", "growing"])
+def test_statistics_of_later_steps_match_reference(kind, batches, make_probe):
     """Three SGD steps: each recorded row matches a reference trained the same way, so
-    nothing of one step leaks into the next."""
-    model = make_model("residual")
+    nothing of one step leaks into the next, also when a step needs more storage for its
+    statistics than the one before (:class:`StatSlots`) or less."""
+    model = make_model(kind)
     twin = copy.deepcopy(model)
     probe = make_probe(model)
     rec = Recorder(twin, probe.layers)
@@ -93,8 +96,8 @@ def test_statistics_of_later_steps_match_reference(make_probe):
     twin_opt = torch.optim.SGD(twin.parameters(), lr=0.1)
     expected = []
     with probe:
-        for _ in range(3):
-            x = make_input("residual")
+        for batch in batches:
+            x = make_input(kind, batch)
             loss_fn(model(x)).backward()
             probe.step()
             opt.step()
@@ -291,3 +294,25 @@ def test_signal_row_norms_equal_float64_norms_at_every_scale(scale):
     np.testing.assert_allclose(grad_row_norms(rows).double().numpy(), expected, rtol=1e-6)
     rows[2, 5] = float("nan")
     assert np.isnan(grad_row_norms(rows).numpy()[2])
+
+
+def test_stat_slots_reuse_their_storage_once_grown():
+    """The first step's statistics get fresh tensors; from the next step on they are
+    views of one storage per dtype, handed out front to back, grown when a step needs
+    more."""
+    slots = StatSlots()
+    cpu = torch.device("cpu")
+    first = [slots.take(3, cpu, torch.float32), slots.take(2, cpu, torch.float64)]
+    assert [t.shape[0] for t in first] == [3, 2]
+    slots.reset()
+    a, b = slots.take(2, cpu, torch.float32), slots.take(1, cpu, torch.float32)
+    assert b.data_ptr() == a.data_ptr() + 2 * a.element_size()
+    a.fill_(1.0)
+    b.fill_(2.0)
+    assert a.tolist() == [1.0, 1.0] and b.tolist() == [2.0]  # no overlap
+    beyond = slots.take(4, cpu, torch.float32)  # 7 > 3: a fresh tensor for this step
+    assert beyond.untyped_storage().data_ptr() != a.untyped_storage().data_ptr()
+    slots.reset()
+    grown = slots.take(7, cpu, torch.float32)
+    slots.reset()
+    assert slots.take(7, cpu, torch.float32).data_ptr() == grown.data_ptr()

@@ -47,7 +47,15 @@ from .selection import (
     is_unsupported,
     select_layers,
 )
-from .stats import Field, HostStep, StepBuffer, StepStats, add_tensor_norms, refine_norms
+from .stats import (
+    Field,
+    HostStep,
+    StatSlots,
+    StepBuffer,
+    StepStats,
+    add_tensor_norms,
+    refine_norms,
+)
 from .through_time import TimeSettings, is_recurrent, make_watch
 
 
@@ -189,7 +197,8 @@ class Probe(RunView):
         self._step = 0  # index of the step in progress
         self._epoch = 0  # bumped at every step: late tensor hooks from an old step are ignored
         self._recording = False
-        self._buffer = StepBuffer()
+        self._slots = StatSlots()
+        self._buffer = StepBuffer(slots=self._slots)
         self._first_call: dict[int, int] = {}
         self._order: np.ndarray | None = None  # hook index of each layer, input → output
         self._layer_info: list[LayerInfo] | None = None
@@ -235,7 +244,8 @@ class Probe(RunView):
             handle.remove()
         self._handles.clear()
         self._epoch += 1
-        self._buffer = StepBuffer()
+        self._slots.reset()
+        self._buffer = StepBuffer(slots=self._slots)
         for watch in self._watches.values():
             watch.start(False)
         if self._sink is not None:
@@ -348,7 +358,8 @@ class Probe(RunView):
             self._record(loss)
         self._step += 1
         self._epoch += 1
-        self._buffer = StepBuffer()
+        self._slots.reset()
+        self._buffer = StepBuffer(slots=self._slots)
         self._begin_step()
         return recorded
 

@@ -1,7 +1,8 @@
 """Statistics of one recorded step: cheap reductions on the device, the rest on the host.
 
 During a recorded step every hook call launches a few reductions over the tensor it sees
-and keeps the results (small 1-D tensors, one value per sample) on the device. At
+and keeps the results (small 1-D tensors, one value per sample) on the device, written
+into storage reused from step to step (:class:`StatSlots`) so that they allocate nothing. At
 ``Probe.step()`` they are concatenated and moved to the host in one transfer per device;
 numpy then combines them in float64. No hook ever synchronises with the device.
 
@@ -78,25 +79,34 @@ def foreach_norms(tensors: list[torch.Tensor], dtype: torch.dtype) -> list[torch
         return [torch.linalg.vector_norm(t, dtype=dtype) for t in tensors]
 
 
-def _per_row(op: Callable[..., torch.Tensor], t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``op(rows, dim=1)`` accumulated in ``dtype``, over ``t`` as [samples, features]."""
+def _per_row(
+    op: Callable[..., torch.Tensor],
+    t: torch.Tensor,
+    dtype: torch.dtype,
+    slots: StatSlots | None = None,
+) -> torch.Tensor:
+    """``op(rows, dim=1)`` accumulated in ``dtype``, over ``t`` as [samples, features],
+    written into ``slots`` when given."""
     rows = _rows(t)
+    out = None if slots is None else slots.take(rows.shape[0], rows.device, dtype)
     # an explicit dtype equal to the input's takes a slower kernel: pass it only to widen
-    return op(rows, dim=1) if rows.dtype == dtype else op(rows, dim=1, dtype=dtype)
+    if rows.dtype == dtype:
+        return op(rows, dim=1, out=out)
+    return op(rows, dim=1, dtype=dtype, out=out)
 
 
-def row_sums(t: torch.Tensor) -> torch.Tensor:
+def row_sums(t: torch.Tensor, slots: StatSlots | None = None) -> torch.Tensor:
     """[samples] sums. Non-finite exactly when the sample holds a non-finite value
     (barring overflow of values near the dtype's maximum), and it costs one pass."""
-    return _per_row(torch.sum, t, accumulator(t.dtype))
+    return _per_row(torch.sum, t, accumulator(t.dtype), slots)
 
 
-def row_norms(t: torch.Tensor) -> torch.Tensor:
+def row_norms(t: torch.Tensor, slots: StatSlots | None = None) -> torch.Tensor:
     """[samples] L2 norms, accumulated in float32 (float64 for float64 tensors)."""
-    return _per_row(torch.linalg.vector_norm, t, accumulator(t.dtype))
+    return _per_row(torch.linalg.vector_norm, t, accumulator(t.dtype), slots)
 
 
-def grad_row_norms(t: torch.Tensor) -> torch.Tensor:
+def grad_row_norms(t: torch.Tensor, slots: StatSlots | None = None) -> torch.Tensor:
     """[samples] L2 norms of a backward signal, as exact as float64 ones (see the module
     docstring).
 
@@ -109,7 +119,7 @@ def grad_row_norms(t: torch.Tensor) -> torch.Tensor:
     norms are accumulated in float64 at once.
     """
     if t.device.type == "cpu" and accumulator(t.dtype) == torch.float32:
-        norms = row_norms(t)
+        norms = row_norms(t, slots)
         if not norms.numel():
             return norms
         smallest, largest = (m.item() for m in torch.aminmax(norms))  # NaN if any is
@@ -117,7 +127,7 @@ def grad_row_norms(t: torch.Tensor) -> torch.Tensor:
         low, high = FLOAT32_RMS_RANGE
         if low * scale <= smallest and largest <= high * scale:  # false for NaN
             return norms
-    return _per_row(torch.linalg.vector_norm, t, torch.float64)
+    return _per_row(torch.linalg.vector_norm, t, torch.float64, slots)
 
 
 def add_tensor_norms(
@@ -181,17 +191,60 @@ def refine_norms(host: HostStep, kind: Field, tensors: list[torch.Tensor]) -> No
         host.values[positions[device_redo]] = exact.cpu().numpy()
 
 
-def saturated_per_row(t: torch.Tensor, sat: Saturation) -> torch.Tensor:
+def saturated_per_row(
+    t: torch.Tensor, sat: Saturation, slots: StatSlots | None = None
+) -> torch.Tensor:
     """[samples] counts of units with ``|y - center| > half_width`` (``>=`` if inclusive)."""
     dist = _rows(t).sub(sat.center).abs_() if sat.center else _rows(t).abs()
     # in place on our own copy: the mask is 0./1. in the output's dtype
     mask = dist.ge_(sat.half_width) if sat.inclusive else dist.gt_(sat.half_width)
-    return mask.sum(dim=1) if mask.dtype == torch.float32 else mask.sum(1, dtype=torch.float32)
+    return _per_row(torch.sum, mask, torch.float32, slots)
 
 
-def max_per_unit(t: torch.Tensor) -> torch.Tensor:
+def max_per_unit(t: torch.Tensor, slots: StatSlots | None = None) -> torch.Tensor:
     """[units] maximum over samples; a ReLU unit is dead when this is zero."""
-    return _rows(t).amax(dim=0)
+    rows = _rows(t)
+    out = None if slots is None else slots.take(rows.shape[1], rows.device, rows.dtype)
+    return torch.amax(rows, dim=0, out=out)
+
+
+class StatSlots:
+    """Storage reused from one recorded step to the next for the statistics the hooks
+    compute, one flat tensor per (device, dtype), handed out front to back.
+
+    Why: the hooks' results live from the forward pass until ``Probe.step()``. Allocated
+    one by one, such small blocks land between the model's activations and keep the
+    allocator from reusing the activations' memory whole: on the CPU the process's peak
+    memory grows by about a copy of the activations (measured in ``benchmarks/``).
+    Written into storage taken before the step, they allocate nothing.
+
+    A step that needs more than the storage holds gets fresh tensors for the excess, and
+    :meth:`reset` grows the storage to that step's need for the next one. What
+    :meth:`take` returns is valid until the next :meth:`reset`.
+    """
+
+    def __init__(self) -> None:
+        self._storage: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        self._used: dict[tuple[torch.device, torch.dtype], int] = defaultdict(int)
+
+    def take(self, n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """A 1-D tensor of ``n`` uninitialised elements."""
+        key = (device, dtype)
+        start = self._used[key]
+        self._used[key] = start + n
+        storage = self._storage.get(key)
+        if storage is None or start + n > storage.numel():
+            return torch.empty(n, device=device, dtype=dtype)
+        return storage[start : start + n]
+
+    def reset(self) -> None:
+        """Start a step: everything taken before may be overwritten from now on."""
+        for key, used in self._used.items():
+            storage = self._storage.get(key)
+            if storage is None or used > storage.numel():
+                device, dtype = key
+                self._storage[key] = torch.empty(used, device=device, dtype=dtype)
+        self._used.clear()
 
 
 @dataclass
@@ -215,6 +268,7 @@ class StepBuffer:
     lengths: list[int] = field(default_factory=list)
     shards: list[int] = field(default_factory=list)
     unit_max: dict[int, list[torch.Tensor]] = field(default_factory=lambda: defaultdict(list))
+    slots: StatSlots | None = None  # where the hooks' statistics are written (see StatSlots)
 
     def add(self, layer: int, kind: Field, values: torch.Tensor, numel: int = 0) -> None:
         """One entry: a 1-D tensor of one layer."""
@@ -253,16 +307,18 @@ class StepBuffer:
         """Forward statistics of a layer's primary output."""
         out = out.detach()
         n = out.numel()
-        self.add(layer, Field.OUT_SUM, row_sums(out), n)
-        self.add(layer, Field.OUT_NORM, row_norms(out), n)
+        slots = self.slots
+        self.add(layer, Field.OUT_SUM, row_sums(out, slots), n)
+        self.add(layer, Field.OUT_NORM, row_norms(out, slots), n)
         if sat is not None:
-            self.add(layer, Field.OUT_SATURATED, saturated_per_row(out, sat), n)
+            self.add(layer, Field.OUT_SATURATED, saturated_per_row(out, sat, slots), n)
         if can_die:
-            self.unit_max[layer].append(max_per_unit(out))
+            self.unit_max[layer].append(max_per_unit(out, slots))
 
     def add_grad(self, layer: int, grad: torch.Tensor) -> None:
         """Backward signal: dL/d(one output tensor of the layer)."""
-        self.add(layer, Field.GRAD_NORM, grad_row_norms(grad.detach()), grad.numel())
+        norms = grad_row_norms(grad.detach(), self.slots)
+        self.add(layer, Field.GRAD_NORM, norms, grad.numel())
 
     def unit_peaks(self) -> dict[int, torch.Tensor | None]:
         """Per layer that can die: its units' maxima over the step's samples [units], or
