@@ -10,6 +10,10 @@ training, and a variant's ratio in that round is against the mean of those two. 
 table gives the median time per step, and the median and interquartile range of the
 per-round ratios.
 
+The ``read floor`` row reads every tensor a recorded step must see once and computes
+nothing (:class:`ReadFloor`): what any hook-based probe of these statistics costs at
+least on the machine at hand.
+
 Peers, when installed (``pip install -e ".[bench]"``): Lightning's ``grad_norm`` (norms
 of parameter gradients only) and TensorBoard's ``add_histogram`` for every parameter's
 gradient. Peak memory is measured per variant in a fresh subprocess: the process's peak
@@ -73,6 +77,32 @@ def make_workload(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor]:
     return make_model(args.depth, args.width), torch.randn(args.batch, args.width)
 
 
+class ReadFloor:
+    """The least work a hook-based probe of the default statistics does on a recorded
+    step, with no statistic computed: one sum over each layer's output and over each
+    backward signal (the hooks the probe uses), one norm per parameter and per gradient,
+    and one host transfer. Every statistic needs each of those tensors read at least once,
+    so this row is a floor for any probe built on module and tensor hooks."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.params = list(model.parameters())
+        self.sums: list[torch.Tensor] = []
+        for module in model.modules():
+            if not any(True for _ in module.children()):
+                module.register_forward_hook(self._on_forward)
+
+    def _on_forward(self, module: nn.Module, inputs: object, out: torch.Tensor) -> None:
+        if torch.is_grad_enabled():
+            self.sums.append(out.detach().sum().reshape(1))
+            out.register_hook(lambda grad: self.sums.append(grad.sum().reshape(1)))
+
+    def step(self) -> None:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norms = torch._foreach_norm([p.detach() for p in self.params] + grads)
+        torch.cat([*self.sums, torch.stack(norms)]).cpu().numpy()
+        self.sums = []
+
+
 class Variant:
     """One way of training: a model copy, its optimizer, and what is done per step."""
 
@@ -93,6 +123,9 @@ class Variant:
                 self.model, every=every, db=db, name=self.name, time_batch=8
             ).attach()
             return lambda loss, step: self.probe.step(loss)
+        if self.name == "read floor":
+            floor = ReadFloor(self.model)
+            return lambda loss, step: floor.step()
         if self.name == "lightning grad_norm":
             from lightning.pytorch.utilities import grad_norm
 
@@ -125,7 +158,7 @@ class Variant:
 def available_variants(workload: str) -> list[str]:
     if workload == "lstm":
         return ["plain", "backprobe time/10"]
-    names = ["plain", "backprobe", "backprobe/10"]
+    names = ["plain", "backprobe", "backprobe/10", "read floor"]
     try:
         import lightning.pytorch  # noqa: F401
 
