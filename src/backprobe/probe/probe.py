@@ -198,7 +198,7 @@ class Probe(RunView):
         self._epoch = 0  # bumped at every step: late tensor hooks from an old step are ignored
         self._recording = False
         self._slots = StatSlots()
-        self._buffer = StepBuffer(slots=self._slots)
+        self._buffer = self._fresh_buffer()
         self._first_call: dict[int, int] = {}
         self._order: np.ndarray | None = None  # hook index of each layer, input → output
         self._layer_info: list[LayerInfo] | None = None
@@ -228,6 +228,12 @@ class Probe(RunView):
         self._begin_step()
         return self
 
+    def _fresh_buffer(self) -> StepBuffer:
+        """An empty buffer for the next step, writing into the reused statistic storage
+        (what the last step wrote there is no longer needed)."""
+        self._slots.reset()
+        return StepBuffer(slots=self._slots)
+
     def _begin_step(self) -> None:
         """Decide whether the step now starting is recorded, and tell the watches."""
         self._recording = bool(self.schedule(self._step))
@@ -244,8 +250,7 @@ class Probe(RunView):
             handle.remove()
         self._handles.clear()
         self._epoch += 1
-        self._slots.reset()
-        self._buffer = StepBuffer(slots=self._slots)
+        self._buffer = self._fresh_buffer()
         for watch in self._watches.values():
             watch.start(False)
         if self._sink is not None:
@@ -358,8 +363,7 @@ class Probe(RunView):
             self._record(loss)
         self._step += 1
         self._epoch += 1
-        self._slots.reset()
-        self._buffer = StepBuffer(slots=self._slots)
+        self._buffer = self._fresh_buffer()
         self._begin_step()
         return recorded
 
