@@ -220,7 +220,10 @@ class StatSlots:
 
     A step that needs more than the storage holds gets fresh tensors for the excess, and
     :meth:`reset` grows the storage to that step's need for the next one. What
-    :meth:`take` returns is valid until the next :meth:`reset`.
+    :meth:`take` returns is valid until the next :meth:`reset`. The storage stays
+    allocated between recorded steps; its size is one step's results (a few values per
+    sample and layer, plus one per unit of ReLU-family layers), which a recorded step
+    held at its peak anyway.
     """
 
     def __init__(self) -> None:
