@@ -105,7 +105,7 @@ def main() -> None:
         db = Path(tmp) / "runs.db"
         deep = deep_sigmoid(db)
         rnn = small_rnn(db)
-        picked = figures.run_figures(deep, deep.findings())
+        picked = figures.run_figures(deep, bp.findings(deep))
         for key in ("gradient_flow", "heatmap", "gain"):
             figures.save(picked[key], OUT / f"{key}.png", dpi=80)
         name = rnn.recurrent_layers[0]

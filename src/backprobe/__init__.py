@@ -7,7 +7,7 @@
             loss = loss_fn(model(x), y); loss.backward()
             probe.step(loss)
             opt.step(); opt.zero_grad()
-    probe.summary()
+    bp.summary(probe)          # or bp.findings(probe), bp.write_report(probe, "r.html")
 
 Names are imported on first use, so that ``backprobe --help`` does not load torch.
 """
@@ -23,15 +23,21 @@ from .errors import BackprobeError
 if TYPE_CHECKING:
     from .diagnose.check import check
     from .diagnose.finding import Finding, Remedy
+    from .diagnose.rules import diagnose as findings
     from .diagnose.verdict import Verdict, verdict
     from .probe import Probe
+    from .report.html import write_report
+    from .report.text import print_summary as summary
     from .store import open_run
 
-_LAZY = {
+_LAZY: dict[str, str | tuple[str, str]] = {
     "check": ".diagnose.check",
     "Finding": ".diagnose.finding",
     "Remedy": ".diagnose.finding",
+    "findings": (".diagnose.rules", "diagnose"),
     "Probe": ".probe",
+    "write_report": ".report.html",
+    "summary": (".report.text", "print_summary"),
     "Verdict": ".diagnose.verdict",
     "verdict": ".diagnose.verdict",
     "open_run": ".store",
@@ -45,14 +51,19 @@ __all__ = [
     "Verdict",
     "__version__",
     "check",
+    "findings",
     "open_run",
+    "summary",
     "verdict",
+    "write_report",
 ]
 
 
 def __getattr__(name: str) -> object:
     if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        where = _LAZY[name]
+        module, attribute = where if isinstance(where, tuple) else (where, name)
+        value = getattr(importlib.import_module(module, __name__), attribute)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'backprobe' has no attribute {name!r}")

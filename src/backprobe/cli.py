@@ -169,12 +169,13 @@ def diagnose(
 ) -> None:
     """Diagnose a stored run (also a crashed or interrupted one): findings with their
     evidence, cause and remedies, saved in the run database for `backprobe show`."""
+    from .diagnose.rules import diagnose as diagnose_run
     from .diagnose.storage import save_findings
     from .report.text import print_findings
     from .store.run import open_run
 
     stored = open_run(db, run)
-    findings = stored.findings(lr=lr, optimizer=optimizer)
+    findings = diagnose_run(stored, lr=lr, optimizer=optimizer)
     save_findings(db, stored.id, findings)
     console = Console()
     console.print(

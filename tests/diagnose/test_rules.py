@@ -226,7 +226,7 @@ def test_thresholds_are_checked():
 def test_findings_round_trip_through_json():
     bad = step_series(first_nonfinite=np.array([1.0, 0.0]))
     run = make_run([step_series(dead=[NAN, NAN, NAN, 1.0, NAN]), bad])
-    for f in run.findings(lr=10.0):
+    for f in bp.findings(run, lr=10.0):
         assert bp.Finding.from_dict(json.loads(json.dumps(f.to_dict()))) == f
 
 

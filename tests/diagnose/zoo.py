@@ -334,7 +334,7 @@ def _train(model: nn.Module, entry: Entry, seed: int) -> list[bp.Finding]:
             probe.step(loss)
             opt.step()
             opt.zero_grad()
-    return probe.findings(lr=opts["lr"], optimizer=opts["optimizer"])
+    return bp.findings(probe, lr=opts["lr"], optimizer=opts["optimizer"])
 
 
 def significant(findings: list[bp.Finding]) -> list[bp.Finding]:

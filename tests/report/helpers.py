@@ -41,34 +41,18 @@ FINDINGS = [
 ]
 
 
-class Diagnosed(MemoryRun):
-    """A run whose diagnosis returns the planted findings (``planted``)."""
-
-    planted: list[Finding] = FINDINGS
-
-    def findings(self) -> list[Finding]:
-        return list(self.planted)
-
-
-class Undiagnosed(MemoryRun):
-    """A run that offers no diagnosis."""
-
-    findings = None
-
-
 def planted_run(
     names: list[str] | None = None,
     recurrent: str | None = "rnn",
-    cls: type[MemoryRun] = MemoryRun,
 ) -> MemoryRun:
     """Alternating Linear / Sigmoid layers whose gradient norm falls 100× per Linear toward
     the input (a vanishing profile), a decreasing loss, and, if ``recurrent`` names one,
     a recurrent layer with time profiles at every other step (its decay 0.5^lag, so the
-    memory horizon at 1e-3 is lag 10). ``cls`` picks the MemoryRun subclass."""
+    memory horizon at 1e-3 is lag 10)."""
     names = names or [f"fc{i // 2}" if i % 2 == 0 else f"act{i // 2}" for i in range(8)]
     n = len(names)
     linear = np.arange(n) % 2 == 0
-    run = cls()
+    run = MemoryRun()
     run.set_layers(
         [
             LayerInfo(

@@ -18,7 +18,7 @@ from matplotlib.image import imread
 
 from backprobe.report.html import write_report
 
-from .helpers import FINDINGS, Diagnosed, planted_run
+from .helpers import FINDINGS, planted_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -65,7 +65,7 @@ def console_messages(stderr: str) -> list[str]:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     path = tmp_path_factory.mktemp("browser") / "report.html"
-    return write_report(planted_run(cls=Diagnosed), path)
+    return write_report(planted_run(), path, findings=FINDINGS)
 
 
 def test_the_console_check_sees_errors(tmp_path):

@@ -29,7 +29,7 @@ from backprobe.report.html import render_report, write_report
 from backprobe.store.view import MemoryRun
 
 from ..store.helpers import record
-from .helpers import EVIL, Diagnosed, Undiagnosed, planted_run
+from .helpers import EVIL, FINDINGS, planted_run
 
 
 def _external_references(page: str) -> list[str]:
@@ -46,8 +46,8 @@ def _images(page: str) -> list[bytes]:
 
 
 def test_report_of_a_planted_run_shows_verdict_findings_table_and_figures():
-    run = planted_run(cls=Diagnosed)
-    page = render_report(run)
+    run = planted_run()
+    page = render_report(run, findings=FINDINGS)
     assert page.startswith("<!DOCTYPE html>")
     expected = verdict(run)
     assert expected.status == "vanishing"
@@ -84,16 +84,31 @@ def test_report_of_a_planted_run_shows_verdict_findings_table_and_figures():
     assert "<script" not in page.lower()
 
 
-def test_without_a_diagnosis_the_report_says_so():
-    page = render_report(planted_run(cls=Undiagnosed), include=["loss"])
+def test_a_run_without_recorded_steps_says_so():
+    page = render_report(MemoryRun(), include=["loss"])
     assert "no findings computed" in page
-    assert len(_images(page)) == 1
+    assert "no recorded step yet" in page
+    assert _images(page) == []
+
+
+def test_without_given_findings_the_report_diagnoses_the_run():
+    run = planted_run()
+    page = render_report(run, include=["loss"])
+    findings = bp.findings(run)
+    assert findings
+    for finding in findings:
+        assert finding.summary in html.unescape(page)
+
+
+def test_given_findings_need_a_single_run():
+    with pytest.raises(BackprobeError, match="findings with a single run"):
+        render_report([planted_run(), planted_run()], findings=FINDINGS)
 
 
 def test_every_user_string_is_escaped():
-    run = planted_run(cls=Diagnosed, names=[EVIL, "act0", "fc1", "act1"], recurrent=EVIL)
-    run.name = EVIL
-    run.planted = [
+    run = planted_run(names=[EVIL, "act0", "fc1", "act1"], recurrent=EVIL)
+    run.name = EVIL  # type: ignore[attr-defined]  # the title shows a run's name
+    findings = [
         Finding(
             "vanishing",
             "error",
@@ -106,7 +121,7 @@ def test_every_user_string_is_escaped():
             step=5,
         )
     ]
-    page = render_report(run, include=["loss", "time_profile"])
+    page = render_report(run, include=["loss", "time_profile"], findings=findings)
     assert "<script" not in page.lower()
     escaped = html.escape(EVIL)
     assert page.count(escaped) >= 10
@@ -127,7 +142,7 @@ def test_a_real_model_with_a_markup_layer_name(tmp_path):
             loss.backward()
             probe.step(loss)
             model.zero_grad()
-    path = probe.report(tmp_path / "r.html", include=["gradient_flow"])
+    path = bp.write_report(probe, tmp_path / "r.html", include=["gradient_flow"])
     page = path.read_text()
     assert "<script" not in page.lower()
     assert html.escape(EVIL) in page
@@ -138,7 +153,7 @@ def test_a_real_model_with_a_markup_layer_name(tmp_path):
 
 def test_probe_report_and_notebook_fragment(tmp_path):
     probe = record(None, steps=4)
-    path = probe.report(tmp_path / "out" / "probe.html", include=["loss"])
+    path = bp.write_report(probe, tmp_path / "out" / "probe.html", include=["loss"])
     page = path.read_text()
     assert f"verdict: {verdict(probe).message}" in html.unescape(page)
     fragment = probe._repr_html_()

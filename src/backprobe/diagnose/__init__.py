@@ -1,6 +1,6 @@
 """Diagnosis: from a run's measurements to findings with causes and remedies.
 
-``diagnose(run)`` applies every rule to a recorded run (``run.findings()`` calls it);
+``diagnose(run)`` (also ``bp.findings``) applies every rule to a recorded run;
 ``check(model, batch)`` (in :mod:`backprobe.diagnose.check`, also ``bp.check``) diagnoses
 a model before training; :class:`DiagnoseThresholds` holds every rule's threshold.
 """

@@ -1,6 +1,6 @@
 """When a measurement becomes a finding: every threshold of the diagnosis rules, in one place.
 
-Pass your own :class:`DiagnoseThresholds` to ``run.findings(thresholds=...)``,
+Pass your own :class:`DiagnoseThresholds` to ``bp.findings(run, thresholds=...)``,
 ``bp.check(..., thresholds=...)`` or ``diagnose(run, thresholds=...)`` to make a rule
 stricter or more lenient; ``dataclasses.replace(DiagnoseThresholds(), dead_warning=0.8)``
 changes one of them.

@@ -2,12 +2,13 @@
 
 ::
 
+    import backprobe as bp
     from backprobe.integrations.lightning import BackprobeCallback
 
     callback = BackprobeCallback(every=10)
     trainer = lightning.Trainer(callbacks=[callback])
     trainer.fit(model)
-    callback.probe.summary()
+    bp.summary(callback.probe)
 
 The probe watches the ``LightningModule`` and records at ``on_before_optimizer_step``:
 after backward (of every accumulated micro-batch) and after Lightning has unscaled

@@ -2,13 +2,14 @@
 
 ::
 
+    import backprobe as bp
     from backprobe.integrations.transformers import BackprobeTrainerCallback
 
     callback = BackprobeTrainerCallback(every=10)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=data,
                                    callbacks=[callback])
     trainer.train()
-    callback.probe.summary()
+    bp.summary(callback.probe)
 
 The probe watches the model and records at ``on_pre_optimizer_step``: after backward of
 every accumulated micro-batch and after gradient clipping (which is where the Trainer

@@ -33,10 +33,10 @@ from torch.nn.parameter import is_lazy
 from torch.utils.hooks import RemovableHandle
 
 from ..errors import ProbeConfigError, UnsupportedModuleError
-from ..integrations.distributed import is_primary, process_group, unwrap
 from ..store import DEFAULT_DB, LayerInfo, MemoryRun, RunView, RunWriter
 from ..store.sink import StepSink, check_sinks
 from ..store.view import ALL_SERIES, LAYER_SERIES, USER_PREFIX, SparseRows
+from .distributed import is_primary, process_group, unwrap
 from .outputs import floating_tensors
 from .schedule import Schedule, make_schedule
 from .selection import (
@@ -128,7 +128,7 @@ class Probe(RunView):
         time_batch: sequences of the recorded batch replayed to measure them (the first
             ones); see :class:`~backprobe.probe.through_time.TimeSettings` for the cost.
         sinks: more receivers of each recorded step besides the run, e.g. a
-            :class:`~backprobe.store.tensorboard.TensorBoardSink` (rank 0 only under
+            :class:`~backprobe.integrations.tensorboard.TensorBoardSink` (rank 0 only under
             torch.distributed); see :class:`~backprobe.store.sink.StepSink`.
     """
 
@@ -544,12 +544,6 @@ class Probe(RunView):
     @property
     def recurrent_layers(self) -> list[str]:
         return self._view().recurrent_layers
-
-    def summary(self, step: int | None = None, console: object | None = None) -> None:
-        """Print the per-layer gradient-flow table and verdict of a recorded step."""
-        from ..report.text import print_summary
-
-        print_summary(self._view(), step=step, console=console, title=self.name)
 
     def __repr__(self) -> str:
         state = "attached" if self.attached else ("closed" if self._closed else "detached")

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..integrations.distributed import local_shard, process_group
+from .distributed import local_shard, process_group
 from .selection import Saturation
 
 if TYPE_CHECKING:
@@ -350,10 +350,10 @@ class StepBuffer:
 
         With a torch.distributed ``group`` of several ranks (and the probe's ``n_layers``)
         the statistics are first combined across the ranks on the device, then copied in
-        one transfer (:func:`~backprobe.integrations.distributed.gather_step`).
+        one transfer (:func:`~backprobe.probe.distributed.gather_step`).
         """
         if group is not None:
-            from ..integrations.distributed import gather_step
+            from .distributed import gather_step
 
             return gather_step(self, group, n_layers)
         self._close_dead_units()

@@ -24,6 +24,7 @@ import numpy as np
 
 from .._format import compact_number
 from .._version import __version__
+from ..diagnose.rules import diagnose
 from ..errors import BackprobeError
 from .text import log_span
 
@@ -109,14 +110,6 @@ def _figure_entry(key: str, fig: Figure) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------- one run
-
-
-def run_findings(run: RunView) -> list[Finding] | None:
-    """The run's findings, most severe first; None when this run offers no diagnosis."""
-    method = getattr(run, "findings", None)
-    if method is None:
-        return None
-    return sorted(method(), key=lambda f: -f.severity_rank)
 
 
 def _finding_entry(f: Finding) -> dict[str, Any]:
@@ -239,14 +232,21 @@ def run_context(
     run: RunView,
     include: Sequence[str] | None = None,
     extra_figures: dict[str, Figure] | None = None,
+    findings: Sequence[Finding] | None = None,
 ) -> dict[str, Any]:
-    """Everything the template shows about one run, as plain strings and numbers."""
+    """Everything the template shows about one run, as plain strings and numbers.
+    ``findings``: shown instead of the run's own diagnosis (:func:`diagnose`)."""
     from ..diagnose.verdict import verdict
     from .figures import run_figures
 
     title, meta, notice = _describe(run)
     recorded = _recorded_steps(run).size > 0
-    findings = run_findings(run) if recorded else None
+    if not recorded:
+        findings = None
+    elif findings is None:
+        findings = diagnose(run)
+    else:
+        findings = sorted(findings, key=lambda f: -f.severity_rank)
     context: dict[str, Any] = {
         "title": title,
         "meta": meta,
@@ -311,6 +311,7 @@ def render_report(
     fragment: bool = False,
     include: Sequence[str] | None = None,
     extra_figures: dict[str, Figure] | None = None,
+    findings: Sequence[Finding] | None = None,
 ) -> str:
     """The report of one run, or of several side by side, as HTML text.
 
@@ -319,14 +320,17 @@ def render_report(
     notebook cell instead of a whole page. ``include`` keeps only those figures (keys of
     :func:`backprobe.report.figures.run_figures`); ``extra_figures`` adds figures by key
     to a single run's report (e.g. ``{"jacobian_spectrum": jacobian_spectrum_figure(…)}``).
+    ``findings`` replaces a single run's own diagnosis (e.g. findings made with other
+    thresholds: ``bp.findings(run, thresholds=…)``).
     """
     listed = _as_runs(runs)
-    if extra_figures and len(listed) > 1:
-        raise BackprobeError(
-            "Expected extra_figures with a single run, but got several runs; report the run "
-            "the figures belong to on its own."
-        )
-    contexts = [run_context(r, include, extra_figures) for r in listed]
+    for option, value in (("extra_figures", extra_figures), ("findings", findings)):
+        if value is not None and len(listed) > 1:
+            raise BackprobeError(
+                f"Expected {option} with a single run, but got several runs; report the run "
+                f"the {option.replace('_', ' ')} belong to on its own."
+            )
+    contexts = [run_context(r, include, extra_figures, findings) for r in listed]
     heading = "backprobe report: " + " vs ".join(c["title"] for c in contexts)
     return _template().render(
         runs=contexts,

@@ -1,7 +1,7 @@
 """What a Probe hands each recorded step to: the run itself, and any extra sinks.
 
 ``Probe(model, sinks=[...])`` sends every recorded step to each extra sink too (e.g.
-:class:`~backprobe.store.tensorboard.TensorBoardSink`), on rank 0 only under
+:class:`~backprobe.integrations.tensorboard.TensorBoardSink`), on rank 0 only under
 torch.distributed. A sink receives the step's series once they are on the host: it costs
 the training step no device work on unrecorded steps and no transfer of its own.
 """
@@ -53,7 +53,7 @@ def check_sinks(sinks: Iterable[object]) -> list[StepSink]:
         if not isinstance(sink, StepSink):
             hint = (
                 " Wrap a SummaryWriter: sinks=[TensorBoardSink(writer)] "
-                "(from backprobe.store.tensorboard)."
+                "(from backprobe.integrations.tensorboard)."
                 if hasattr(sink, "add_scalar")
                 else ""
             )

@@ -6,12 +6,9 @@ computed here from them so that nothing is stored twice.
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -237,27 +234,11 @@ class RunView(ABC):
             )
         return int(hits[0])
 
-    def findings(
-        self, thresholds: Any = None, lr: float | None = None, optimizer: str = "sgd"
-    ) -> list:
-        """Diagnose this run: ``list[bp.Finding]``, most severe first. ``thresholds`` is a
-        :class:`backprobe.diagnose.DiagnoseThresholds`; ``lr`` and ``optimizer`` ("sgd"
-        or "adam") let the learning-rate rule size the updates (see
-        :func:`backprobe.diagnose.diagnose`)."""
-        from ..diagnose.rules import diagnose
-
-        return diagnose(self, thresholds, lr=lr, optimizer=optimizer)  # type: ignore[arg-type]
-
-    def report(self, path: str | os.PathLike = "report.html", **options: Any) -> Path:
-        """Write the self-contained HTML report of this run (verdict, findings, per-layer
-        table, figures) to ``path``; returns the path. ``options`` as for
-        :func:`backprobe.report.html.render_report`."""
-        from ..report.html import write_report
-
-        return write_report(self, path, **options)
-
     def _repr_html_(self) -> str:
-        """The report as a notebook cell shows it: verdict, findings, table, two figures."""
+        """The report as a notebook cell shows it: verdict, findings, table, two figures.
+
+        The one place where a lower floor reaches up (lazily): a notebook shows an object
+        by this method's name, so it cannot live beside the report."""
         from ..report.html import NOTEBOOK_FIGURES, render_report
 
         return render_report(self, fragment=True, include=NOTEBOOK_FIGURES)

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import backprobe as bp
-from backprobe.integrations.distributed import is_primary, local_shard, process_group, unwrap
+from backprobe.probe.distributed import is_primary, local_shard, process_group, unwrap
 
 from . import _distributed_worker as worker
 

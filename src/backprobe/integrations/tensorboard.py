@@ -3,7 +3,7 @@
 Live, as an extra sink of the probe::
 
     from torch.utils.tensorboard import SummaryWriter
-    from backprobe.store.tensorboard import TensorBoardSink
+    from backprobe.integrations.tensorboard import TensorBoardSink
 
     writer = SummaryWriter("tb")
     probe = bp.Probe(model, sinks=[TensorBoardSink(writer, histogram_every=100)])
@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from ..errors import ProbeConfigError
-from ..integrations.distributed import local_shard
+from ..probe.distributed import local_shard
 from ..probe.schedule import Schedule, make_schedule
-from .view import LAYER_SERIES, LayerInfo, MemoryRun, RunView
+from ..store.view import LAYER_SERIES, LayerInfo, MemoryRun, RunView
 
 #: Per-layer statistics written as scalars: the stored ones and the derived ratios.
 SCALAR_STATS: tuple[str, ...] = (*LAYER_SERIES, "grad_to_weight", "gain")

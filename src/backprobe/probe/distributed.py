@@ -34,7 +34,7 @@ from torch import nn
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
-    from ..probe.stats import HostStep, StepBuffer
+    from .stats import HostStep, StepBuffer
 
 _cpu_groups: dict[int, ProcessGroup] = {}
 #: Fields of :class:`~backprobe.probe.stats.Field` whose totals make the statistics; any
@@ -120,7 +120,7 @@ def gather_step(buffer: StepBuffer, group: ProcessGroup, n_layers: int) -> HostS
     back as they are) with the global totals attached (``HostStep.ranks``)."""
     import torch.distributed as dist
 
-    from ..probe.stats import Field, HostStep, RankTotals
+    from .stats import Field, HostStep, RankTotals
 
     world = dist.get_world_size(group)
     # Layouts first, on the host: units per layer for the dead-unit maxima (0 absent, -1

@@ -9,7 +9,7 @@ from torch import nn
 
 from backprobe import Probe, open_run
 from backprobe.errors import ProbeConfigError
-from backprobe.store.tensorboard import (
+from backprobe.integrations.tensorboard import (
     SCALAR_STATS,
     TensorBoardSink,
     device_histograms,
