@@ -8,6 +8,9 @@ steps, so that one odd batch neither hides nor invents a problem.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import numpy as np
 
 from ..store.view import RunView
@@ -63,10 +66,11 @@ def depth_findings(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
         high = np.fmax(grad, signal)
     measured = ~np.isnan(low)
     findings = []
-    for kind, values, bad_limit, error_limit in (
+    directions: tuple[tuple[Literal["vanishing", "exploding"], np.ndarray, float, float], ...] = (
         ("vanishing", low, t.vanishing_warning, t.vanishing_error),
         ("exploding", high, t.exploding_warning, t.exploding_error),
-    ):
+    )
+    for kind, values, bad_limit, error_limit in directions:
         sign = 1 if kind == "exploding" else -1
         with np.errstate(invalid="ignore"):
             bad = sign * values > sign * np.log10(bad_limit)
@@ -82,7 +86,7 @@ def depth_findings(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
 
 def _depth_finding(
     run: RunView,
-    kind: str,
+    kind: Literal["vanishing", "exploding"],
     layers: np.ndarray,
     grad: np.ndarray,
     signal: np.ndarray,
@@ -179,9 +183,33 @@ def _depth_finding(
     )
 
 
-def _fraction_layers(
+@dataclass(frozen=True)
+class _Crowded:
+    """The layers of some activation families in which a fraction of the units (saturated
+    or dead) reaches its warning level: their indices and names, the fraction of each
+    (median over the recorded steps), the largest one, and the first recorded step at
+    which the first of them reached the level (None if no single step did)."""
+
+    indices: list[int]
+    names: list[str]
+    fractions: np.ndarray
+    worst: float
+    since: int | None
+
+    def fraction_by_layer(self) -> dict[str, float | None]:
+        """Each layer's fraction, by name, JSON-ready."""
+        return {n: clean(v) for n, v in zip(self.names, self.fractions, strict=True)}
+
+    def per_layer(self, values: np.ndarray) -> dict[str, float | None]:
+        """``values`` (one per layer of the run) of these layers, by name, JSON-ready."""
+        return {n: clean(values[i]) for n, i in zip(self.names, self.indices, strict=True)}
+
+
+def _crowded_layers(
     run: RunView, stat: str, families: tuple[str, ...], warn: float
-) -> tuple[list[int], np.ndarray]:
+) -> _Crowded | None:
+    """The layers of ``families`` whose median ``stat`` is at least ``warn``; None when
+    there is none."""
     values = typical(run.history(stat))
     chosen = [
         layer.index
@@ -190,39 +218,35 @@ def _fraction_layers(
         and np.isfinite(values[layer.index])
         and values[layer.index] >= warn
     ]
-    return chosen, values
+    if not chosen:
+        return None
+    fractions = values[chosen]
+    since = _first_step(run, run.history(stat)[:, chosen[0]], lambda c: c >= warn)
+    names = [run.layers[i] for i in chosen]
+    return _Crowded(chosen, names, fractions, float(fractions.max()), since)
 
 
 def saturation_findings(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
     """Sigmoid/tanh-family layers with at least ``saturation_warning`` of their units on
     the flat tails."""
-    chosen, values = _fraction_layers(run, "saturated", advice.BOUNDED, t.saturation_warning)
-    if not chosen:
+    crowded = _crowded_layers(run, "saturated", advice.BOUNDED, t.saturation_warning)
+    if crowded is None:
         return []
-    names = [run.layers[i] for i in chosen]
-    fractions = values[chosen]
-    worst = float(fractions.max())
-    families = sorted({run.layer_info[i].family for i in chosen})
-    since = _first_step(
-        run,
-        run.history("saturated")[:, chosen[0]],
-        lambda c: c >= t.saturation_warning,
-    )
-    std_in = typical(run.history("act_std"))
+    families = sorted({run.layer_info[i].family for i in crowded.indices})
     return [
         Finding(
             kind="saturation",
-            severity="error" if worst >= t.saturation_error else "warning",
+            severity="error" if crowded.worst >= t.saturation_error else "warning",
             summary=(
-                f"saturated {'/'.join(families)}: {100 * worst:.0f} % of the units of "
-                f"{span(names)} sit on the flat tails"
+                f"saturated {'/'.join(families)}: {100 * crowded.worst:.0f} % of the units of "
+                f"{span(crowded.names)} sit on the flat tails"
             ),
-            where={"layers": names},
+            where={"layers": crowded.names},
             evidence={
-                "saturated_fraction": {n: clean(v) for n, v in zip(names, fractions, strict=True)},
-                "max_saturated_fraction": worst,
-                "output_std": {n: clean(std_in[i]) for n, i in zip(names, chosen, strict=True)},
-                "since_step": since,
+                "saturated_fraction": crowded.fraction_by_layer(),
+                "max_saturated_fraction": crowded.worst,
+                "output_std": crowded.per_layer(typical(run.history("act_std"))),
+                "since_step": crowded.since,
             },
             cause=(
                 "A saturated sigmoid/tanh unit has a derivative below 1 % of its maximum, so "
@@ -232,7 +256,7 @@ def saturation_findings(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
             ),
             remedies=(advice.XAVIER_INIT, advice.NORMALISE, advice.SWAP_TO_RELU, advice.lower_lr()),
             references=advice.SATURATION_REFERENCES,
-            step=since,
+            step=crowded.since,
         )
     ]
 
@@ -240,29 +264,24 @@ def saturation_findings(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
 def dead_findings(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
     """ReLU-family layers with at least ``dead_warning`` of their units zero for every
     example of the batch."""
-    chosen, values = _fraction_layers(run, "dead", ("relu", "relu6"), t.dead_warning)
-    if not chosen:
+    crowded = _crowded_layers(run, "dead", ("relu", "relu6"), t.dead_warning)
+    if crowded is None:
         return []
-    names = [run.layers[i] for i in chosen]
-    fractions = values[chosen]
-    worst = float(fractions.max())
-    before = [_feeding_layer(run, i) for i in chosen]
-    since = _first_step(run, run.history("dead")[:, chosen[0]], lambda c: c >= t.dead_warning)
-    mean_in = typical(run.history("act_mean"))
+    before = [_feeding_layer(run, i) for i in crowded.indices]
     return [
         Finding(
             kind="dead_units",
-            severity="error" if worst >= t.dead_error else "warning",
+            severity="error" if crowded.worst >= t.dead_error else "warning",
             summary=(
-                f"dead ReLUs: {100 * worst:.0f} % of the units of {span(names)} output 0 for "
-                f"every example"
+                f"dead ReLUs: {100 * crowded.worst:.0f} % of the units of {span(crowded.names)} "
+                f"output 0 for every example"
             ),
-            where={"layers": names, "fed_by": [b for b in before if b]},
+            where={"layers": crowded.names, "fed_by": [b for b in before if b]},
             evidence={
-                "dead_fraction": {n: clean(v) for n, v in zip(names, fractions, strict=True)},
-                "max_dead_fraction": worst,
-                "output_mean": {n: clean(mean_in[i]) for n, i in zip(names, chosen, strict=True)},
-                "since_step": since,
+                "dead_fraction": crowded.fraction_by_layer(),
+                "max_dead_fraction": crowded.worst,
+                "output_mean": crowded.per_layer(typical(run.history("act_mean"))),
+                "since_step": crowded.since,
             },
             cause=(
                 "A ReLU unit whose input is negative for every example outputs 0 and passes "
@@ -272,7 +291,7 @@ def dead_findings(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
             ),
             remedies=(advice.ZERO_BIAS, advice.HE_INIT, advice.LEAKY, advice.lower_lr()),
             references=advice.DEAD_REFERENCES,
-            step=since,
+            step=crowded.since,
         )
     ]
 

@@ -8,7 +8,7 @@ TensorBoard reports read it back after the training process is gone.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 Kind = Literal[
     "vanishing",
@@ -24,9 +24,9 @@ Kind = Literal[
 ]
 Severity = Literal["info", "warning", "error"]
 
-KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
+KINDS: tuple[Kind, ...] = get_args(Kind)
 #: Severities, mildest first; their order is what ``severity_rank`` compares.
-SEVERITIES: tuple[str, ...] = ("info", "warning", "error")
+SEVERITIES: tuple[Severity, ...] = get_args(Severity)
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,8 @@ class Finding:
         step: the training step the finding is about, or None for the whole run / a check.
     """
 
-    kind: str
-    severity: str
+    kind: Kind
+    severity: Severity
     summary: str
     where: dict = field(default_factory=dict)
     evidence: dict = field(default_factory=dict)

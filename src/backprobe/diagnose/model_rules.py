@@ -176,7 +176,7 @@ def recurrent_theory_findings(
             continue
         lag = lengths[name] - 1
         for regime in recurrent_regimes(module):
-            if regime.eta is None or regime.eta >= 1 or lag < 1:
+            if regime.eta is None or regime.gamma is None or regime.eta >= 1 or lag < 1:
                 continue
             bound = regime.eta**lag
             if bound >= t.time_vanishing:

@@ -14,7 +14,7 @@ from .depth import dead_findings, depth_findings, saturation_findings
 from .finding import Finding
 from .thresholds import DiagnoseThresholds
 from .training import (
-    Optimizer,
+    UpdateRule,
     first_nonfinite_row,
     learning_rate_findings,
     nonfinite_findings,
@@ -31,7 +31,7 @@ def diagnose(
     run: RunView,
     thresholds: DiagnoseThresholds | None = None,
     lr: float | None = None,
-    optimizer: Optimizer = "sgd",
+    optimizer: UpdateRule = "sgd",
 ) -> list[Finding]:
     """Every finding the rules make on ``run``'s recorded steps.
 

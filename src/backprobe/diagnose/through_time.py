@@ -14,7 +14,7 @@ import numpy as np
 from ..store.view import RunView
 from . import advice
 from ._series import clean, fmt, typical
-from .finding import Finding
+from .finding import Finding, Kind
 from .thresholds import DiagnoseThresholds
 
 
@@ -63,7 +63,7 @@ def _finding(
     eta = lam * gamma
     per_step = relative ** (1.0 / lag) if relative > 0 else 0.0
     module = name.split("[")[0]
-    kind = "vanishing_through_time" if vanishing else "exploding_through_time"
+    kind: Kind = "vanishing_through_time" if vanishing else "exploding_through_time"
     limit = t.time_vanishing_error if vanishing else t.time_exploding_error
     severe = relative < limit if vanishing else relative > limit
     layer = run.layer_index(module) if module in run.layers else None

@@ -18,10 +18,11 @@ The learning-rate rule needs the size of the update, which the probe does not re
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
+from ..errors import BackprobeError
 from ..store.view import RunView
 from . import advice
 from ._series import clean, fmt, leading_run, span, typical
@@ -29,8 +30,10 @@ from .depth import relative_profiles
 from .finding import Finding
 from .thresholds import DiagnoseThresholds
 
-Optimizer = Literal["sgd", "adam"]
-OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
+#: The update rule the learning-rate rule assumes when it turns ``lr`` into an update
+#: size: ``"sgd"`` (update lr·||g||) or ``"adam"`` (every element moves by about lr).
+UpdateRule = Literal["sgd", "adam"]
+UPDATE_RULES: tuple[UpdateRule, ...] = get_args(UpdateRule)
 
 
 def _param_layers(run: RunView) -> np.ndarray:
@@ -99,8 +102,7 @@ def nonfinite_findings(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
             where = {"step": step}
     growth, norms, steps = _growth(run, row, t.growth_window)
     loss = run.history("loss")[max(0, row - t.growth_window) : row]
-    blow_up = growth is not None and growth >= t.nonfinite_growth
-    if blow_up:
+    if growth is not None and growth >= t.nonfinite_growth:  # the gradient blew up
         summary = (
             f"non-finite at step {step} {place}, after the gradient norm grew ×{fmt(growth)} "
             f"per step"
@@ -174,8 +176,21 @@ def _run_lr(run: RunView) -> np.ndarray | float | None:
     return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
+def update_rule(name: str) -> UpdateRule:
+    """``name`` as an :data:`UpdateRule`, checked: the ``optimizer=`` of the diagnosis.
+
+    Raises :class:`~backprobe.errors.BackprobeError` for any other name."""
+    for rule in UPDATE_RULES:
+        if name == rule:
+            return rule
+    raise BackprobeError(
+        f"Expected optimizer to be one of {UPDATE_RULES}, but got {name!r}; pass "
+        "'adam' for Adam-like optimizers (Adam, AdamW, RMSprop), else 'sgd'."
+    )
+
+
 def update_ratios(
-    run: RunView, lr: float | np.ndarray | None, optimizer: Optimizer
+    run: RunView, lr: float | np.ndarray | None, optimizer: UpdateRule
 ) -> tuple[np.ndarray, str]:
     """Update-to-weight ratio per recorded step (or interval) and parameter layer,
     [rows, param layers], and how it was estimated (``"lr"`` or ``"weight_change"``)."""
@@ -198,18 +213,12 @@ def learning_rate_findings(
     run: RunView,
     t: DiagnoseThresholds,
     lr: float | None = None,
-    optimizer: Optimizer = "sgd",
+    optimizer: UpdateRule = "sgd",
 ) -> list[Finding]:
     """Update-to-weight ratio far from ~1e-3: too large (median over layers above
     ``lr_too_large``) or, when the learning rate is known, too small (every layer below
     ``lr_too_small``). Only steps before the first non-finite one count."""
-    if optimizer not in OPTIMIZERS:
-        from ..errors import BackprobeError
-
-        raise BackprobeError(
-            f"Expected optimizer to be one of {OPTIMIZERS}, but got {optimizer!r}; pass "
-            "'adam' for Adam-like optimizers (Adam, AdamW, RMSprop), else 'sgd'."
-        )
+    optimizer = update_rule(optimizer)
     layers = _param_layers(run)
     if layers.size == 0 or run.steps.size == 0:
         return []

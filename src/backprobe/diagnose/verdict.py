@@ -98,10 +98,11 @@ def verdict(run: RunView, step: int | None = None, thresholds: Thresholds | None
         )
     relative = grad[measured] / reference
     ratio = float(relative[0])
-    for status, bad in (
+    checks: tuple[tuple[Status, np.ndarray], ...] = (
         ("vanishing", relative < t.vanishing_ratio),
         ("exploding", relative > t.exploding_ratio),
-    ):
+    )
+    for status, bad in checks:
         if bad[0]:
             # the last layer of the unbroken run of bad layers that starts at the input
             run_length = bad.size if bad.all() else int(np.argmin(bad))
