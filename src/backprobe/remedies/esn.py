@@ -196,21 +196,32 @@ class EchoStateNetwork(nn.Module):
             drive = drive + shifted.to(dtype) @ self.W_fb.T
         h = u.new_zeros(batch, n, dtype=dtype) if state is None else state.to(dtype)
         states = u.new_empty(steps, batch, n, dtype=dtype)
-        own = self.feedback and teacher is None
-        outputs = u.new_empty(steps, batch, self.output_size, dtype=dtype) if own else None
-        y = _zeros_or(y_prev, batch, self.output_size, u)[0].to(dtype) if own else None
         w_t, leak = self.W.T, self.leak
-        w_fb_t = self.W_fb.T if self.feedback else None
         # the per-step loop is launch-bound for small N: rows are unbound once, not
         # indexed per step, and each step is three kernels (addmm, tanh_, lerp into place)
-        for t, (d, out) in enumerate(zip(drive.unbind(0), states.unbind(0), strict=True)):
-            if own:
-                d = d + y @ w_fb_t  # type: ignore[operator]
-            h = torch.lerp(h, torch.addmm(d, h, w_t).tanh_(), leak, out=out)
-            if own:
-                y = self.readout(h)
-                outputs[t] = y  # type: ignore[index]
+        if not (self.feedback and teacher is None):
+            for d, out in zip(drive.unbind(0), states.unbind(0), strict=True):
+                h = torch.lerp(h, torch.addmm(d, h, w_t).tanh_(), leak, out=out)
+            return states, None
+        # the readout's own outputs are fed back
+        outputs = u.new_empty(steps, batch, self.output_size, dtype=dtype)
+        y = _zeros_or(y_prev, batch, self.output_size, u)[0].to(dtype)
+        w_fb_t = self.W_fb.T
+        for d, out, y_out in zip(drive.unbind(0), states.unbind(0), outputs.unbind(0), strict=True):
+            h = torch.lerp(h, torch.addmm(d + y @ w_fb_t, h, w_t).tanh_(), leak, out=out)
+            y = self.readout(h)
+            y_out.copy_(y)
         return states, outputs
+
+    def _run_user_layout(
+        self, u: torch.Tensor, state: torch.Tensor | None, teacher: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+        """:meth:`_run` on input and teacher in the user's layout: the time-major states
+        and own outputs, and whether the input was unbatched."""
+        x, unbatched = self._time_major(u, "input", self.input_size)
+        t = None if teacher is None else self._time_major(teacher, "teacher", self.output_size)[0]
+        states, outputs = self._run(x, state, t, None)
+        return states, outputs, unbatched
 
     def states(
         self,
@@ -222,9 +233,7 @@ class EchoStateNetwork(nn.Module):
         (zeros if None). With feedback, ``teacher`` (the targets y_t, same layout as the
         outputs) is fed back, shifted by one step; without it the readout's own outputs
         are. No gradient flows through the reservoir (it is fixed)."""
-        x, unbatched = self._time_major(u, "input", self.input_size)
-        t = None if teacher is None else self._time_major(teacher, "teacher", self.output_size)[0]
-        states, _ = self._run(x, state, t, None)
+        states, _, unbatched = self._run_user_layout(u, state, teacher)
         return self._user_layout(states, unbatched)
 
     def forward(
@@ -234,9 +243,7 @@ class EchoStateNetwork(nn.Module):
         teacher: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Outputs y_t, [T, B, output_size] (user layout); differentiable in the readout."""
-        x, unbatched = self._time_major(u, "input", self.input_size)
-        t = None if teacher is None else self._time_major(teacher, "teacher", self.output_size)[0]
-        states, outputs = self._run(x, state, t, None)
+        states, outputs, unbatched = self._run_user_layout(u, state, teacher)
         y = self.readout(states) if outputs is None else outputs
         return self._user_layout(y, unbatched)
 

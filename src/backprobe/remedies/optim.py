@@ -32,11 +32,15 @@ from __future__ import annotations
 
 import ast
 import inspect
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import torch
 
 from ..errors import RemedyError
+
+#: What a spec builds: a ``torch.optim`` optimiser or learning-rate scheduler.
+_Built = TypeVar("_Built")
 
 __all__ = ["build_optimizer", "build_scheduler", "parse_spec"]
 
@@ -82,7 +86,9 @@ def parse_spec(spec: str) -> tuple[str, dict[str, object]]:
     return name.strip().lower(), kwargs
 
 
-def _lookup(module: object, name: str, base: type, what: str, aliases: dict[str, str]) -> type:
+def _lookup(
+    module: object, name: str, base: type[_Built], what: str, aliases: dict[str, str]
+) -> type[_Built]:
     classes = {
         n.lower(): c
         for n, c in vars(module).items()
@@ -96,8 +102,8 @@ def _lookup(module: object, name: str, base: type, what: str, aliases: dict[str,
     return classes[key]
 
 
-def _build(cls: type, first: object, kwargs: dict[str, object], spec: str) -> object:
-    params = inspect.signature(cls.__init__).parameters
+def _build(cls: type[_Built], first: object, kwargs: dict[str, object], spec: str) -> _Built:
+    params = inspect.signature(cls).parameters
     unknown = [k for k in kwargs if k not in params]
     if unknown:
         accepted = [k for k in params if k not in ("self", "params", "optimizer")]
@@ -106,7 +112,8 @@ def _build(cls: type, first: object, kwargs: dict[str, object], spec: str) -> ob
             f"has {unknown}."
         )
     try:
-        return cls(first, **kwargs)
+        build: Callable[..., _Built] = cls  # its constructor, whose options were checked above
+        return build(first, **kwargs)
     except (TypeError, ValueError) as exc:
         raise RemedyError(f"{cls.__name__} refused spec {spec!r}: {exc}") from exc
 
@@ -117,10 +124,12 @@ def build_optimizer(
     """A ``torch.optim`` optimiser over ``params`` from a spec such as ``"adam:lr=1e-3"``."""
     name, kwargs = parse_spec(spec)
     cls = _lookup(torch.optim, name, torch.optim.Optimizer, "torch.optim optimiser", {})
-    return _build(cls, params, kwargs, spec)  # type: ignore[return-value]
+    return _build(cls, params, kwargs, spec)
 
 
-def build_scheduler(spec: str, optimizer: torch.optim.Optimizer) -> object:
+def build_scheduler(
+    spec: str, optimizer: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.LRScheduler:
     """A ``torch.optim.lr_scheduler`` scheduler of ``optimizer`` from a spec such as
     ``"step:size=10,gamma=0.5"`` or ``"cosine:T_max=100"``."""
     name, kwargs = parse_spec(spec)

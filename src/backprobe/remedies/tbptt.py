@@ -42,11 +42,15 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..errors import RemedyError
+
+if TYPE_CHECKING:
+    from ..probe.probe import Probe
 
 __all__ = ["SavedTensorMeter", "TBPTTResult", "detach_state", "truncated_bptt"]
 
@@ -102,7 +106,7 @@ def truncated_bptt(
     state: State = None,
     time_dim: int = 0,
     clip: Callable[[list[torch.Tensor]], object] | None = None,
-    probe: object = None,
+    probe: Probe | None = None,
 ) -> TBPTTResult:
     """Train ``model`` on one long batch of sequences with truncated BPTT(k1, k2).
 

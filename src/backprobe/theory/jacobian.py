@@ -223,7 +223,7 @@ def _top_svals(
     increase to the top singular values of J."""
     d_in = z.numel()
     m = min(d_in, d_out, k + OVERSAMPLE)
-    _, pullback = vjp(g, z)
+    pullback = vjp(g, z)[1]
 
     def push(v: torch.Tensor) -> torch.Tensor:
         return jvp(g, (z,), (v,))[1]
@@ -333,8 +333,11 @@ def _layer_names(model: nn.Sequential, layers: Iterable[str | int] | None) -> li
         layers = [layers]
     chosen = set()
     for layer in layers:
-        is_index = isinstance(layer, int) and not isinstance(layer, bool)
-        if is_index and -len(names) <= layer < len(names):
+        if (
+            isinstance(layer, int)
+            and not isinstance(layer, bool)
+            and -len(names) <= layer < len(names)
+        ):
             chosen.add(names[layer])
         elif isinstance(layer, str) and layer in names:
             chosen.add(layer)
