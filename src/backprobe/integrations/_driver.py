@@ -1,6 +1,7 @@
 """The framework-free core of the training-framework callbacks: one probe, opened when
 training starts, stepped once per optimizer step with the mean of the micro-batch losses
-seen since the last one, closed when training ends."""
+seen since the last one, closed when training ends; and what every callback shares (its
+options, its ``probe``, the message when its framework is missing)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,15 @@ from torch import nn
 from ..errors import ProbeConfigError
 from ..probe import Probe
 from ..probe.schedule import Schedule
+from ..store import DEFAULT_DB
+
+
+def missing_framework(module: str, framework: str, extra: str) -> ImportError:
+    """The error of an integration ``module`` imported without its ``framework``: it
+    names the ``backprobe[extra]`` install that brings it."""
+    return ImportError(
+        f"backprobe.integrations.{module} needs {framework}: pip install 'backprobe[{extra}]'"
+    )
 
 
 class ProbeDriver:
@@ -61,3 +71,24 @@ class ProbeDriver:
                 self.probe.close("finished")
             else:
                 self.probe.close("failed", f"{type(error).__name__}: {error}")
+
+
+class DriverCallback:
+    """The base of the framework callbacks: the probe's options until training starts,
+    then the probe of the current run. A framework's callback class derives from this
+    one first and from the framework's base second."""
+
+    def __init__(
+        self,
+        every: int | Schedule = 1,
+        db: str | Path | None = DEFAULT_DB,
+        name: str | None = None,
+        **probe_options: Any,
+    ) -> None:
+        super().__init__()
+        self._driver = ProbeDriver(every, db, name, probe_options)
+
+    @property
+    def probe(self) -> Probe | None:
+        """The probe, once training has started."""
+        return self._driver.probe

@@ -20,28 +20,25 @@ callback, the statistics are global and rank 0 writes the run.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..probe import Probe
-from ..probe.schedule import Schedule
-from ..store import DEFAULT_DB
-from ._driver import ProbeDriver
+from ._driver import DriverCallback, missing_framework
 
-try:
+if TYPE_CHECKING:  # one package's types stand for both names, which share one API
     from lightning.pytorch import Callback, LightningModule, Trainer
-except ImportError:  # the older package name
+else:
     try:
-        from pytorch_lightning import Callback, LightningModule, Trainer
-    except ImportError as error:
-        raise ImportError(
-            "backprobe.integrations.lightning needs Lightning: pip install 'backprobe[lightning]'"
-        ) from error
+        from lightning.pytorch import Callback, LightningModule, Trainer
+    except ImportError:  # the older package name
+        try:
+            from pytorch_lightning import Callback, LightningModule, Trainer
+        except ImportError as error:
+            raise missing_framework("lightning", "Lightning", "lightning") from error
 
 
-class BackprobeCallback(Callback):
+class BackprobeCallback(DriverCallback, Callback):
     """Attach a :class:`~backprobe.Probe` to the trained ``LightningModule``.
 
     Args:
@@ -52,21 +49,6 @@ class BackprobeCallback(Callback):
 
     After ``fit``, ``callback.probe`` reads the run (``history``, ``summary``, …).
     """
-
-    def __init__(
-        self,
-        every: int | Schedule = 1,
-        db: str | Path | None = DEFAULT_DB,
-        name: str | None = None,
-        **probe_options: Any,
-    ) -> None:
-        super().__init__()
-        self._driver = ProbeDriver(every, db, name, probe_options)
-
-    @property
-    def probe(self) -> Probe | None:
-        """The probe, once training has started."""
-        return self._driver.probe
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         scaler = getattr(trainer.precision_plugin, "scaler", None)

@@ -24,28 +24,20 @@ callback, the statistics are global and rank 0 writes the run.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ..probe import Probe
-from ..probe.schedule import Schedule
-from ..store import DEFAULT_DB
-from ._driver import ProbeDriver
+from ._driver import DriverCallback, missing_framework
 
 try:
     from transformers import TrainerCallback
 except ImportError as error:
-    raise ImportError(
-        "backprobe.integrations.transformers needs transformers: "
-        "pip install 'backprobe[transformers]'"
-    ) from error
+    raise missing_framework("transformers", "transformers", "transformers") from error
 
 
-class BackprobeTrainerCallback(TrainerCallback):
+class BackprobeTrainerCallback(DriverCallback, TrainerCallback):
     """Attach a :class:`~backprobe.Probe` to the model a ``transformers.Trainer`` trains.
 
     Args:
@@ -57,21 +49,10 @@ class BackprobeTrainerCallback(TrainerCallback):
     After ``train``, ``callback.probe`` reads the run (``history``, ``summary``, …).
     """
 
-    def __init__(
-        self,
-        every: int | Schedule = 1,
-        db: str | Path | None = DEFAULT_DB,
-        name: str | None = None,
-        **probe_options: Any,
-    ) -> None:
-        self._driver = ProbeDriver(every, db, name, probe_options)
-        self._loss_hook: RemovableHandle | None = None
-        self._normalised = False  # the Trainer divided the loss by the step's item count
-
-    @property
-    def probe(self) -> Probe | None:
-        """The probe, once training has started."""
-        return self._driver.probe
+    #: the hook that catches the model's loss, while training runs
+    _loss_hook: RemovableHandle | None = None
+    #: whether the Trainer divided the loss by the step's item count
+    _normalised = False
 
     def on_train_begin(self, args, state, control, model: nn.Module | None = None, **kwargs):
         if model is None:
