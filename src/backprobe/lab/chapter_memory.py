@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from rich import box
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -38,12 +36,13 @@ from rich.text import Text
 from ..probe import Probe
 from ..report.through_time import time_table
 from ..store import open_run
+from .chapter import ChapterResult, DemoContext
 from .models import Cell, RecurrentModel
 from .tasks import autocomplete_task
+from .training import Trainee, train_lockstep
 
-if TYPE_CHECKING:
-    from .demo import DemoContext
-
+#: The chapter's title in ``backprobe demo``.
+MEMORY_TITLE = "the short memory of RNNs"
 #: Initial bias of the gated cells' memory gates (see the module docstring).
 GATE_BIAS = 3.0
 #: Position of the memory gate among the gate blocks of ``bias_hh``: (block, blocks).
@@ -78,7 +77,7 @@ class MemoryResult:
     trained, and its memory horizon at the last recorded step (inf: longer than the
     sentence; the sentence is ``L + 3`` words long)."""
 
-    cell: str
+    cell: Cell
     filler: int
     run_id: int
     run_name: str
@@ -135,21 +134,21 @@ def train_memory(
     )
     bar = progress.add_task(f"{CELL_LABELS[cell]} L={filler}", total=setup.max_steps, acc="")
     accuracy = math.nan
-    step = 0
-    with probe:
-        for step in range(setup.max_steps):
-            batch = autocomplete_task(setup.batch, filler, seed=ctx.seed * 10_000_019 + step)
-            loss = F.cross_entropy(model(batch.x), batch.y)
-            loss.backward()
-            recorded = probe.step(loss)  # recorded steps are the evaluation steps
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if recorded:
-                with torch.no_grad():
-                    accuracy = float((model(test.x).argmax(1) == test.y).float().mean())
-                progress.update(bar, completed=step + 1, acc=f"{accuracy:.0%}")
-                if accuracy >= TARGET_ACCURACY:
-                    break
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sentences = autocomplete_task(setup.batch, filler, seed=ctx.seed * 10_000_019 + step)
+        return sentences.x, sentences.y
+
+    def evaluate(step: int, trainee: Trainee, recorded: bool) -> None:
+        nonlocal accuracy
+        if recorded:  # recorded steps are the evaluation steps
+            with torch.no_grad():
+                accuracy = float((model(test.x).argmax(1) == test.y).float().mean())
+            progress.update(bar, completed=step + 1, acc=f"{accuracy:.0%}")
+            trainee.stopped = accuracy >= TARGET_ACCURACY
+
+    trainee = Trainee(model, optimizer, probe)
+    train_lockstep([trainee], setup.max_steps, batch, after_update=evaluate)
     progress.update(bar, completed=setup.max_steps)
     assert probe.run_id is not None
     run = open_run(ctx.db, probe.run_id)
@@ -162,7 +161,7 @@ def train_memory(
         run_name=name,
         accuracy=accuracy,
         chance=test.chance,
-        steps=step + 1,
+        steps=trainee.steps,
         horizon=float(horizons[-1]),
         horizon_at_init=float(horizons[0]),
         first_to_last=float(profile[0] / profile[-1]),
@@ -230,7 +229,7 @@ def _tell_story(ctx: DemoContext, results: list[MemoryResult]) -> None:
     )
 
 
-def chapter_short_memory(ctx: DemoContext) -> list[MemoryResult]:
+def chapter_short_memory(ctx: DemoContext) -> ChapterResult[MemoryResult]:
     """Chapter 2: tanh RNN vs LSTM vs GRU on the autocomplete sentences, over L."""
     console = ctx.console
     setup = MEMORY_QUICK if ctx.quick else MEMORY_FULL
@@ -260,4 +259,4 @@ def chapter_short_memory(ctx: DemoContext) -> list[MemoryResult]:
     if table is not None:
         console.print(table)
     _tell_story(ctx, results)
-    return results
+    return ChapterResult(2, MEMORY_TITLE, results)

@@ -21,17 +21,15 @@ Chapters are plain functions in :data:`CHAPTERS`; later chapters append to it an
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -43,8 +41,11 @@ from ..diagnose.verdict import Verdict, format_ratio, verdict
 from ..probe import Probe
 from ..report.text import log_bar, verdict_text
 from ..store import DEFAULT_DB, open_run
-from .models import Activation, DeepMLP, Init
+from .chapter import Chapter, ChapterResult, DemoContext
+from .chapter_memory import MEMORY_TITLE, chapter_short_memory
+from .models import DeepMLP, Init, MLPActivation
 from .tasks import Task, classification_task
+from .training import Trainee, lab_threads, train_lockstep
 
 __all__ = [
     "CHAPTERS",
@@ -63,23 +64,13 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class DemoContext:
-    """What every chapter gets from ``run_demo``."""
-
-    db: Path
-    quick: bool
-    seed: int
-    console: Console
-
-
-@dataclass(frozen=True)
 class ModelSpec:
     """One network of a chapter. ``key`` names its run (``demo/ch1/<key>``)."""
 
     key: str
     label: str  # short human name for tables, ≤ 14 characters
     depth: int  # hidden layers
-    activation: Activation
+    activation: MLPActivation
     init: Init
     lr: float
 
@@ -137,49 +128,6 @@ class ModelResult:
         return math.nan if self.verdict.ratio is None else self.verdict.ratio
 
 
-@dataclass
-class ChapterResult:
-    """What a chapter measured: one result per trained model, in training order
-    (chapter 1: :class:`ModelResult`; chapter 2:
-    :class:`~backprobe.lab.chapter_memory.MemoryResult`), each with a ``key``."""
-
-    number: int
-    title: str
-    models: list[Any]
-
-    def model(self, key: str) -> Any:
-        """The result of the model with this ``key``."""
-        return next(m for m in self.models if m.key == key)
-
-
-ChapterFn = Callable[[DemoContext], ChapterResult]
-
-
-@dataclass(frozen=True)
-class Chapter:
-    """A chapter of the demo: ``run`` trains, prints, and returns what it measured."""
-
-    number: int
-    title: str
-    run: ChapterFn
-
-
-@contextlib.contextmanager
-def _lab_threads() -> Iterator[None]:
-    """One intra-op thread while the lab trains, restored afterwards.
-
-    The lab's matrices are tiny (batch x 64 x 64): splitting them over threads costs more
-    than it gains, and on a busy 2-core CI machine the thread pool's spin-waits made a
-    step several times slower (measured: 4 ms alone vs up to 35 ms per 50-layer step).
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _schedule(every: int, steps: int) -> Callable[[int], bool]:
     """Record steps 0, every, 2·every, … and the last one, which the report shows."""
 
@@ -188,6 +136,30 @@ def _schedule(every: int, steps: int) -> Callable[[int], bool]:
 
     schedule.__name__ = f"every_{every}_and_last"
     return schedule
+
+
+def _stored_config(
+    ctx: DemoContext, chapter: int, spec: ModelSpec, setup: TrainingSetup
+) -> dict[str, Any]:
+    """What the probe stores with a network's run: the demo, the network, its training."""
+    return {
+        "demo": {"chapter": chapter, "seed": ctx.seed, "quick": ctx.quick},
+        "network": {
+            "depth": spec.depth,
+            "width": setup.width,
+            "activation": spec.activation,
+            "init": spec.init,
+        },
+        "optimizer": {"name": "SGD", "lr": spec.lr, "momentum": 0.0},
+        "training": {"steps": setup.steps, "batch": setup.batch},
+        "task": {
+            "n_train": setup.n_train,
+            "n_test": setup.n_test,
+            "n_features": setup.n_features,
+            "n_classes": setup.n_classes,
+            "teacher_width": setup.teacher_width,
+        },
+    }
 
 
 def _relative_change(before: torch.Tensor, after: torch.Tensor) -> float:
@@ -226,45 +198,32 @@ def train_side_by_side(
                     spec.init,
                 )
             )
-    optimizers = [
-        torch.optim.SGD(m.parameters(), lr=s.lr, foreach=True)
-        for m, s in zip(models, specs, strict=True)
-    ]
     start = [
         (m.linears[0].weight.detach().clone(), m.linears[-1].weight.detach().clone())
         for m in models
     ]
-    probes = [
-        Probe(
+    trainees = [
+        Trainee(
             model,
-            every=_schedule(setup.every, setup.steps),
-            db=ctx.db,
-            name=f"demo/ch{chapter}/{spec.key}",
-            config={
-                "demo": {"chapter": chapter, "seed": ctx.seed, "quick": ctx.quick},
-                "network": {
-                    "depth": spec.depth,
-                    "width": setup.width,
-                    "activation": spec.activation,
-                    "init": spec.init,
-                },
-                "optimizer": {"name": "SGD", "lr": spec.lr, "momentum": 0.0},
-                "training": {"steps": setup.steps, "batch": setup.batch},
-                "task": {
-                    "n_train": setup.n_train,
-                    "n_test": setup.n_test,
-                    "n_features": setup.n_features,
-                    "n_classes": setup.n_classes,
-                    "teacher_width": setup.teacher_width,
-                },
-            },
+            torch.optim.SGD(model.parameters(), lr=spec.lr, foreach=True),
+            Probe(
+                model,
+                every=_schedule(setup.every, setup.steps),
+                db=ctx.db,
+                name=f"demo/ch{chapter}/{spec.key}",
+                config=_stored_config(ctx, chapter, spec, setup),
+            ),
         )
         for model, spec in zip(models, specs, strict=True)
     ]
     # Every network sees the same sequence of mini-batches: [steps, batch] indices.
     g = torch.Generator().manual_seed(ctx.seed)
     batches = torch.randint(0, len(task.y_train), (setup.steps, setup.batch), generator=g)
-    losses = [math.nan] * len(specs)
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = batches[min(step, setup.steps - 1)]  # a post-mortem after the last step
+        return task.x_train[rows], task.y_train[rows]
+
     progress = Progress(
         TextColumn("{task.description:<14}"),
         BarColumn(bar_width=24),
@@ -273,26 +232,20 @@ def train_side_by_side(
         TimeElapsedColumn(),
         console=ctx.console,
     )
-    with progress, contextlib.ExitStack() as stack:
-        bars = [progress.add_task(s.label, total=setup.steps, loss="") for s in specs]
-        for probe in probes:
-            stack.enter_context(probe)
-        for step in range(setup.steps):
-            x, y = task.x_train[batches[step]], task.y_train[batches[step]]
-            last = step == setup.steps - 1
-            for i, (model, opt, probe) in enumerate(zip(models, optimizers, probes, strict=True)):
-                loss = F.cross_entropy(model(x), y)
-                loss.backward()
-                probe.step(loss)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                if step % 10 == 0 or last:
-                    losses[i] = loss.item()
-                    progress.update(bars[i], completed=step + 1, loss=f"{losses[i]:.3f}")
+    bars = {
+        t: progress.add_task(s.label, total=setup.steps, loss="")
+        for t, s in zip(trainees, specs, strict=True)
+    }
+
+    def show(step: int, trainee: Trainee, recorded: bool) -> None:
+        if step % 10 == 0 or step == setup.steps - 1:
+            progress.update(bars[trainee], completed=step + 1, loss=f"{trainee.loss_value:.3f}")
+
+    with progress:
+        train_lockstep(trainees, setup.steps, batch, after_update=show)
     results = []
-    for spec, model, probe, (w_first, w_last), loss in zip(
-        specs, models, probes, start, losses, strict=True
-    ):
+    for spec, model, trainee, (w_first, w_last) in zip(specs, models, trainees, start, strict=True):
+        probe = trainee.probe
         with torch.no_grad():
             accuracy = float((model(task.x_test).argmax(1) == task.y_test).float().mean())
         assert probe.run_id is not None
@@ -308,7 +261,7 @@ def train_side_by_side(
                 chance=task.chance,
                 moved_first=_relative_change(w_first, model.linears[0].weight.detach()),
                 moved_last=_relative_change(w_last, model.linears[-1].weight.detach()),
-                final_loss=loss,
+                final_loss=trainee.loss_value,
                 step=int(stored.steps[-1]),
                 names=[stored.layers[i] for i in params],
                 profile=stored.history("grad_norm")[-1, params],
@@ -478,7 +431,7 @@ CH1_SPECS: tuple[ModelSpec, ...] = (
 )
 
 
-def chapter_short_vs_long(ctx: DemoContext) -> ChapterResult:
+def chapter_short_vs_long(ctx: DemoContext) -> ChapterResult[ModelResult]:
     """Chapter 1: the seeds' short vs long network, and ReLU + He init as the cure."""
     console = ctx.console
     setup = CH1_QUICK if ctx.quick else CH1_FULL
@@ -579,15 +532,9 @@ def _tell_story(ctx: DemoContext, short: ModelResult, deep: ModelResult, relu: M
     )
 
 
-def _chapter_short_memory(ctx: DemoContext) -> ChapterResult:
-    from .chapter_memory import chapter_short_memory
-
-    return ChapterResult(2, "the short memory of RNNs", chapter_short_memory(ctx))
-
-
 CHAPTERS: list[Chapter] = [
     Chapter(1, "the short network vs the long network", chapter_short_vs_long),
-    Chapter(2, "the short memory of RNNs", _chapter_short_memory),
+    Chapter(2, MEMORY_TITLE, chapter_short_memory),
 ]
 
 
@@ -597,7 +544,7 @@ def run_demo(
     seed: int = 0,
     console: Console | None = None,
     chapters: Sequence[int] | None = None,
-) -> list[ChapterResult]:
+) -> list[ChapterResult[Any]]:
     """Run the demo's chapters (default: all) in order; return what each measured.
 
     Args:
@@ -610,7 +557,7 @@ def run_demo(
     console = console or Console()
     ctx = DemoContext(db=Path(db), quick=quick, seed=seed, console=console)
     results = []
-    with _lab_threads():
+    with lab_threads():
         for chapter in CHAPTERS:
             if chapters is not None and chapter.number not in chapters:
                 continue

@@ -15,22 +15,24 @@ import torch
 from torch import nn
 
 from ..probe.recurrent import UnrolledResult, unrolled_forward
+from ..remedies.esn import EchoStateNetwork
 
 __all__ = [
     "ACTIVATIONS",
     "CELLS",
     "INITS",
-    "Activation",
     "Cell",
     "DeepMLP",
     "Init",
+    "MLPActivation",
     "Readout",
     "RecurrentModel",
 ]
 
-Activation = Literal["sigmoid", "tanh", "relu"]
+#: The hidden-layer nonlinearities a :class:`DeepMLP` is built with.
+MLPActivation = Literal["sigmoid", "tanh", "relu"]
 Init = Literal["default", "xavier", "he", "orthogonal"]
-ACTIVATIONS: tuple[str, ...] = get_args(Activation)
+ACTIVATIONS: tuple[str, ...] = get_args(MLPActivation)
 INITS: tuple[str, ...] = get_args(Init)
 Cell = Literal["rnn", "lstm", "gru", "irnn", "esn"]
 CELLS: tuple[str, ...] = get_args(Cell)
@@ -77,7 +79,7 @@ class DeepMLP(nn.Sequential):
         width: int,
         depth: int,
         out_features: int,
-        activation: Activation = "relu",
+        activation: MLPActivation = "relu",
         init: Init = "default",
     ) -> None:
         if activation not in _ACTIVATION_TYPES:
@@ -130,13 +132,8 @@ class DeepMLP(nn.Sequential):
         return f"depth={self.depth}, width={self.width}, {self.activation}, init={self.init}"
 
 
-_RNN_TYPES: dict[str, type[nn.RNNBase] | None] = {
-    "esn": None,  # built apart: backprobe.remedies.EchoStateNetwork
-    "rnn": nn.RNN,
-    "irnn": nn.RNN,
-    "lstm": nn.LSTM,
-    "gru": nn.GRU,
-}
+#: The nonlinearity of the plain (ungated) recurrent cells.
+_PLAIN_CELLS = {"rnn": "tanh", "irnn": "relu"}
 
 
 class RecurrentModel(nn.Module):
@@ -183,7 +180,7 @@ class RecurrentModel(nn.Module):
         recurrent_norm: float | None = None,
     ) -> None:
         super().__init__()
-        if cell not in _RNN_TYPES:
+        if cell not in CELLS:
             raise ValueError(f"Expected cell in {CELLS}, got {cell!r}.")
         if readout not in get_args(Readout):
             raise ValueError(f"Expected readout in {get_args(Readout)}, got {readout!r}.")
@@ -203,16 +200,22 @@ class RecurrentModel(nn.Module):
         self.readout = readout
         self.embedding = None if embed is None else nn.Embedding(vocab_or_input_size, embed)
         rnn_input = vocab_or_input_size if embed is None else embed
+        self.rnn: nn.Module
         if cell == "esn":
-            from ..remedies.esn import EchoStateNetwork
-
-            self.rnn: nn.Module = EchoStateNetwork(rnn_input, hidden, n_out, batch_first=True)
+            self.rnn = EchoStateNetwork(rnn_input, hidden, n_out, batch_first=True)
             self.out = self.rnn.readout
             return
-        kwargs = {"nonlinearity": "relu"} if cell == "irnn" else {}
-        self.rnn = _RNN_TYPES[cell](
-            rnn_input, hidden, num_layers=layers, batch_first=True, **kwargs
-        )
+        if cell in _PLAIN_CELLS:
+            self.rnn = nn.RNN(
+                rnn_input,
+                hidden,
+                num_layers=layers,
+                batch_first=True,
+                nonlinearity=_PLAIN_CELLS[cell],
+            )
+        else:
+            gated = nn.LSTM if cell == "lstm" else nn.GRU
+            self.rnn = gated(rnn_input, hidden, num_layers=layers, batch_first=True)
         self.out = nn.Linear(hidden, n_out)
         if cell == "irnn":
             self._init_irnn()
@@ -253,7 +256,7 @@ class RecurrentModel(nn.Module):
         """x: int64 [B, T] (with an embedding) or float [B, T, F] → [B, n_out] or
         [B, T, n_out] (``readout="all"``)."""
         x = self._core_input(x)
-        if self.cell == "esn":
+        if isinstance(self.rnn, EchoStateNetwork):
             return self._read(self.rnn.states(x))  # [B, T, N] reservoir states
         h, _ = self.rnn(x)  # [B, T, H], the top layer's states
         return self._read(h)

@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from ...theory.meanfield import mean_field
-from ..models import DeepMLP
+from ..models import DeepMLP, MLPActivation
 from ..tasks import Task, classification_task, insurance_task
 from .base import Expectation, Experiment, Row, RunContext
 from .registry import register
 from .summaries import reach_rows
-from .training import Loop, build_optimizer, train
+from .training import Loop, OptimizerName, build_optimizer, train
 
 __all__ = ["MLPConfig", "gaussian_init_", "run_mlp"]
 
@@ -41,11 +41,11 @@ class MLPConfig:
     task: Literal["teacher", "insurance"] = "teacher"
     depth: int = 3
     width: int = 64
-    activation: Literal["sigmoid", "tanh", "relu"] = "sigmoid"
+    activation: MLPActivation = "sigmoid"
     init: MLPInit = "default"
     sigma_w: float = 1.0
     sigma_b: float = 0.0
-    optimizer: Literal["sgd", "adam", "rmsprop"] = "sgd"
+    optimizer: OptimizerName = "sgd"
     lr: float = 0.1
     momentum: float = 0.0
     batch: int = 128
@@ -103,7 +103,8 @@ def run_mlp(config: MLPConfig, ctx: RunContext) -> dict[str, float]:
     batches = torch.randint(0, len(task.y_train), (config.steps, config.batch), generator=g)
 
     def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return task.x_train[batches[step]], task.y_train[batches[step]]
+        rows = batches[min(step, config.steps - 1)]  # a post-mortem after the last step
+        return task.x_train[rows], task.y_train[rows]
 
     def evaluate() -> dict[str, float]:
         accuracy = float((model(task.x_test).argmax(1) == task.y_test).float().mean())
@@ -194,7 +195,7 @@ class DepthConfig(MLPConfig):
     """A network *trains* when its test accuracy reaches ``trainable_accuracy`` (chance is
     0.25) after ``steps`` steps of SGD with momentum."""
 
-    optimizer: Literal["sgd", "adam", "rmsprop"] = "sgd"
+    optimizer: OptimizerName = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
     steps: int = 500

@@ -26,10 +26,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ...errors import LabConfigError
+from ..training import lab_threads
 from .base import Experiment, RunContext
 from .registry import get_experiment
 from .settings import make_config, parse_settings
-from .training import lab_threads
 
 __all__ = ["Job", "JobResult", "plan", "run_experiment"]
 

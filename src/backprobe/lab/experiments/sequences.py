@@ -29,14 +29,12 @@ from ..tasks import (
 from .base import Expectation, Experiment, RunContext
 from .registry import register
 from .summaries import reach_rows
-from .training import Loop, build_optimizer, train
+from .training import Loop, OptimizerName, build_optimizer, train
 
 __all__ = ["SequenceConfig", "run_sequence"]
 
 #: Offset between the seeds of training batches and of the test set, so they never meet.
 _TEST_SEED = 1 << 40
-
-Optimizer = Literal["sgd", "adam", "rmsprop"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,7 @@ class SequenceConfig:
     # "default": PyTorch's; else backprobe.remedies.init_(rnn, init, forget_bias=...)
     init: Literal["default", "xavier_uniform", "orthogonal"] = "default"
     forget_bias: float = 1.0  # the LSTM forget-gate bias under a remedies init
-    optimizer: Optimizer = "adam"
+    optimizer: OptimizerName = "adam"
     lr: float = 1e-3
     momentum: float = 0.0
     batch: int = 50
@@ -262,7 +260,7 @@ class TemporalOrderConfig(SequenceConfig):
     length: int = 50
     symbols: int = 2
     hidden: int = 50
-    optimizer: Optimizer = "sgd"
+    optimizer: OptimizerName = "sgd"
     lr: float = 0.01
     batch: int = 20
     clip: float = 0.0
@@ -321,7 +319,7 @@ class LatchConfig(SequenceConfig):
     info: int = 3
     noise: float = 0.2
     hidden: int = 16
-    optimizer: Optimizer = "sgd"
+    optimizer: OptimizerName = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
     steps: int = 2000
@@ -494,7 +492,7 @@ class ExplodingConfig(SequenceConfig):
 
     length: int = 20
     recurrent_norm: float | None = 3.0
-    optimizer: Optimizer = "sgd"
+    optimizer: OptimizerName = "sgd"
     lr: float = 0.05
     clip: float = 0.0
     steps: int = 2000

@@ -72,7 +72,8 @@ def collect(db: Path) -> list[LabRun]:
         stored = open_run(db, info.id)
         names = stored.scalar_names
         # A diverged run's metrics are those of its post-mortem step, NaN or inf included.
-        post_mortem = np.flatnonzero(stored.history("diverged") == 1) if "diverged" in names else []
+        diverged = stored.history("diverged") if "diverged" in names else np.zeros(0)
+        post_mortem = np.flatnonzero(diverged == 1)
         for name in names:
             series = stored.history(name)
             run.metrics[name] = (

@@ -1,34 +1,41 @@
-"""The one training loop of the lab: probe attached, clipping and Ω optional, live report.
+"""How an experiment trains: the lab's loop with evaluations, stored metrics and a live
+report.
 
 Each step: forward, loss (+ α·Ω), backward, clip (the probe records the norms before and
-after, and then the clipped gradients), ``probe.step(loss)``, optimiser step.
-Evaluation runs every ``eval_every`` steps and at the last step, *before* that step's
-update, and its metrics are stored with the run (``probe.record_scalar``) so that the
-run database holds the learning curve and ``backprobe lab table`` the final value.
+after, and then the clipped gradients), ``probe.step(loss)``, optimiser step (the loop of
+:mod:`backprobe.lab.training`). Evaluation runs every ``eval_every`` steps and at the
+last step, *before* that step's update, and its metrics are stored with the run
+(``probe.record_scalar``) so that the run database holds the learning curve and
+``backprobe lab table`` the final value.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from ...diagnose.verdict import format_ratio, verdict
+from ...errors import LabConfigError
 from ...probe import Probe
-from ...remedies.clipping import clip_grad_norm_, global_grad_norm
 from ...remedies.optim import build_optimizer as build_optimizer_from_spec
+from ...remedies.regularizer import pascanu_omega
+from ..training import LossFn, Trainee, train_lockstep
 from .base import RunContext
 
-__all__ = ["Loop", "build_optimizer", "lab_threads", "train"]
+__all__ = ["Loop", "OptimizerName", "build_optimizer", "train"]
 
 #: Seconds between two live reports of a run (progress bars need no more).
 _REPORT_EVERY_S = 0.25
+
+#: The optimisers an experiment's config may name (its ``optimizer`` setting).
+OptimizerName = Literal["sgd", "adam", "rmsprop"]
 
 
 @dataclass(frozen=True)
@@ -48,20 +55,11 @@ class Loop:
     omega: float = 0.0
 
 
-@contextlib.contextmanager
-def lab_threads() -> Iterator[None]:
-    """One intra-op thread while the lab trains (its matrices are tiny, and parallel
-    jobs are separate processes), restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def build_optimizer(
-    name: str, params: Iterator[nn.Parameter] | list[nn.Parameter], lr: float, momentum: float
+    name: OptimizerName,
+    params: Iterator[nn.Parameter] | list[nn.Parameter],
+    lr: float,
+    momentum: float,
 ) -> torch.optim.Optimizer:
     """``sgd`` (with ``momentum``), ``adam`` or ``rmsprop``, through the remedies' spec
     (``"sgd:lr=0.01,momentum=0.9"``), so that a run's config names what a finding would."""
@@ -83,6 +81,25 @@ def _health(probe: Probe) -> str:
     return text
 
 
+def _loss(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], omega: float) -> LossFn:
+    """The loop's loss: ``loss_fn(model(x), y)``, plus ``omega · Ω`` when ``omega`` > 0."""
+
+    def plain(
+        model: nn.Module, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = loss_fn(model(x), y)
+        return loss, loss
+
+    def regularised(
+        model: nn.Module, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        out, unrolled = model.forward_unrolled(x)  # type: ignore[operator]  # checked by train
+        task_loss = loss_fn(out, y)
+        return task_loss, task_loss + omega * pascanu_omega(task_loss, unrolled)
+
+    return regularised if omega > 0 else plain
+
+
 def train(
     model: nn.Module,
     ctx: RunContext,
@@ -102,24 +119,25 @@ def train(
     A non-finite loss ends training early (an exploding run): that step makes no update,
     and the next step, recorded whatever the schedule, evaluates the model and stores its
     metrics with ``diverged`` = 1 (the run's post-mortem).
+
+    Raises:
+        LabConfigError: ``loop.omega`` > 0 for a model without ``forward_unrolled``.
     """
     last = loop.steps - 1
-    diverged_at: int | None = None
+    if loop.omega > 0 and not hasattr(model, "forward_unrolled"):
+        raise LabConfigError(
+            f"Expected a model with forward_unrolled (a RecurrentModel) for omega > 0, got "
+            f"{type(model).__name__}; set omega=0 or train a RecurrentModel."
+        )
 
     def schedule(step: int) -> bool:
         # After a divergence, the next step is recorded: the run's post-mortem.
         return (
-            diverged_at is not None
+            trainee.post_mortem
             or step % loop.record_every == 0
             or step % loop.eval_every == 0
             or step == last
         )
-
-    if loop.omega > 0:
-        from ...remedies.regularizer import pascanu_omega
-
-        if not hasattr(model, "forward_unrolled"):
-            raise ValueError("Ω needs a model with forward_unrolled (RecurrentModel).")
 
     # Time profiles (||dL/dh_t||, Jacobian decay) at the evaluation steps.
     probe = Probe(
@@ -130,66 +148,55 @@ def train(
         config=ctx.stored_config,
         time_every=lambda step: step % loop.eval_every == 0 or step == last,
     )
-    params = [p for p in model.parameters() if p.requires_grad]
+    trainee = Trainee(model, optimizer, probe, _loss(loss_fn, loop.omega), clip=loop.clip)
     metrics: dict[str, float] = {}
     tail: list[float] = []
     max_norm = 0.0
     reported = 0.0
     health = ""
-    value = math.nan
-    with probe:
-        for step in range(loop.steps + 1):
-            post_mortem = diverged_at is not None
-            if step == loop.steps and not post_mortem:
-                break
-            x, y = batch(step)
-            if loop.omega > 0:
-                out, unrolled = model.forward_unrolled(x)  # type: ignore[operator]
-                task_loss = loss_fn(out, y)
-                loss = task_loss + loop.omega * pascanu_omega(task_loss, unrolled)
-            else:
-                task_loss = loss = loss_fn(model(x), y)
-            loss.backward()
-            value = float(task_loss.detach())
-            if diverged_at is None and not math.isfinite(value):
-                diverged_at = step  # no update with it; the next step is the post-mortem
-            if step % loop.eval_every == 0 or step == last or post_mortem:
-                model.eval()
-                with torch.no_grad():
-                    evaluated = evaluate()
-                model.train()
-                metrics.update(evaluated)  # metrics only measured once (at init) stay
-                for name, metric in evaluated.items():
-                    probe.record_scalar(name, metric)
-            if post_mortem:
-                probe.record_scalar("diverged", 1.0)
-            # The global norm before clipping (clip_grad_norm_ records it as clip/pre_norm).
-            if loop.clip > 0:
-                norm = float(clip_grad_norm_(params, loop.clip, probe=probe).pre_norm)
-            else:
-                norm = float(global_grad_norm(params))
-            max_norm = max(max_norm, norm) if math.isfinite(norm) else math.inf
-            probe.record_scalar("max_grad_norm", max_norm)
-            recorded = probe.step(task_loss)
-            if post_mortem:
-                break
-            if recorded:
-                health = _health(probe)
-            if diverged_at is None:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if step >= loop.steps - max(1, loop.steps // 10):
-                tail.append(value)
-            now = time.monotonic()
-            if now - reported > _REPORT_EVERY_S or step == last:
-                ctx.report(step + 1, loop.steps, value, health)
-                reported = now
-        ratio = verdict(probe).ratio
-    ctx.report(loop.steps, loop.steps, value, health)
+
+    def measure(step: int, trainee: Trainee) -> None:
+        nonlocal max_norm
+        if step % loop.eval_every == 0 or step == last or trainee.post_mortem:
+            model.eval()
+            with torch.no_grad():
+                evaluated = evaluate()
+            model.train()
+            metrics.update(evaluated)  # metrics only measured once (at init) stay
+            for name, metric in evaluated.items():
+                probe.record_scalar(name, metric)
+        if trainee.post_mortem:
+            probe.record_scalar("diverged", 1.0)
+        # The global norm before clipping (clip_grad_norm_ records it as clip/pre_norm).
+        norm = trainee.grad_norm
+        max_norm = max(max_norm, norm) if math.isfinite(norm) else math.inf
+        probe.record_scalar("max_grad_norm", max_norm)
+
+    def report(step: int, trainee: Trainee, recorded: bool) -> None:
+        nonlocal health, reported
+        if recorded:
+            health = _health(probe)
+        if step >= loop.steps - max(1, loop.steps // 10):
+            tail.append(trainee.loss_value)
+        now = time.monotonic()
+        if now - reported > _REPORT_EVERY_S or step == last:
+            ctx.report(step + 1, loop.steps, trainee.loss_value, health)
+            reported = now
+
+    train_lockstep(
+        [trainee],
+        loop.steps,
+        batch,
+        before_probe_step=measure,
+        after_update=report,
+        measure_norm=True,
+    )
+    ratio = verdict(probe).ratio
+    ctx.report(loop.steps, loop.steps, trainee.loss_value, health)
     return {
         **metrics,
         "train_loss": sum(tail) / len(tail) if tail else math.nan,
         "grad_ratio": math.nan if ratio is None else ratio,
-        "diverged": float(diverged_at is not None),
+        "diverged": float(trainee.diverged_at is not None),
         "max_grad_norm": max_norm,
     }
