@@ -18,6 +18,7 @@ from backprobe.cli import app, main
 from backprobe.store.db import DB_ENV
 
 from .store.helpers import record
+from .store.read_only import read_only_folder
 
 WIDE = {"COLUMNS": "200", "NO_COLOR": "1"}
 
@@ -115,15 +116,33 @@ def test_usage_error_is_short_and_has_no_traceback(monkeypatch, capsys):
     """Regression: main() imported click to recognise usage errors, and recent typer
     vendors click instead of depending on it, so a typo gave a ModuleNotFoundError."""
     code, _, err = run_main(monkeypatch, capsys, "runs", "--bogus")
-    assert code == 2
-    assert "No such option" in err and "--bogus" in err
-    assert "Traceback" not in err
+    assert_one_line_error(code, err, "No such option", "--bogus", "backprobe runs --help")
 
 
-def test_missing_argument(monkeypatch, capsys):
-    code, _, err = run_main(monkeypatch, capsys, "show")
-    assert code == 2
-    assert "Missing argument" in err and "Traceback" not in err
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["show"], ["Missing argument 'run'", "backprobe show --help"]),
+        (["show", "1", "--step", "x"], ["Invalid value for '--step'"]),
+        (["lab", "bogus"], ["No such command 'bogus'", "backprobe lab --help"]),
+        (["lab", "run"], ["Missing argument 'name'"]),
+        (["diagnose", "1", "--optimizer", "x"], ["'x' is not one of 'sgd', 'adam'"]),
+    ],
+    ids=["missing-argument", "bad-value", "unknown-command", "missing-in-a-group", "choice"],
+)
+def test_usage_errors_are_one_line_and_exit_1_as_the_readme_says(
+    monkeypatch, capsys, args, fragments
+):
+    code, _, err = run_main(monkeypatch, capsys, *args)
+    assert_one_line_error(code, err, *fragments)
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    assert "usage errors" in readme and "print one line and exit with status 1" in readme
+
+
+def test_no_command_prints_the_help_and_succeeds(monkeypatch, capsys):
+    code, out, err = run_main(monkeypatch, capsys)
+    assert (code, err) == (0, "")
+    assert out.startswith("Usage: ") and "Commands:" in out
 
 
 # -- runs -------------------------------------------------------------------------------------
@@ -151,6 +170,42 @@ def test_runs_on_an_empty_database(tmp_path):
     result = invoke("runs", "--db", path)
     assert result.exit_code == 0
     assert "No runs in" in result.output and "yet" in result.output
+
+
+# -- read-only storage ------------------------------------------------------------------------
+
+
+def test_a_database_on_read_only_storage_is_listed_shown_and_reported(
+    monkeypatch, capsys, db, tmp_path
+):
+    folder = tmp_path / "stored"
+    folder.mkdir()
+    (folder / "runs.db").write_bytes(db.read_bytes())
+    with read_only_folder(folder) as read_only:
+        path = read_only / "runs.db"
+        listed = invoke("runs", "--db", path)
+        shown = invoke("show", "alpha", "--db", path)
+        code, _, err = run_main(
+            monkeypatch, capsys, "report", "alpha", "--db", path, "-o", read_only / "r.html"
+        )
+        written = invoke("report", "alpha", "--db", path, "-o", tmp_path / "r.html")
+    assert listed.exit_code == 0 and "alpha" in listed.output and "beta" in listed.output
+    assert shown.exit_code == 0 and "gradient flow at step 6" in shown.output
+    assert_one_line_error(code, err, "Cannot write the report to", str(read_only / "r.html"))
+    assert written.exit_code == 0 and (tmp_path / "r.html").stat().st_size > 0
+
+
+def test_writing_to_read_only_storage_is_one_line_naming_the_path(
+    monkeypatch, capsys, db, tmp_path
+):
+    folder = tmp_path / "stored"
+    folder.mkdir()
+    (folder / "runs.db").write_bytes(db.read_bytes())
+    with read_only_folder(folder) as read_only:
+        path = read_only / "runs.db"
+        code, _, err = run_main(monkeypatch, capsys, "diagnose", "alpha", "--db", path)
+    line = assert_one_line_error(code, err, "Cannot write the run database", "read-only")
+    assert str(path) in line and "--db PATH" in line
 
 
 def test_runs_on_a_missing_database(monkeypatch, capsys, tmp_path):

@@ -18,7 +18,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from ._version import __version__
-from .errors import BackprobeError
+from .diagnose.training import UpdateRule  # numpy only: --help stays quick
+from .errors import BackprobeError, CheckInputError, RunDatabaseError
 from .store.db import DB_ENV, DEFAULT_DB
 
 app = typer.Typer(
@@ -85,11 +86,8 @@ def runs(db: DbOption = DEFAULT_DB) -> None:
     """List the runs stored in the run database, oldest first."""
     from .store.db import RunDatabase
 
-    database = RunDatabase(db)
-    try:
+    with RunDatabase(db, read_only=True) as database:
         infos = database.runs()
-    finally:
-        database.close()
     # escape(): names and paths are text, not rich markup ("net[relu]", "a[/b]")
     table = Table(
         title=f"runs in {escape(str(db))}",
@@ -164,7 +162,8 @@ def diagnose(
         typer.Option(help="Learning rate, to size the updates (default: the run's 'lr')."),
     ] = None,
     optimizer: Annotated[
-        str, typer.Option(help="'sgd' (update lr·|g|) or 'adam' (update lr per element).")
+        UpdateRule,
+        typer.Option(help="'sgd' (update lr·|g|) or 'adam' (update lr per element)."),
     ] = "sgd",
 ) -> None:
     """Diagnose a stored run (also a crashed or interrupted one): findings with their
@@ -204,7 +203,7 @@ def check(
     """Before training: will this model's gradients vanish or explode? One forward and
     backward pass on a random batch at initialisation; prints the verdict, the mean-field
     and Jacobian predictions, and findings with remedies."""
-    from .diagnose.check import CheckInputError, build_model, check, parse_shape
+    from .diagnose.check import build_model, check, parse_shape
     from .diagnose.finding import SEVERITIES
     from .report.text import print_findings
 
@@ -335,12 +334,31 @@ def lab_table(
     print_rows(Console(), results_rows(db, names))
 
 
+#: Added to run-database errors: the library's messages speak of Python, not of options.
+DB_HINT = f"With the command line, --db PATH or {DB_ENV}=PATH names another run database."
+
+
+def _usage_error_line(exc: Exception) -> str | None:
+    """One line for a click usage error (unknown option, missing argument, bad value),
+    recognised by its interface: recent typer vendors click, so `import click` may fail.
+    None for anything else."""
+    message = getattr(exc, "format_message", None)
+    if not callable(message) or not isinstance(getattr(exc, "exit_code", None), int):
+        return None
+    ctx = getattr(exc, "ctx", None)
+    where = getattr(ctx, "command_path", None) or "backprobe"
+    text = " ".join(str(message()).split())
+    return f"backprobe: error: {text} (see `{where} --help`)"
+
+
 def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit status 1."""
+    """Console entry point: a user's error (a run database, a value, a usage error such as
+    an unknown option) becomes one line on stderr and exit status 1, no traceback."""
     try:
         app(standalone_mode=False)
     except BackprobeError as exc:
-        print(f"backprobe: error: {exc}", file=sys.stderr)
+        hint = f" {DB_HINT}" if isinstance(exc, RunDatabaseError) else ""
+        print(f"backprobe: error: {exc}{hint}", file=sys.stderr)
         sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -351,13 +369,14 @@ def main() -> None:
         print("backprobe: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:
-        # click's usage errors, recognised by their interface: recent typer vendors click
-        # (typer._click), so `import click` may fail.
-        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
-        if callable(show) and isinstance(code, int):
-            show()
-            sys.exit(code)
-        raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `backprobe`: its help, as `-h`
+            print(exc.format_message())  # type: ignore[attr-defined]  # a click exception
+            sys.exit(0)
+        line = _usage_error_line(exc)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

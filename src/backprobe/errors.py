@@ -21,7 +21,13 @@ class UnsupportedModuleError(BackprobeError, TypeError):
 
 
 class RunDatabaseError(BackprobeError):
-    """A run database is missing, corrupt, foreign, or of a newer schema."""
+    """A run database is missing, corrupt, foreign, of a newer schema, or on storage that
+    cannot be written (for a writer)."""
+
+
+class ReportPathError(BackprobeError, ValueError):
+    """A report cannot be written where it was asked to be: a folder, or read-only
+    storage."""
 
 
 class RunNotFoundError(BackprobeError, LookupError):
@@ -48,3 +54,8 @@ class RemedyError(BackprobeError, ValueError):
 class LabConfigError(BackprobeError, ValueError):
     """A lab experiment was asked for by an unknown name, variant or setting, or a setting
     was given a value of the wrong type."""
+
+
+class CheckInputError(BackprobeError, ValueError):
+    """``bp.check`` / ``backprobe check`` was given a model, batch, factory or shape it
+    cannot use."""

@@ -14,13 +14,14 @@ from torch import nn
 
 import backprobe as bp
 from backprobe.diagnose.check import (
-    CheckInputError,
+    FACTORY_NAMES_SHOWN,
     _jacobians_by_replicas,
     build_model,
     load_factory,
     parse_shape,
 )
 from backprobe.diagnose.model_rules import mlp_stack
+from backprobe.errors import BackprobeError, CheckInputError
 from backprobe.lab.models import DeepMLP
 from backprobe.theory.jacobian import jacobian_singular_values
 from backprobe.theory.meanfield import chi1
@@ -182,6 +183,33 @@ def test_load_factory_errors(tmp_path, monkeypatch):
             build_model(spec)
         assert "\n" not in str(info.value)
     assert callable(load_factory("zoo_models:good"))
+
+
+def test_an_unknown_factory_lists_the_first_callables_and_counts_the_rest(tmp_path):
+    names = [f"make_{i:02d}" for i in range(FACTORY_NAMES_SHOWN + 3)]
+    module = tmp_path / "many_models.py"
+    module.write_text("".join(f"def {n}():\n    return None\n" for n in names))
+    with pytest.raises(CheckInputError) as info:
+        load_factory(f"{module}:missing")
+    assert ", ".join(names[:FACTORY_NAMES_SHOWN]) + " … and 3 more." in str(info.value)
+    module.write_text("def only():\n    return None\n")
+    with pytest.raises(CheckInputError, match=r"Callables there: only\.$"):
+        load_factory(f"{module}:missing")
+
+
+def test_check_input_error_is_a_backprobe_error_from_the_errors_module():
+    assert issubclass(CheckInputError, BackprobeError)
+    assert CheckInputError.__module__ == "backprobe.errors"
+
+
+def test_a_slice_of_a_check_result_keeps_what_it_was_made_from():
+    result = bp.check(DeepMLP(16, 64, 12, 4, activation="sigmoid"), input_shape=(32, 16))
+    assert len(result) >= 2
+    first = result[:1]
+    assert type(first) is type(result) and list(first) == list(result)[:1]
+    assert (first.verdict, first.run, first.seconds) == (result.verdict, result.run, result.seconds)
+    assert first.worst == result[0].severity
+    assert [f.kind for f in result] == [result[i].kind for i in range(len(result))]
 
 
 def test_stacked_lstm_with_dropout_and_token_inputs():

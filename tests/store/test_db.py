@@ -15,12 +15,15 @@ import torch
 from numpy.testing import assert_allclose, assert_array_equal
 
 import backprobe as bp
+from backprobe.diagnose.storage import save_findings
 from backprobe.errors import BackprobeError, RunDatabaseError, RunNotFoundError
 from backprobe.report.text import print_summary
 from backprobe.store import ALL_SERIES, RunDatabase, open_run
 from backprobe.store.db import APPLICATION_ID, SCHEMA_VERSION
+from backprobe.store.writer import RunWriter
 
 from .helpers import LAYERS, record, tiny_mlp
+from .read_only import read_only_folder
 
 STEPS = 9
 EVERY = 2
@@ -277,6 +280,78 @@ def test_folder_is_refused(tmp_path, create):
     with pytest.raises(RunDatabaseError, match="is a folder"):
         RunDatabase(tmp_path, create=create)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_library_errors_do_not_speak_of_command_line_options(tmp_path, bad_file):
+    """A Python user cannot "pass --db": the library says what to do in its own terms."""
+    messages = []
+    for path in (tmp_path / "missing.db", bad_file[0]):
+        with pytest.raises(RunDatabaseError) as err:
+            RunDatabase(path)
+        messages.append(str(err.value))
+    assert not [m for m in messages if "--db" in m or "BACKPROBE_DB" in m], messages
+
+
+# -- read-only storage -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def stored_folder(tmp_path):
+    """A folder holding runs.db with one finished run "kept" of 3 steps."""
+    folder = tmp_path / "runs"
+    record(folder / "runs.db", name="kept", steps=3)
+    return folder
+
+
+def test_a_database_on_read_only_storage_is_listed_and_read(stored_folder):
+    """Regression: SQLite could not make its WAL index beside the file, and the reader
+    called a valid database "not a backprobe run database"."""
+    assert sorted(p.name for p in stored_folder.iterdir()) == ["runs.db"]
+    with read_only_folder(stored_folder) as folder:
+        with RunDatabase(folder / "runs.db", read_only=True) as database:
+            assert [(r.name, r.status, r.steps) for r in database.runs()] == [
+                ("kept", "finished", 3)
+            ]
+        read_there = open_run(folder / "runs.db", "kept").history("grad_norm")
+    assert_array_equal(read_there, open_run(stored_folder / "runs.db", "kept").history("grad_norm"))
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda folder: RunWriter(folder / "runs.db", "more", {}, {}),
+        lambda folder: RunWriter(folder / "new.db", "more", {}, {}),
+        lambda folder: RunWriter(folder / "sub" / "runs.db", "more", {}, {}),
+        lambda folder: save_findings(folder / "runs.db", "kept", []),
+    ],
+    ids=["existing-file", "new-file", "new-folder", "findings"],
+)
+def test_writing_to_read_only_storage_is_one_line_naming_the_path(stored_folder, write):
+    before = (stored_folder / "runs.db").read_bytes()
+    with read_only_folder(stored_folder) as folder:
+        with pytest.raises(RunDatabaseError, match="read-only") as err:
+            write(folder)
+        assert str(folder) in str(err.value)
+        assert "writable" in str(err.value) and "\n" not in str(err.value)
+    assert (stored_folder / "runs.db").read_bytes() == before
+
+
+def test_readers_open_the_file_read_only(stored_folder):
+    """Through the read-only URI even root cannot write: a reader never changes a file."""
+    with (
+        RunDatabase(stored_folder / "runs.db", read_only=True) as database,
+        pytest.raises(sqlite3.OperationalError, match="readonly"),
+    ):
+        database.conn.execute("DELETE FROM runs")
+    with RunDatabase(stored_folder / "runs.db") as database:
+        assert [r.name for r in database.runs()] == ["kept"]
+
+
+def test_the_database_closes_at_the_end_of_a_with_block(stored_folder):
+    with RunDatabase(stored_folder / "runs.db") as database:
+        assert database.runs()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        database.conn.execute("SELECT 1")
 
 
 def test_errors_are_backprobe_errors():

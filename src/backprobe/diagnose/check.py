@@ -25,11 +25,12 @@ import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import SupportsIndex, overload
 
 import torch
 from torch import nn
 
-from ..errors import BackprobeError
+from ..errors import BackprobeError, CheckInputError
 from ..probe import Probe
 from ..probe.outputs import floating_tensors
 from ..store.view import RunView
@@ -46,16 +47,13 @@ from .verdict import Verdict, verdict
 #: backward pass of that many copies of an example); above, the top ``JACOBIAN_TOP_K``.
 JACOBIAN_REPLICA_ROWS = 256
 JACOBIAN_TOP_K = 8
+#: Callables named when a factory is not found in its module (the rest are counted).
+FACTORY_NAMES_SHOWN = 8
 
 
-class CheckInputError(BackprobeError, ValueError):
-    """``bp.check`` / ``backprobe check`` was given a model, batch, factory or shape it
-    cannot use."""
-
-
-class CheckResult(list):
+class CheckResult(list[Finding]):
     """The findings of a check (a ``list[Finding]``, most severe first) and what they
-    were made from.
+    were made from; a slice (``result[:3]``) is a CheckResult with the same attributes.
 
     Attributes:
         verdict: the one-line verdict on the recorded step (``verdict.status``:
@@ -85,6 +83,25 @@ class CheckResult(list):
         self.jacobian = jacobian
         self.jacobian_note = jacobian_note
         self.seconds = seconds
+
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> Finding: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> CheckResult: ...
+
+    def __getitem__(self, index: SupportsIndex | slice) -> Finding | CheckResult:
+        if not isinstance(index, slice):
+            return super().__getitem__(index)
+        return CheckResult(
+            super().__getitem__(index),
+            self.verdict,
+            self.run,
+            self.mean_field,
+            self.jacobian,
+            self.jacobian_note,
+            self.seconds,
+        )
 
     @property
     def worst(self) -> str:
@@ -280,11 +297,11 @@ def check(
                 try:
                     output = _call(model, x)
                 except Exception as exc:
-                    shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                    given = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
                     raise CheckInputError(
-                        f"The model's forward failed on an input of shape {shape}: "
+                        f"The model's forward failed on an input of shape {given}: "
                         f"{_first_line(exc)}. Pass an input of the shape the model takes "
-                        "(batch first), e.g. --input-shape 32,784."
+                        "(batch first), e.g. input_shape=(32, 784)."
                     ) from exc
                 loss = _loss(output, y, loss_fn, seed)
                 loss.backward()
@@ -408,9 +425,17 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
         names = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
         raise CheckInputError(
             f"Module {module_name!r} has no callable {attr!r}. Callables there: "
-            f"{', '.join(names[:8]) or 'none'}."
+            f"{_first_names(names)}."
         )
     return factory
+
+
+def _first_names(names: list[str], shown: int = FACTORY_NAMES_SHOWN) -> str:
+    """``a, b, c`` or ``a, b, c … and 5 more``; ``none`` for no name."""
+    if not names:
+        return "none"
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" … and {more} more" if more > 0 else "")
 
 
 def build_model(spec: str) -> nn.Module:

@@ -15,21 +15,15 @@ from .finding import Finding
 def save_findings(db: str | os.PathLike, run: int | str, findings: list[Finding]) -> int:
     """Store ``findings`` for ``run`` (id or name), replacing earlier ones; returns the
     run id."""
-    database = RunDatabase(db)
-    try:
+    with RunDatabase(db) as database:
         run_id = database.resolve(run)
         database.save_findings(run_id, [f.to_dict() for f in findings])
-    finally:
-        database.close()
     return run_id
 
 
 def load_findings(db: str | os.PathLike, run: int | str) -> list[Finding]:
     """The findings stored for ``run`` (id or name), in the order they were saved (most
     severe first); empty when the run was never diagnosed."""
-    database = RunDatabase(db)
-    try:
+    with RunDatabase(db, read_only=True) as database:
         rows = database.load_findings(database.resolve(run))
-    finally:
-        database.close()
     return [Finding.from_dict(row) for row in rows]

@@ -14,7 +14,9 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -25,7 +27,7 @@ import numpy as np
 from .._format import compact_number
 from .._version import __version__
 from ..diagnose.rules import diagnose
-from ..errors import BackprobeError
+from ..errors import BackprobeError, ReportPathError
 from .text import log_span
 
 if TYPE_CHECKING:
@@ -346,11 +348,29 @@ def write_report(
     path: str | Path = "report.html",
     **options: Any,
 ) -> Path:
-    """Write :func:`render_report` to ``path`` (folders created); returns the path."""
+    """Write :func:`render_report` to ``path`` (folders created); returns the path.
+
+    A folder, or a path on read-only storage, is refused before anything is drawn."""
     path = Path(path)
     if path.is_dir():
-        raise BackprobeError(f"{path} is a folder; expected an HTML file name, e.g. report.html.")
+        raise ReportPathError(f"{path} is a folder; expected an HTML file name, e.g. report.html.")
+    with _writing_to(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path.parent, os.W_OK):
+            raise PermissionError(f"the folder {path.parent} is not writable")
     text = render_report(runs, **options)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    with _writing_to(path):
+        path.write_text(text, encoding="utf-8")
     return path
+
+
+@contextmanager
+def _writing_to(path: Path) -> Iterator[None]:
+    """An OSError (read-only storage, no permission) as a one-line error naming the path."""
+    try:
+        yield
+    except OSError as exc:
+        raise ReportPathError(
+            f"Cannot write the report to {path}: {exc.strerror or exc}. Expected a path on "
+            "writable storage; give another file name."
+        ) from exc

@@ -3,17 +3,23 @@
 Opening checks that the file is a backprobe run database of a schema this version
 reads; a corrupt or foreign file is refused with a clear error and never overwritten.
 WAL mode and a busy timeout let several processes write different runs at once.
+Readers open the file read-only, so a database on read-only storage can be listed and
+shown; a writer there fails at once with one line that names the path.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 from .._version import __version__
 from ..errors import RunDatabaseError, RunNotFoundError
@@ -25,6 +31,8 @@ SCHEMA_VERSION = 2
 #: SQLite header field identifying our files (ASCII "BPRB").
 APPLICATION_ID = 0x42505242
 BUSY_TIMEOUT_S = 30.0
+#: SQLite's primary result codes that mean "this storage cannot be written here".
+_READ_ONLY_CODES = (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -96,31 +104,101 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _is_read_only_storage(exc: BaseException) -> bool:
+    """Whether SQLite or the OS refused because the file or its folder cannot be written."""
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", 0) & 0xFF in _READ_ONLY_CODES
+    return isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EROFS
+
+
+def _folder_is_writable(path: Path) -> bool:
+    return os.access(path.absolute().parent, os.W_OK)
+
+
 class RunDatabase:
-    """An open run database file.
+    """An open run database file; a context manager that closes it.
 
     ``create=True`` makes the file (and its folder) if missing; otherwise a missing file
-    is an error. The connection is usable from any thread; callers serialise access.
+    is an error. ``read_only=True`` opens it for reading only (what ``open_run`` and the
+    listing do), which also works on read-only storage. The connection is usable from
+    any thread; callers serialise access.
     """
 
-    def __init__(self, path: str | os.PathLike, *, create: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike, *, create: bool = False, read_only: bool = False
+    ) -> None:
         self.path = Path(path)
+        self.read_only = read_only and not create
         if not self.path.exists():
             if not create:
                 raise RunDatabaseError(
                     f"No run database at {self.path}. Record a run first (bp.Probe(model, "
-                    f"db='{self.path}') or `backprobe demo`), or pass --db / set {DB_ENV}."
+                    f"db='{self.path}')), or give the path of an existing run database."
                 )
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._writing():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
         elif self.path.is_dir():
             raise RunDatabaseError(f"{self.path} is a folder; expected a run database file.")
-        self.conn = sqlite3.connect(
-            self.path,
+        with self._writing():
+            self.conn = self._connect()
+        self._check_or_create(create)
+
+    def __enter__(self) -> RunDatabase:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        target: str | Path = self.path
+        if self.read_only:
+            # mode=ro: a reader never writes, so the file may sit on read-only storage.
+            # In WAL mode a reader still needs the "-shm" index beside the file, and
+            # SQLite cannot make one in a folder nobody may write to: there, immutable=1
+            # reads the file without locks or index. That is only right when no writer
+            # can exist (a writable folder may hold a live writer) and when no "-wal"
+            # file holds committed pages the main file lacks.
+            target = f"{self.path.absolute().as_uri()}?mode=ro"
+            wal = self.path.with_name(self.path.name + "-wal")
+            if not _folder_is_writable(self.path) and not (wal.exists() and wal.stat().st_size):
+                target += "&immutable=1"
+        return sqlite3.connect(
+            target,
             timeout=BUSY_TIMEOUT_S,
             check_same_thread=False,
             isolation_level=None,  # explicit BEGIN/COMMIT where we write
+            uri=self.read_only,
         )
-        self._check_or_create(create)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Turns "read-only storage" from SQLite or the OS into a one-line error."""
+        try:
+            yield
+        except (sqlite3.Error, OSError) as exc:
+            if not _is_read_only_storage(exc):
+                raise
+            if getattr(self, "conn", None) is not None:
+                self.conn.close()
+            raise self._read_only_error(exc) from exc
+
+    def _read_only_error(self, exc: BaseException) -> RunDatabaseError:
+        if self.read_only:  # a "-wal" file beside it, and no index SQLite may create
+            return RunDatabaseError(
+                f"Cannot read the run database {self.path}: SQLite needs to write beside "
+                f"it and its folder is read-only ({exc}). Copy the file (with its -wal "
+                "file) to a writable folder and open the copy."
+            )
+        return RunDatabaseError(
+            f"Cannot write the run database {self.path}: the file or its folder is "
+            f"read-only ({exc}). Record to a run database on writable storage, or copy "
+            "this one to a writable folder."
+        )
 
     def _check_or_create(self, create: bool) -> None:
         c = self.conn
@@ -132,9 +210,11 @@ class RunDatabase:
             c.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             c.close()
+            if _is_read_only_storage(exc):
+                raise self._read_only_error(exc) from exc
             raise RunDatabaseError(
                 f"{self.path} is not a backprobe run database (SQLite says: {exc}). "
-                "It was left untouched; pass another path with --db."
+                "It was left untouched; give the path of a run database instead."
             ) from exc
         if app_id == APPLICATION_ID:
             self._check_version()
@@ -143,14 +223,15 @@ class RunDatabase:
         elif not create:
             self._refuse("it is empty")
         else:
-            self._create_schema()
+            with self._writing():
+                self._create_schema()
         c.execute("PRAGMA foreign_keys=ON")
 
     def _refuse(self, why: str) -> None:
         self.conn.close()
         raise RunDatabaseError(
             f"{self.path} is not a backprobe run database: {why}. It was left untouched; "
-            "pass another path with --db."
+            "give the path of a run database instead."
         )
 
     def _check_version(self) -> None:
@@ -162,13 +243,23 @@ class RunDatabase:
             self._refuse("its meta table has no schema version")
         version = int(row[0])
         if version < SCHEMA_VERSION:
-            self._upgrade_from_1()
+            if self.read_only:
+                self._upgrade_then_reopen()
+            else:
+                with self._writing():
+                    self._upgrade_from_1()
         elif version > SCHEMA_VERSION:
             self.conn.close()
             raise RunDatabaseError(
                 f"{self.path} has run database schema {version}, newer than this backprobe "
                 f"({__version__}) reads (schema {SCHEMA_VERSION}). Upgrade backprobe."
             )
+
+    def _upgrade_then_reopen(self) -> None:
+        """A reader of an old-schema file: upgrade it with a writer, then read again."""
+        self.conn.close()
+        RunDatabase(self.path).close()
+        self.conn = self._connect()
 
     def _upgrade_from_1(self) -> None:
         """Bring a schema-1 file up to date in one transaction (the runs are kept)."""
@@ -229,22 +320,25 @@ class RunDatabase:
     # -- runs ---------------------------------------------------------------------------
 
     def create_run(self, name: str, config: dict, model: dict) -> int:
+        """A new run marked running by this process; returns its id."""
         now = time.time()
-        cur = self.conn.execute(
-            "INSERT INTO runs(name, status, created, updated, pid, host, backprobe_version, "
-            "config, model) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?)",
-            (
-                name,
-                now,
-                now,
-                os.getpid(),
-                socket.gethostname(),
-                __version__,
-                json.dumps(config, default=str),
-                json.dumps(model, default=str),
-            ),
-        )
-        return int(cur.lastrowid)
+        with self._writing():
+            cur = self.conn.execute(
+                "INSERT INTO runs(name, status, created, updated, pid, host, backprobe_version, "
+                "config, model) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    now,
+                    now,
+                    os.getpid(),
+                    socket.gethostname(),
+                    __version__,
+                    json.dumps(config, default=str),
+                    json.dumps(model, default=str),
+                ),
+            )
+        assert cur.lastrowid is not None  # set by every INSERT
+        return cur.lastrowid
 
     def runs(self) -> list[RunInfo]:
         """All runs, oldest first."""
@@ -312,6 +406,10 @@ class RunDatabase:
     def save_findings(self, run_id: int, findings: list[dict]) -> None:
         """Replace the run's stored findings by ``findings`` (``Finding.to_dict()``s), in
         one transaction, keeping their order."""
+        with self._writing():
+            self._replace_findings(run_id, findings)
+
+    def _replace_findings(self, run_id: int, findings: list[dict]) -> None:
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:

@@ -15,8 +15,7 @@ class StoredRun(RunView):
     """A run read back from a run database; also one whose process died."""
 
     def __init__(self, path: str | os.PathLike, run: int | str) -> None:
-        self._db = RunDatabase(path)
-        try:
+        with RunDatabase(path, read_only=True) as self._db:
             self.id = self._db.resolve(run)
             self.info: RunInfo = next(r for r in self._db.runs() if r.id == self.id)
             rows = self._db.conn.execute(
@@ -27,8 +26,6 @@ class StoredRun(RunView):
             self._layers = [LayerInfo(i, n, t, f, p, bool(z)) for i, n, t, f, p, z in rows]
             self._series = self._load_series()
             self._profiles = self._load_profiles()
-        finally:
-            self._db.close()
 
     def _load_series(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         rows = self._db.conn.execute(
@@ -70,7 +67,7 @@ class StoredRun(RunView):
         return list(self._layers)
 
     @cached_property
-    def steps(self) -> np.ndarray:  # type: ignore[override]
+    def steps(self) -> np.ndarray:
         return self._series.get("loss", (np.zeros(0, np.int64), None))[0]
 
     def _stored(self, stat: str) -> np.ndarray:
