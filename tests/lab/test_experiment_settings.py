@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,6 +18,7 @@ from backprobe.lab.experiments import (
     parse_settings,
     plan,
 )
+from backprobe.lab.experiments.bounds import UNBOUNDED, Bound, bounds_of
 
 
 @dataclass(frozen=True)
@@ -102,3 +105,59 @@ def test_unknown_names_are_user_errors() -> None:
         plan(get_experiment("adding"), variants=["lstm"])
     with pytest.raises(LabConfigError, match="seeds"):
         plan(get_experiment("adding"), seeds=0)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("steps=0", "steps.*expects int > 0, got '0'.*default 4000"),
+        ("lr=-1", "lr.*expects float > 0, got '-1'"),
+        ("lr=nan", "lr.*expects float > 0, got 'nan'"),
+        ("momentum=1", r"momentum.*expects float in \[0, 1\), got '1'"),
+        ("clip=-0.5", "clip.*expects float >= 0"),
+        ("embed=0", r"embed.*expects int > 0 \| none, got '0'"),
+        ("length=1", "length.*expects int >= 2"),
+        ("forget_bias=inf", "forget_bias.*expects float, got 'inf'"),
+    ],
+)
+def test_settings_out_of_bounds_are_user_errors(setting: str, message: str) -> None:
+    with pytest.raises(LabConfigError, match=message):
+        parse_settings(get_experiment("adding").config, [setting], "adding")
+
+
+def test_a_config_narrows_the_shared_bounds() -> None:
+    config = get_experiment("temporal-order").config
+    assert parse_settings(config, ["length=10", "symbols=3"]) == {"length": 10, "symbols": 3}
+    with pytest.raises(LabConfigError, match=r"length.*expects int >= 10, got '9'"):
+        parse_settings(config, ["length=9"])
+    with pytest.raises(LabConfigError, match=r"symbols.*one of 2, 3"):
+        parse_settings(config, ["symbols=4"])
+    with pytest.raises(LabConfigError, match="Unknown setting 'bounds'"):
+        parse_settings(config, ["bounds=1"])  # a class attribute, not a setting
+
+
+def test_every_numeric_setting_has_bounds_that_its_configs_keep() -> None:
+    """A new numeric setting needs an entry in BOUNDS (or UNBOUNDED), and every variant's
+    full and quick config lies within the bounds."""
+    for e in experiments():
+        hints = typing.get_type_hints(e.config)
+        bounds = bounds_of(e.config)
+        for f in dataclasses.fields(e.config):
+            numeric = {int, float} & set(typing.get_args(hints[f.name]) or [hints[f.name]])
+            if numeric and f.name not in UNBOUNDED:
+                assert f.name in bounds, (e.name, f.name)
+        for overrides in e.variants.values():
+            for quick in ({}, e.quick):
+                config = dataclasses.asdict(make_config(e.config, overrides, quick))
+                for name, bound in bounds.items():
+                    value = config.get(name)
+                    if isinstance(value, int | float):
+                        assert bound.holds(value), (e.name, name, value)
+
+
+def test_bounds_read_as_ranges() -> None:
+    assert str(Bound(0, low_open=True)) == "> 0"
+    assert str(Bound(2)) == ">= 2"
+    assert str(Bound(0, 1, high_open=True)) == "in [0, 1)"
+    assert Bound(0, 1, low_open=True).holds(1.0) and not Bound(0, 1, low_open=True).holds(0.0)
+    assert not Bound(0).holds(math.inf)

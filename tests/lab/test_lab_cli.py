@@ -9,6 +9,7 @@ import pytest
 
 from backprobe.cli import main
 from backprobe.lab.experiments.results import write_results
+from backprobe.lab.experiments.table import collect
 
 
 def _main(monkeypatch, capsys, *args: object) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
@@ -66,3 +67,24 @@ def test_user_errors_are_one_line(monkeypatch, capsys, tmp_path, args, message) 
     code, _out, err = _main(monkeypatch, capsys, *args, "--db", tmp_path / "runs.db")
     assert code == 1
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("adding", "--set", "steps=0"), "Setting steps of experiment 'adding' expects int > 0"),
+        (("adding", "--set", "lr=-1"), "Setting lr of experiment 'adding' expects float > 0"),
+        (("temporal-order", "--set", "momentum=1.5"), "momentum"),
+        (("temporal-order", "--set", "symbols=4"), "expects one of 2, 3, got '4'"),
+        (("esn", "--set", "test_fraction=1"), "test_fraction"),
+        (("latch", "--set", "noise=-0.1"), "noise"),
+    ],
+)
+def test_settings_out_of_bounds_fail_in_one_line_before_any_run(  # type: ignore[no-untyped-def]
+    monkeypatch, capsys, tmp_path, args, message
+) -> None:
+    db = tmp_path / "runs.db"
+    code, _out, err = _main(monkeypatch, capsys, "lab", "run", *args, "--quick", "--db", db)
+    assert code == 1
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not db.exists() or not collect(db)  # no run was started, so none failed

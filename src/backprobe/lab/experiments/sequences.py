@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from ..tasks import (
     temporal_order_task,
 )
 from .base import Expectation, Experiment, RunContext
+from .bounds import Bound
 from .registry import register
 from .summaries import reach_rows
 from .training import Loop, OptimizerName, build_optimizer, train
@@ -257,8 +258,10 @@ class TemporalOrderConfig(SequenceConfig):
     et al.'s setting: 50 tanh units, SGD lr 0.01, batch 20; the test error on
     ``n_test`` = 10,000 fresh sequences (solved: < 1 %)."""
 
+    bounds: ClassVar[dict[str, Bound]] = {"length": Bound(10)}  # room for both symbols
+
     length: int = 50
-    symbols: int = 2
+    symbols: Literal[2, 3] = 2
     hidden: int = 50
     optimizer: OptimizerName = "sgd"
     lr: float = 0.01

@@ -2,28 +2,36 @@
 
 Every value is parsed by the type of its field: ``int`` (``--set steps=2000``), ``float``
 (``lr=1e-3``), ``bool`` (``true/false/yes/no/1/0``), ``str``, a ``Literal`` (one of its
-values), or any of these ``| None`` (``none``). Unknown keys and values of the wrong type
-are user errors that name the field, its type and the accepted keys.
+values), or any of these ``| None`` (``none``), and a number must lie within its
+setting's bounds (:mod:`~backprobe.lab.experiments.bounds`: ``steps`` > 0, ``lr`` > 0,
+``momentum`` in [0, 1), …). Unknown keys, values of the wrong type and values out of
+bounds are user errors, raised before any run starts, that name the field, what it
+accepts and the accepted keys.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_args, get_origin
 
 from ...errors import LabConfigError
+from .bounds import bounds_of
 
-__all__ = ["describe_type", "make_config", "parse_settings"]
+__all__ = ["describe_setting", "describe_type", "make_config", "parse_settings"]
 
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
 
 
 def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    """The type of each field of the config dataclass ``cls`` (class attributes such as
+    its ``bounds`` are no settings)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def _options(tp: Any) -> tuple[list[Any], bool]:
@@ -46,6 +54,26 @@ def describe_type(tp: Any) -> str:
     return " | ".join(parts) + (" | none" if optional else "")
 
 
+def describe_setting(cls: type, name: str) -> str:
+    """A setting's type and bounds: ``int > 0``, ``float in [0, 1) | none``."""
+    tp = _field_types(cls)[name]
+    bound = bounds_of(cls).get(name)
+    if bound is None:
+        return describe_type(tp)
+    members, optional = _options(tp)
+    numbers = " | ".join(getattr(m, "__name__", str(m)) for m in members)
+    return f"{numbers} {bound}" + (" | none" if optional else "")
+
+
+def _within_bounds(cls: type, key: str, value: Any) -> bool:
+    """Whether a parsed ``value`` of setting ``key`` is finite and within its bounds (a
+    non-number, None included, has none to check)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return True
+    bound = bounds_of(cls).get(key)
+    return math.isfinite(value) if bound is None else bound.holds(value)
+
+
 def _parse_one(tp: Any, text: str) -> Any:
     if tp is bool:
         low = text.strip().lower()
@@ -57,8 +85,7 @@ def _parse_one(tp: Any, text: str) -> Any:
     if tp is int:
         return int(text.strip().replace("_", ""))
     if tp is float:
-        value = float(text)
-        return value
+        return float(text)
     if tp is str:
         return text
     if get_origin(tp) is Literal:
@@ -86,9 +113,10 @@ def parse_settings(cls: type, settings: Sequence[str], experiment: str = "") -> 
 
     Raises:
         LabConfigError: a setting without ``=``, an unknown key, or a value that its
-            field's type does not accept.
+            field's type or bounds do not accept.
     """
     hints = _field_types(cls)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     where = f" of experiment {experiment!r}" if experiment else ""
     parsed: dict[str, Any] = {}
     for item in settings:
@@ -102,11 +130,18 @@ def parse_settings(cls: type, settings: Sequence[str], experiment: str = "") -> 
                 "(`backprobe lab list --settings` shows them with their types)."
             )
         try:
-            parsed[key] = _parse(hints[key], text)
+            value = _parse(hints[key], text)
         except ValueError:
-            raise LabConfigError(
-                f"Setting {key}{where} expects {describe_type(hints[key])}, got {text!r}."
-            ) from None
+            expected = describe_type(hints[key])
+        else:
+            if _within_bounds(cls, key, value):
+                parsed[key] = value
+                continue
+            expected = describe_setting(cls, key)
+        raise LabConfigError(
+            f"Setting {key}{where} expects {expected}, got {text!r}; pass such a value, or "
+            f"leave it out for the default {defaults[key]!r}."
+        )
     return parsed
 
 

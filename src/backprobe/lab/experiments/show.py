@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import typing
 from collections.abc import Sequence
 
 from rich import box
@@ -16,7 +15,7 @@ from rich.table import Table
 from ..._format import compact_number
 from .base import Experiment, Row
 from .runner import JobResult
-from .settings import describe_type
+from .settings import describe_setting
 
 __all__ = ["print_experiments", "print_results", "print_rows"]
 
@@ -42,13 +41,14 @@ def print_experiments(
         console.print("`backprobe lab list --settings` shows every experiment's settings.")
         return
     for e in items:
-        hints = typing.get_type_hints(e.config)
         t = Table(title=e.name, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
         for header in ("setting", "type", "full", "quick"):
             t.add_column(header)
         for f in dataclasses.fields(e.config):
             quick = e.quick.get(f.name, "")
-            t.add_row(f.name, escape(describe_type(hints[f.name])), str(f.default), str(quick))
+            t.add_row(
+                f.name, escape(describe_setting(e.config, f.name)), str(f.default), str(quick)
+            )
         console.print(t)
         console.print("variants: " + ", ".join(e.variants))
 
