@@ -14,9 +14,9 @@ from torch import nn
 from backprobe.errors import BackprobeError
 from backprobe.theory.meanfield import (
     ACTIVATIONS,
-    Activation,
     FixedPointError,
     MeanField,
+    MeanFieldActivation,
     TheoryInputError,
     activation_names,
     chi1,
@@ -106,7 +106,7 @@ def test_a_user_pair_of_functions_numpy_or_torch_gives_the_builtin_answer() -> N
     # a leaky ReLU by quadrature, and declared positively homogeneous (closed forms)
     leaky = (lambda x: np.where(x > 0, x, 0.1 * x), lambda x: np.where(x > 0, 1.0, 0.1))
     moment = (1 + 0.01) / 2
-    closed = Activation("leaky", *leaky, homogeneous=(moment, moment))
+    closed = MeanFieldActivation("leaky", *leaky, homogeneous=(moment, moment))
     for activation in (leaky, closed):
         assert q_map(2.0, activation, 1.2, 0.1) == pytest.approx(1.44 * moment * 2 + 0.01)
         assert fixed_point_q(activation, 1.2, 0.1) == pytest.approx(0.01 / (1 - 1.44 * moment))

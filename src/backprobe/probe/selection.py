@@ -2,14 +2,14 @@
 
 By default the probe watches every module that owns parameters directly (``nn.Linear``,
 ``nn.Conv2d``, ``nn.LayerNorm``, a custom module with an ``nn.Parameter`` of its own, …)
-and every activation module (``nn.Sigmoid``, ``nn.ReLU``, …). Containers such as
+and every activation module the activation table knows (``nn.Sigmoid``, ``nn.ReLU``,
+Hugging Face's ``GELUActivation``, …). Containers such as
 ``nn.Sequential`` are not layers: their children are.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -17,57 +17,18 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..activations import ACTIVATION_KINDS, Saturation, activation_kind
 from ..errors import ProbeConfigError
 
 UnsupportedMode = Literal["ignore", "warn", "error"]
 UNSUPPORTED_MODES: tuple[str, ...] = ("ignore", "warn", "error")
 
-#: Activation modules probed by default. Softmax-like modules normalise rather than
-#: activate, and are left out.
-ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Hardtanh,
-    nn.Hardsigmoid,
-    nn.Softsign,
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.PReLU,
-    nn.RReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Softplus,
-    nn.Hardswish,
-    nn.LogSigmoid,
-    nn.Tanhshrink,
-    nn.Softshrink,
-    nn.Hardshrink,
-    nn.Threshold,
-    nn.GLU,
+#: Activation modules probed by default: torch's activation classes in the table
+#: (:mod:`backprobe.activations`), which also recognises Hugging Face and timm classes.
+#: Softmax-like modules normalise rather than activate, and are left out.
+ACTIVATION_TYPES: tuple[type[nn.Module], ...] = tuple(
+    cls for kind in ACTIVATION_KINDS if kind.nonlinear for cls in kind.modules
 )
-
-#: A unit's derivative below this fraction of the activation's maximum derivative counts
-#: as saturated.
-SATURATION_FRACTION = 0.01
-
-
-@dataclass(frozen=True)
-class Saturation:
-    """Saturated outputs of a bounded activation are those with ``|y - center| > half_width``.
-
-    Derived from the output alone, so that in-place activations and activations whose
-    input is gone still work. ``inclusive`` counts ``|y - center| == half_width`` too: a
-    hard clamp's output sits exactly on its bound when saturated.
-    """
-
-    center: float
-    half_width: float
-    inclusive: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,27 +47,22 @@ class ActivationFamily:
 def activation_family(module: nn.Module) -> ActivationFamily | None:
     """The family of an activation module, or ``None`` when saturation and death don't apply.
 
-    Thresholds follow from the derivative written in terms of the output ``y``:
-    sigmoid ``y(1-y)`` (max 1/4), tanh ``1-y²`` (max 1), softsign ``(1-|y|)²`` (max 1),
-    hard-tanh and hard-sigmoid 0 on their flat parts.
+    Read from the activation table: the saturation thresholds there follow from the
+    derivative written in terms of the output, a clamp's from its own bounds.
     """
-    f = SATURATION_FRACTION
-    if isinstance(module, nn.ReLU6):  # a Hardtanh subclass, but a ReLU in spirit
-        return ActivationFamily("relu6", can_die=True)
-    if isinstance(module, nn.ReLU):
-        return ActivationFamily("relu", can_die=True)
-    if isinstance(module, nn.Sigmoid):
-        return ActivationFamily("sigmoid", Saturation(0.5, math.sqrt(0.25 - 0.25 * f)))
-    if isinstance(module, nn.Tanh):
-        return ActivationFamily("tanh", Saturation(0.0, math.sqrt(1.0 - f)))
-    if isinstance(module, nn.Softsign):
-        return ActivationFamily("softsign", Saturation(0.0, 1.0 - math.sqrt(f)))
-    if isinstance(module, nn.Hardtanh):
-        lo, hi = float(module.min_val), float(module.max_val)
-        return ActivationFamily("hardtanh", Saturation((lo + hi) / 2, (hi - lo) / 2, True))
-    if isinstance(module, nn.Hardsigmoid):
-        return ActivationFamily("hardsigmoid", Saturation(0.5, 0.5, True))
-    return None
+    kind = activation_kind(module)
+    if kind is None:
+        return None
+    saturation = kind.saturation_of(module)
+    if saturation is None and not kind.can_die:
+        return None
+    return ActivationFamily(kind.name, saturation, kind.can_die)
+
+
+def is_activation(module: nn.Module) -> bool:
+    """Whether the activation table knows the module as a (non-identity) activation."""
+    kind = activation_kind(module)
+    return kind is not None and kind.nonlinear
 
 
 def owns_parameters(module: nn.Module) -> bool:
@@ -116,7 +72,7 @@ def owns_parameters(module: nn.Module) -> bool:
 
 def is_default_layer(module: nn.Module) -> bool:
     """A module the probe watches when no ``include`` is given."""
-    return owns_parameters(module) or isinstance(module, ACTIVATION_TYPES)
+    return owns_parameters(module) or is_activation(module)
 
 
 def is_unsupported(module: nn.Module) -> bool:
@@ -130,8 +86,9 @@ LayerFilter = str | type[nn.Module] | Sequence[str | type[nn.Module]] | None
 def _as_filters(spec: LayerFilter) -> tuple[list[str], list[type[nn.Module]]]:
     if spec is None:
         return [], []
-    single = isinstance(spec, (str, type)) or not isinstance(spec, Iterable)
-    items: Iterable = [spec] if single else spec
+    items: Iterable[object] = (
+        [spec] if isinstance(spec, (str, type)) or not isinstance(spec, Iterable) else spec
+    )
     patterns: list[str] = []
     types: list[type[nn.Module]] = []
     for item in items:

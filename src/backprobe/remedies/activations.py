@@ -8,7 +8,8 @@ too), at any depth of nesting, by a fresh ``to`` module, in place.
 Activations *called* inside a ``forward`` (``torch.sigmoid(x)``, ``F.sigmoid(x)``,
 ``x.sigmoid()``) are no modules and cannot be replaced from outside. They are found by
 reading the source of the ``forward`` of every model class that is not PyTorch's own
-(``inspect.getsource``), and reported with file and line, and a warning is issued.
+(``inspect.getsource``) for the names the activation table gives them, and reported with
+file and line, and a warning is issued.
 
 Decision: source inspection rather than ``torch.fx`` tracing, because tracing fails on
 the data-dependent control flow that ordinary models have and would then report nothing,
@@ -42,26 +43,10 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..activations import activation_kind
 from ..errors import RemedyError
 
 __all__ = ["FunctionalCall", "SwapReport", "swap_activations_"]
-
-#: Functional names of the activation module types (torch.X, F.X, tensor.X()).
-_FUNCTIONAL: dict[type[nn.Module], tuple[str, ...]] = {
-    nn.Sigmoid: ("sigmoid",),
-    nn.Tanh: ("tanh",),
-    nn.ReLU: ("relu", "relu_"),
-    nn.GELU: ("gelu",),
-    nn.SiLU: ("silu",),
-    nn.ELU: ("elu",),
-    nn.LeakyReLU: ("leaky_relu",),
-    nn.Softplus: ("softplus",),
-    nn.Hardtanh: ("hardtanh",),
-    nn.Hardsigmoid: ("hardsigmoid",),
-    nn.LogSigmoid: ("logsigmoid",),
-    nn.Softsign: ("softsign",),
-    nn.Tanhshrink: ("tanhshrink",),
-}
 
 
 @dataclass(frozen=True)
@@ -174,7 +159,9 @@ def swap_activations_(
                 report.swapped.append(f"{qual}.{child_name}" if qual else child_name)
     # model order (a shared module reached by a second name goes last)
     report.swapped.sort(key=lambda name: order.get(name, len(order)))
-    names = tuple(n for t in types for k, v in _FUNCTIONAL.items() if issubclass(t, k) for n in v)
+    names = tuple(
+        n for t in types if (kind := activation_kind(t)) is not None for n in kind.call_names
+    )
     if names:
         report.functional = _find_calls(model, names, report)
     if warn and report.functional:

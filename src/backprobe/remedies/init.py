@@ -32,11 +32,15 @@ Per layer type:
 * ``identity`` draws the IRNN's input weights Glorot-uniform, not from Le et al.'s
   N(0, 0.001²): on the adding problem (T = 100, 64 units, Adam 1e-3, 600 steps of 32)
   the former reached test MSE 0.018 and the latter stayed at the 0.167 baseline (0.157).
-* The gain of a feed-forward layer is ``nn.init.calculate_gain`` of ``activation``; the
+* The gain of a feed-forward layer is the activation table's for ``activation``
+  (:mod:`backprobe.activations`: ``nn.init.calculate_gain``'s values, and ReLU's √2 for
+  the ReLU-like GELU, SiLU, ELU and Mish), else ``nn.init.calculate_gain``'s; the
   gain of ``nn.RNN``'s own weights is that of its own nonlinearity (tanh or relu), and of
   LSTM/GRU weights 1 (their gates are sigmoids and tanhs around 0).
-* ``activation=None`` takes the activation modules found in the model (ReLU, Tanh,
-  Sigmoid, …); a model with none or with several kinds needs ``activation=`` passed.
+* ``activation=None`` takes the activation modules found in the model that the table
+  gives a gain or mean-field forms (ReLU, Tanh, Sigmoid, GELU, Hugging Face's
+  ``GELUActivation``, …); a model with none or with several kinds needs ``activation=``
+  passed.
 
 Why one call: a finding that names "He init" or "orthogonal init" can then be applied to
 the user's model as is, whatever mix of layers it holds.
@@ -58,13 +62,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 import torch
 from torch import nn
 
+from ..activations import ActivationKind, activation_kind
 from ..errors import RemedyError
 
 __all__ = ["SCHEMES", "InitReport", "LSUVLayer", "Scheme", "init_"]
@@ -90,24 +95,9 @@ _CONV = (
     nn.ConvTranspose3d,
 )
 _FEEDFORWARD = (nn.Linear, *_CONV)
+#: A layer whose weight the feed-forward schemes and LSUV draw.
+FeedForwardLayer = nn.Linear | nn.modules.conv._ConvNd
 _RECURRENT = (nn.RNNBase, nn.RNNCellBase)
-
-#: Activation module types and the name ``nn.init.calculate_gain`` / the mean-field module
-#: know them by.
-_ACTIVATION_NAMES: dict[type[nn.Module], str] = {
-    nn.ReLU: "relu",
-    nn.Tanh: "tanh",
-    nn.Sigmoid: "sigmoid",
-    nn.GELU: "gelu",
-    nn.SiLU: "silu",
-    nn.ELU: "elu",
-    nn.Softplus: "softplus",
-    nn.Identity: "linear",
-}
-#: Gains ``nn.init.calculate_gain`` does not know. These activations are ReLU-like (≈ 0 for
-#: negative inputs, ≈ identity for positive ones), so ReLU's √2 is used; an approximation
-#: that LSUV or ``edge_of_chaos`` (exact for each activation) can replace.
-_EXTRA_GAINS = {"gelu": math.sqrt(2.0), "silu": math.sqrt(2.0), "elu": math.sqrt(2.0)}
 
 
 @dataclass(frozen=True)
@@ -140,10 +130,18 @@ class InitReport:
 # --------------------------------------------------------------------------- helpers
 
 
+def _knows(kind: ActivationKind) -> bool:
+    """An activation ``init_`` can fit: one with a gain or mean-field forms, not the identity."""
+    return kind.nonlinear and (kind.init_gain is not None or kind.exact is not None)
+
+
 def _infer_activation(model: nn.Module) -> str:
     """The one kind of activation module the model holds (see module docstring)."""
-    found = {name for m in model.modules() for t, name in _ACTIVATION_NAMES.items() if type(m) is t}
-    found.discard("linear")
+    found = {
+        kind.name
+        for m in model.modules()
+        if (kind := activation_kind(m)) is not None and _knows(kind)
+    }
     if len(found) == 1:
         return found.pop()
     what = "no activation module" if not found else f"several: {sorted(found)}"
@@ -154,10 +152,13 @@ def _infer_activation(model: nn.Module) -> str:
 
 
 def _gain(activation: str) -> float:
-    if activation in _EXTRA_GAINS:
-        return _EXTRA_GAINS[activation]
+    """The activation table's gain for ``activation``, else ``nn.init.calculate_gain``'s
+    (which also knows layer names such as 'conv2d')."""
+    kind = activation_kind(activation)
+    if kind is not None and kind.init_gain is not None:
+        return kind.init_gain
     try:
-        return nn.init.calculate_gain(activation)  # type: ignore[arg-type]
+        return nn.init.calculate_gain(activation)  # type: ignore[arg-type]  # a Literal in torch
     except ValueError as exc:
         raise RemedyError(
             f"Expected an activation that nn.init.calculate_gain knows (relu, tanh, sigmoid, "
@@ -270,7 +271,7 @@ def _edge_sigma_w(activation: str, sigma_b: float) -> float:
 
 def _lsuv_(
     model: nn.Module,
-    layers: list[tuple[str, nn.Module]],
+    layers: Sequence[tuple[str, FeedForwardLayer]],
     data: object,
     forward: Callable[[nn.Module, object], object],
     tol: float,
@@ -278,13 +279,14 @@ def _lsuv_(
 ) -> list[LSUVLayer]:
     """Rescale each feed-forward layer, in the order the forward pass reaches it, until
     Var(output) on ``data`` is within ``tol`` of 1 (at most ``max_rounds`` passes each)."""
-    order: list[nn.Module] = []
+    order: list[FeedForwardLayer] = []
+    layer_of = {id(m): m for _, m in layers}
     seen: set[int] = set()
 
     def note(module: nn.Module, _inputs: object, _output: object) -> None:
         if id(module) not in seen:
             seen.add(id(module))
-            order.append(module)
+            order.append(layer_of[id(module)])
 
     handles = [m.register_forward_hook(note) for _, m in layers]
     try:

@@ -40,9 +40,9 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..activations import ActivationKind, ArrayFunction, activation_kind
 from ..errors import TheoryInputError
 from ._inputs import as_tensor
 
@@ -51,10 +51,11 @@ __all__ = [
     "GAMMA",
     "GATED",
     "NEITHER",
+    "RECURRENT_ACTIVATIONS",
     "VANISHING",
-    "Activation",
+    "PascanuVerdict",
+    "RecurrentNonlinearity",
     "RecurrentRegime",
-    "Regime",
     "TheoryInputError",
     "activation_gamma",
     "hochreiter_bound",
@@ -65,36 +66,40 @@ __all__ = [
 ]
 
 
-#: γ = max over a of |σ'(a)|: tanh' = 1 − tanh² peaks at 1 (a = 0); the sigmoid's
-#: s(1 − s) peaks at 1/4 (a = 0); ReLU's derivative is 0 or 1.
-GAMMA: dict[str, float] = {"tanh": 1.0, "sigmoid": 0.25, "relu": 1.0}
+#: The activations of a plain recurrence h_t = σ(W_hh h_(t−1) + …) that these bounds
+#: cover: nn.RNN's two nonlinearities and the sigmoid.
+RECURRENT_ACTIVATIONS: tuple[str, ...] = ("tanh", "sigmoid", "relu")
 
-_MODULE_NAMES: dict[type[nn.Module], str] = {
-    nn.Tanh: "tanh",
-    nn.Sigmoid: "sigmoid",
-    nn.ReLU: "relu",
-}
-_FUNCTION_NAMES: tuple[tuple[Callable[..., torch.Tensor], str], ...] = (
-    (torch.tanh, "tanh"),
-    (torch.sigmoid, "sigmoid"),
-    (torch.relu, "relu"),
-    (F.tanh, "tanh"),
-    (F.sigmoid, "sigmoid"),
-    (F.relu, "relu"),
+
+_RECURRENT_KINDS: tuple[ActivationKind, ...] = tuple(
+    kind for name in RECURRENT_ACTIVATIONS if (kind := activation_kind(name)) is not None
 )
 
-#: What names an activation: "tanh", nn.Tanh(), nn.Tanh, torch.tanh, or an nn.RNN / nn.RNNCell.
-Activation = str | nn.Module | type[nn.Module] | Callable[..., torch.Tensor]
+#: γ = max over a of |σ'(a)| (from the activation table): tanh' = 1 − tanh² peaks at 1
+#: (a = 0); the sigmoid's s(1 − s) peaks at 1/4 (a = 0); ReLU's derivative is 0 or 1.
+GAMMA: dict[str, float] = {k.name: k.gamma for k in _RECURRENT_KINDS if k.gamma is not None}
 
-Regime = Literal["vanishing guaranteed", "exploding possible", "neither", "not applicable (gated)"]
+#: σ' of each, exact to rounding also for saturated units (no 1 − tanh² cancellation);
+#: ReLU's is 0 at a = 0, as torch's ReLU backward.
+_DERIVATIVES: dict[str, ArrayFunction] = {
+    k.name: k.exact.dphi for k in _RECURRENT_KINDS if k.exact is not None
+}
+
+#: What names an activation: "tanh", nn.Tanh(), nn.Tanh, torch.tanh, or an nn.RNN / nn.RNNCell.
+RecurrentNonlinearity = str | nn.Module | type[nn.Module] | Callable[..., torch.Tensor]
+
+#: What Pascanu's condition says about a recurrent matrix.
+PascanuVerdict = Literal[
+    "vanishing guaranteed", "exploding possible", "neither", "not applicable (gated)"
+]
 #: λ1 < 1/γ: the gradient through time shrinks at least like η^lag, whatever the inputs.
-VANISHING: Regime = "vanishing guaranteed"
+VANISHING: PascanuVerdict = "vanishing guaranteed"
 #: λ1 > 1/γ: the bound allows growth; whether it happens depends on the inputs.
-EXPLODING: Regime = "exploding possible"
+EXPLODING: PascanuVerdict = "exploding possible"
 #: λ1 = 1/γ within a relative 1e-6: the bound η^lag = 1 decides nothing.
-NEITHER: Regime = "neither"
+NEITHER: PascanuVerdict = "neither"
 #: LSTM or GRU: the gradient's main path does not go through W_hh·σ' (see recurrent_regimes).
-GATED: Regime = "not applicable (gated)"
+GATED: PascanuVerdict = "not applicable (gated)"
 
 #: Relative tolerance within which λ1 counts as equal to 1/γ.
 EDGE_RTOL = 1e-6
@@ -114,22 +119,14 @@ _GATED_WHY = {
 }
 
 
-def _activation_name(nonlinearity: Activation) -> str:
+def _activation_name(nonlinearity: RecurrentNonlinearity) -> str:
     """'tanh', 'sigmoid' or 'relu' for a name, an activation module (instance or class),
     a torch function, or an ``nn.RNN`` / ``nn.RNNCell`` (its ``nonlinearity``)."""
     if isinstance(nonlinearity, (nn.RNN, nn.RNNCell)):
         nonlinearity = nonlinearity.nonlinearity
-    if isinstance(nonlinearity, str) and nonlinearity.strip().lower() in GAMMA:
-        return nonlinearity.strip().lower()
-    if isinstance(nonlinearity, nn.Module):
-        nonlinearity = type(nonlinearity)
-    if isinstance(nonlinearity, type):
-        for cls, name in _MODULE_NAMES.items():
-            if issubclass(nonlinearity, cls):
-                return name
-    for function, name in _FUNCTION_NAMES:
-        if nonlinearity is function:
-            return name
+    kind = activation_kind(nonlinearity)
+    if kind is not None and kind.name in GAMMA:
+        return kind.name
     shown = nonlinearity.__name__ if isinstance(nonlinearity, type) else repr(nonlinearity)
     raise TheoryInputError(
         f"Expected one of the activations {sorted(GAMMA)} (a name such as nn.RNN's "
@@ -139,7 +136,7 @@ def _activation_name(nonlinearity: Activation) -> str:
     )
 
 
-def activation_gamma(name_or_module: Activation) -> float:
+def activation_gamma(name_or_module: RecurrentNonlinearity) -> float:
     """γ, the bound on |σ'(a)| over all a: 1 for tanh, 1/4 for the sigmoid, 1 for ReLU.
 
     Accepts a name (``"tanh"``, nn.RNN's ``nonlinearity`` strings), an activation module
@@ -188,7 +185,7 @@ def spectral_norm(W: torch.Tensor | np.ndarray) -> float:
     return float(torch.linalg.matrix_norm(_matrix(W, square=False), ord=2))
 
 
-def _gamma_value(gamma: float | Activation) -> float:
+def _gamma_value(gamma: float | RecurrentNonlinearity) -> float:
     """γ given as a number, or as anything :func:`activation_gamma` accepts."""
     if isinstance(gamma, numbers.Real) and not isinstance(gamma, bool):
         value = float(gamma)
@@ -198,12 +195,12 @@ def _gamma_value(gamma: float | Activation) -> float:
                 f"{gamma!r}; for tanh and ReLU it is 1, for the sigmoid 0.25."
             )
         return value
-    return activation_gamma(gamma)
+    return activation_gamma(gamma)  # type: ignore[arg-type]  # numbers.Real does not narrow float
 
 
 def hochreiter_bound(
     W: torch.Tensor | np.ndarray,
-    gamma: float | Activation,
+    gamma: float | RecurrentNonlinearity,
     lags: int | Sequence[int] | np.ndarray,
 ) -> np.ndarray:
     """(γ·||W||₂)^q for each lag q: a bound on ||dh_T/dh_(T−q)||₂ through a recurrence.
@@ -247,7 +244,7 @@ class RecurrentRegime:
     a module (``"weight_hh_l1_reverse"``, 1, True), and are None / False otherwise.
     """
 
-    regime: Regime
+    regime: PascanuVerdict
     explanation: str
     cell: str  # 'tanh', 'relu' or 'sigmoid' for a plain RNN; 'lstm' or 'gru'
     lambda1: float | None  # largest singular value of W_hh
@@ -259,7 +256,7 @@ class RecurrentRegime:
     reverse: bool = False
 
 
-def _explain(regime: Regime, lam: float, gamma: float, eta: float) -> str:
+def _explain(regime: PascanuVerdict, lam: float, gamma: float, eta: float) -> str:
     edge = 1.0 / gamma
     if regime == VANISHING:
         return (
@@ -279,7 +276,7 @@ def _explain(regime: Regime, lam: float, gamma: float, eta: float) -> str:
     )
 
 
-def regime_of(lambda1: float, gamma: float) -> Regime:
+def regime_of(lambda1: float, gamma: float) -> PascanuVerdict:
     """Pascanu's condition from λ1 of W_hh and γ = max |σ'|: λ1 < 1/γ guarantees
     vanishing, λ1 > 1/γ makes exploding possible, equality (relative 1e-6) is neither."""
     edge = 1.0 / gamma
@@ -288,7 +285,9 @@ def regime_of(lambda1: float, gamma: float) -> Regime:
     return VANISHING if lambda1 < edge else EXPLODING
 
 
-def pascanu_regime(W_hh: torch.Tensor | np.ndarray, nonlinearity: Activation) -> RecurrentRegime:
+def pascanu_regime(
+    W_hh: torch.Tensor | np.ndarray, nonlinearity: RecurrentNonlinearity
+) -> RecurrentRegime:
     """Pascanu's condition for the plain recurrence h_t = σ(W_hh h_(t−1) + W_ih x_t + b).
 
     ``W_hh`` is the square recurrent matrix [H, H]; ``nonlinearity`` is σ (see
@@ -374,7 +373,9 @@ def recurrent_regimes(module: nn.Module) -> list[RecurrentRegime]:
     cell = _cell_kind(module)
     if isinstance(module, nn.RNNCellBase):
         places = [("weight_hh", 0, False)]
-    else:
+        hidden_size = module.hidden_size
+    elif isinstance(module, nn.RNNBase):  # the only other kind _cell_kind lets through
+        hidden_size = module.hidden_size
         directions = (False, True) if module.bidirectional else (False,)
         places = [
             (f"weight_hh_l{k}{'_reverse' if rev else ''}", k, rev)
@@ -384,29 +385,15 @@ def recurrent_regimes(module: nn.Module) -> list[RecurrentRegime]:
     regimes = []
     for name, layer, reverse in places:
         W = getattr(module, name)
-        if cell in _GATES:
-            regime = _gated_regime(W, cell, module.hidden_size)
-        else:
-            regime = pascanu_regime(W, cell)
+        regime = _gated_regime(W, cell, hidden_size) if cell in _GATES else pascanu_regime(W, cell)
         regimes.append(replace(regime, weight=name, layer=layer, reverse=reverse))
     return regimes
-
-
-def _derivative(name: str, a: np.ndarray) -> np.ndarray:
-    """σ'(a), accurate to rounding also for saturated units (no 1 − tanh² cancellation)."""
-    if name == "relu":
-        return (a > 0).astype(np.float64)  # 0 at a = 0, as torch's ReLU backward
-    if name == "tanh":
-        e = np.exp(-2.0 * np.abs(a))  # sech²(a) = 4e / (1 + e)²
-        return 4.0 * e / (1.0 + e) ** 2
-    e = np.exp(-np.abs(a))  # sigmoid'(a) = e / (1 + e)²
-    return e / (1.0 + e) ** 2
 
 
 def jacobian_norms(
     W_hh: torch.Tensor | np.ndarray,
     pre_activations: torch.Tensor | np.ndarray,
-    nonlinearity: Activation,
+    nonlinearity: RecurrentNonlinearity,
 ) -> np.ndarray:
     """||dh_T/dh_(T−q)||₂ for q = 0..T: the exact gradient gain over each lag of one
     sequence through the plain recurrence h_t = σ(a_t), a_t = W_hh h_(t−1) + W_ih x_t + b.
@@ -439,7 +426,7 @@ def jacobian_norms(
             "already overflowed at these steps."
         )
     T = a.shape[0]
-    slopes = _derivative(name, a)  # [T, H]: σ'(a_t)
+    slopes = _DERIVATIVES[name](a)  # [T, H]: σ'(a_t)
     # ||dh_T/dh_(T−q)||₂ = mantissa[q] · 2^exponent[q], kept apart so that no step overflows
     mantissa = np.zeros(T + 1)
     exponent = np.zeros(T + 1, dtype=np.int64)

@@ -18,7 +18,8 @@ so the gradient's mean square changes by a factor e every ``ξ = 1/|ln χ1|`` la
 networks train up to roughly 6ξ layers.
 
 Everything here is a pure function of numbers computed in numpy float64: floats in,
-floats out, no torch (unless a torch function is passed as the activation). ``sigma_w``
+floats out; torch computes only a torch function passed as the activation. Activations
+come from the activation table (:mod:`backprobe.activations`). ``sigma_w``
 and ``sigma_b`` are *standard deviations*; the papers' axes are often the variances σ_w²
 and σ_b² (tanh with σ_b² = 0.05 is critical near σ_w² ≈ 1.76, that is
 ``sigma_w ≈ 1.327``).
@@ -37,13 +38,12 @@ from functools import cache
 from typing import Literal
 
 import numpy as np
+import torch
 from numpy.polynomial.hermite_e import hermegauss
 from numpy.polynomial.legendre import leggauss
 
+from ..activations import ACTIVATION_KINDS, ActivationKind, ArrayFunction, activation_kind
 from ..errors import FixedPointError, TheoryInputError
-
-#: A function of a float64 array, applied element-wise, returning an array of its shape.
-ArrayFunction = Callable[[np.ndarray], np.ndarray]
 
 #: χ1 within this distance of 1 counts as critical: the gradient then changes by less
 #: than a factor e over 1000 layers, deeper than anything one trains.
@@ -57,7 +57,7 @@ TRAINABLE_DEPTH_FACTOR = 6.0
 
 
 @dataclass(frozen=True)
-class Activation:
+class MeanFieldActivation:
     """An activation φ and its derivative φ', both element-wise on float64 arrays.
 
     ``homogeneous`` is ``(E[φ(z)²], E[φ'(z)²])`` for a positively homogeneous φ
@@ -71,112 +71,54 @@ class Activation:
     homogeneous: tuple[float, float] | None = None
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    """1/(1 + e^-x) without overflow, and relatively exact for very negative x."""
-    return np.exp(-np.logaddexp(0.0, -x))
-
-
-_math_erf = np.frompyfunc(math.erf, 1, 1)
-_math_erfc = np.frompyfunc(math.erfc, 1, 1)
-
-
-def _erf(x: np.ndarray) -> np.ndarray:
-    """numpy has no erf; math.erf is exact to an ulp and fast enough for a few hundred nodes."""
-    return np.asarray(_math_erf(x), dtype=np.float64)
-
-
-def _normal_cdf(x: np.ndarray) -> np.ndarray:
-    """Φ(x) through erfc, which keeps relative precision in the lower tail."""
-    return 0.5 * np.asarray(_math_erfc(-np.asarray(x) / math.sqrt(2.0)), dtype=np.float64)
-
-
-def _gelu(x: np.ndarray) -> np.ndarray:
-    return x * _normal_cdf(x)
-
-
-def _dgelu(x: np.ndarray) -> np.ndarray:
-    return _normal_cdf(x) + x * np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
-
-
-def _dtanh(x: np.ndarray) -> np.ndarray:
-    t = np.tanh(x)
-    return 1.0 - t * t
-
-
-def _elu(x: np.ndarray) -> np.ndarray:
-    return np.where(x > 0, x, np.expm1(np.minimum(x, 0.0)))
-
-
-def _delu(x: np.ndarray) -> np.ndarray:
-    return np.where(x > 0, 1.0, np.exp(np.minimum(x, 0.0)))
-
-
-def _relu(x: np.ndarray) -> np.ndarray:
-    return np.maximum(x, 0.0)
-
-
-def _drelu(x: np.ndarray) -> np.ndarray:
-    return (np.asarray(x) > 0).astype(np.float64)  # φ'(0) = 0, as torch's autograd
-
-
-def _identity(x: np.ndarray) -> np.ndarray:
-    return np.asarray(x, dtype=np.float64)
-
-
-def _one(x: np.ndarray) -> np.ndarray:
-    return np.ones_like(x, dtype=np.float64)
-
-
-_BUILTIN: tuple[Activation, ...] = (
-    Activation("tanh", np.tanh, _dtanh),
-    Activation("sigmoid", _sigmoid, lambda x: _sigmoid(x) * _sigmoid(-x)),
-    Activation("relu", _relu, _drelu, homogeneous=(0.5, 0.5)),
-    Activation("linear", _identity, _one, homogeneous=(1.0, 1.0)),
-    Activation("erf", _erf, lambda x: 2.0 / math.sqrt(math.pi) * np.exp(-x * x)),
-    Activation("gelu", _gelu, _dgelu),  # exact GELU, torch's approximate="none"
-    Activation("silu", lambda x: x * _sigmoid(x), lambda x: _sigmoid(x) * (1 + x * _sigmoid(-x))),
-    Activation("elu", _elu, _delu),  # α = 1
-    # β = 1 and no linear threshold: torch's softplus returns x above 20 (off by < 2.1e-9)
-    Activation("softplus", lambda x: np.logaddexp(0.0, x), _sigmoid),
-)
-
-#: Activations by name.
-ACTIVATIONS: dict[str, Activation] = {a.name: a for a in _BUILTIN}
-_ALIASES = {"swish": "silu", "identity": "linear"}
+#: Activations by name: those of the activation table with exact float64 forms.
+ACTIVATIONS: dict[str, MeanFieldActivation] = {
+    kind.name: MeanFieldActivation(kind.name, form.phi, form.dphi, form.homogeneous)
+    for kind in ACTIVATION_KINDS
+    if (form := kind.exact) is not None
+}
 
 
 def activation_names() -> tuple[str, ...]:
     """Every name :func:`resolve_activation` accepts, aliases included, sorted."""
-    return tuple(sorted([*ACTIVATIONS, *_ALIASES]))
+    return tuple(
+        sorted(
+            key
+            for kind in ACTIVATION_KINDS
+            if kind.exact is not None
+            for key in (kind.name, *kind.aliases)
+        )
+    )
 
 
-#: What the functions of this module accept as an activation: a name, an
-#: :class:`Activation`, a pair of functions ``(φ, φ')``, or a torch activation module or
-#: function (see :func:`resolve_activation`).
-ActivationLike = str | Activation | tuple[Callable, Callable] | Callable
+#: What the functions of this module accept as an activation: a name, a
+#: :class:`MeanFieldActivation`, a pair of functions ``(φ, φ')``, or a torch activation
+#: module or function (see :func:`resolve_activation`).
+ActivationLike = str | MeanFieldActivation | tuple[Callable, Callable] | Callable
 
 
-def resolve_activation(activation: ActivationLike) -> Activation:
-    """The :class:`Activation` for a name (case-insensitive), an Activation, a pair
-    ``(φ, φ')``, or a torch activation (``nn.Tanh()``, ``nn.GELU``, ``torch.tanh``, ``F.silu``;
-    default arguments only: ELU's α = 1, Softplus's β = 1, exact GELU).
+def resolve_activation(activation: ActivationLike) -> MeanFieldActivation:
+    """The :class:`MeanFieldActivation` for a name (case-insensitive), a
+    MeanFieldActivation, a pair ``(φ, φ')``, or an activation module or function the
+    activation table knows (``nn.Tanh()``, ``nn.GELU``, Hugging Face's ``GELUActivation``,
+    ``torch.tanh``, ``F.silu``; default arguments only: ELU's α = 1, Softplus's β = 1,
+    exact GELU).
 
     The functions of a pair must be element-wise; numpy functions are used as they are,
     torch functions (``torch.tanh``) are wrapped to take and return float64 arrays. Each
     is checked once on a few points, so that a wrong function fails here and not inside
     a quadrature.
     """
-    if isinstance(activation, Activation):
+    if isinstance(activation, MeanFieldActivation):
         return activation
     if isinstance(activation, str):
-        key = activation.strip().lower()
-        key = _ALIASES.get(key, key)
-        if key not in ACTIVATIONS:
+        kind = activation_kind(activation)
+        if kind is None or kind.exact is None:
             raise TheoryInputError(
                 f"Expected an activation name, one of {', '.join(activation_names())}, but "
                 f"got {activation!r}; use one of these or pass a pair (phi, dphi) of functions"
             )
-        return ACTIVATIONS[key]
+        return ACTIVATIONS[kind.name]
     if (
         isinstance(activation, tuple | list)
         and len(activation) == 2
@@ -184,54 +126,32 @@ def resolve_activation(activation: ActivationLike) -> Activation:
     ):
         phi, dphi = activation
         name = getattr(phi, "__name__", None) or type(phi).__name__
-        return Activation(name, _as_array_function(phi, "phi"), _as_array_function(dphi, "dphi"))
-    torch_name = _torch_activation_name(activation)
-    if torch_name is not None:
-        return ACTIVATIONS[torch_name]
+        return MeanFieldActivation(
+            name, _as_array_function(phi, "phi"), _as_array_function(dphi, "dphi")
+        )
+    kind = activation_kind(activation)
+    if kind is not None and kind.exact is not None:
+        _check_defaults(activation, kind)
+        return ACTIVATIONS[kind.name]
     raise TheoryInputError(
-        f"Expected an activation name, an Activation, or a pair (phi, dphi) of functions, "
-        f"but got {activation!r}; pass e.g. 'tanh' or (np.tanh, lambda x: 1 - np.tanh(x)**2)"
+        f"Expected an activation name, a MeanFieldActivation, or a pair (phi, dphi) of "
+        f"functions, but got {activation!r}; pass e.g. 'tanh' or "
+        f"(np.tanh, lambda x: 1 - np.tanh(x)**2)"
     )
 
 
-#: torch.nn activation modules with a built-in counterpart, and the constructor arguments
-#: for which they match it.
-_TORCH_MODULES = {
-    "Tanh": "tanh",
-    "Sigmoid": "sigmoid",
-    "ReLU": "relu",
-    "Identity": "linear",
-    "GELU": "gelu",
-    "SiLU": "silu",
-    "ELU": "elu",
-    "Softplus": "softplus",
-}
-_TORCH_DEFAULTS = {"approximate": "none", "alpha": 1.0, "beta": 1.0}
-
-
-def _torch_activation_name(obj: object) -> str | None:
-    """The built-in name of a torch activation module (class or instance, with default
-    arguments) or function (``torch.tanh``, ``F.gelu``, ``torch.special.expit``); None
-    for anything else. Read from names alone, so torch is not imported."""
-    cls = obj if isinstance(obj, type) else type(obj)
-    if (getattr(cls, "__module__", None) or "").startswith(
-        "torch.nn"
-    ) and cls.__name__ in _TORCH_MODULES:
-        for attr, default in _TORCH_DEFAULTS.items():
-            value = getattr(obj, attr, default)
-            if not isinstance(obj, type) and value != default:
-                raise TheoryInputError(
-                    f"Expected {cls.__name__} with {attr}={default!r}, the form mean-field "
-                    f"functions know, but got {attr}={value!r}; pass a pair (phi, dphi) of "
-                    f"functions for this variant"
-                )
-        return _TORCH_MODULES[cls.__name__]
-    module = getattr(obj, "__module__", None) or ""
-    name = (getattr(obj, "__name__", None) or "").removeprefix("special_")
-    name = {"expit": "sigmoid"}.get(name, name)
-    if callable(obj) and module.startswith("torch") and name in ACTIVATIONS:
-        return name
-    return None
+def _check_defaults(activation: object, kind: ActivationKind) -> None:
+    """Refuse a module configured unlike the table's exact forms (``nn.ELU(alpha=0.5)``)."""
+    if isinstance(activation, type):
+        return
+    for attr, default in kind.defaults:
+        value = getattr(activation, attr, default)
+        if value != default:
+            raise TheoryInputError(
+                f"Expected {type(activation).__name__} with {attr}={default!r}, the form "
+                f"mean-field functions know, but got {attr}={value!r}; pass a pair "
+                f"(phi, dphi) of functions for this variant"
+            )
 
 
 def _as_array_function(f: Callable, role: str) -> ArrayFunction:
@@ -263,8 +183,7 @@ def _as_array_function(f: Callable, role: str) -> ArrayFunction:
 
 
 def _torch_wrapped(f: Callable) -> ArrayFunction:
-    """A float64-array function computing ``f`` on a torch tensor (imported only here)."""
-    import torch
+    """A float64-array function computing ``f`` on a torch tensor."""
 
     def wrapped(x: np.ndarray) -> np.ndarray:
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
@@ -408,7 +327,7 @@ def _check_sigmas(sigma_w: float, sigma_b: float) -> tuple[float, float]:
     return checked[0], checked[1]
 
 
-def _q_map(act: Activation, sigma_w: float, sigma_b: float, q: float) -> float:
+def _q_map(act: MeanFieldActivation, sigma_w: float, sigma_b: float, q: float) -> float:
     if sigma_w == 0.0:
         return sigma_b * sigma_b
     if act.homogeneous is not None:
@@ -508,7 +427,7 @@ _MAP_ROUNDING = 1e-14
 
 
 def _map_and_slope(
-    act: Activation, sigma_w: float, sigma_b: float, q: float
+    act: MeanFieldActivation, sigma_w: float, sigma_b: float, q: float
 ) -> tuple[float, float]:
     """The q-map at q and its derivative, from one pass over the quadrature nodes.
 
@@ -528,7 +447,7 @@ def _map_and_slope(
 
 
 def _solve_fixed_point(
-    act: Activation, sigma_w: float, sigma_b: float, q0: float, tol: float, max_iter: int
+    act: MeanFieldActivation, sigma_w: float, sigma_b: float, q0: float, tol: float, max_iter: int
 ) -> float:
     """Safeguarded Newton iteration of the q-map from q0 (see :func:`fixed_point_q`)."""
     limit = _UNBOUNDED * (1.0 + _q_map(act, sigma_w, sigma_b, 1.0))
@@ -642,10 +561,11 @@ def trainable_depth(chi: float, factor: float = TRAINABLE_DEPTH_FACTOR) -> float
     return factor * depth_scale(chi)
 
 
-Regime = Literal["ordered/vanishing", "critical", "chaotic/exploding"]
+#: The phase a network's χ1 puts it in: gradients vanish, keep their size, or explode.
+MeanFieldPhase = Literal["ordered/vanishing", "critical", "chaotic/exploding"]
 
 
-def regime(chi: float, critical_tol: float = CRITICAL_TOL) -> Regime:
+def regime(chi: float, critical_tol: float = CRITICAL_TOL) -> MeanFieldPhase:
     """'critical' when |χ1 − 1| ≤ critical_tol, else 'ordered/vanishing' (χ1 < 1) or
     'chaotic/exploding' (χ1 > 1)."""
     c = _check_chi(chi)
@@ -668,7 +588,7 @@ class MeanField:
     q_star: float
     chi1: float
     depth_scale: float
-    regime: Regime
+    regime: MeanFieldPhase
 
     @property
     def trainable_depth(self) -> float:
