@@ -14,6 +14,7 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
+from ..errors import LabConfigError
 from ..probe.recurrent import UnrolledResult, unrolled_forward
 from ..remedies.esn import EchoStateNetwork
 
@@ -83,11 +84,11 @@ class DeepMLP(nn.Sequential):
         init: Init = "default",
     ) -> None:
         if activation not in _ACTIVATION_TYPES:
-            raise ValueError(f"Expected activation in {ACTIVATIONS}, got {activation!r}.")
+            raise LabConfigError(f"Expected activation in {ACTIVATIONS}, got {activation!r}.")
         if init not in INITS:
-            raise ValueError(f"Expected init in {INITS}, got {init!r}.")
+            raise LabConfigError(f"Expected init in {INITS}, got {init!r}.")
         if depth < 0 or min(in_features, width, out_features) < 1:
-            raise ValueError(
+            raise LabConfigError(
                 "Expected depth >= 0 and positive in_features, width and out_features, got "
                 f"{in_features=}, {width=}, {depth=}, {out_features=}."
             )
@@ -181,21 +182,21 @@ class RecurrentModel(nn.Module):
     ) -> None:
         super().__init__()
         if cell not in CELLS:
-            raise ValueError(f"Expected cell in {CELLS}, got {cell!r}.")
+            raise LabConfigError(f"Expected cell in {CELLS}, got {cell!r}.")
         if readout not in get_args(Readout):
-            raise ValueError(f"Expected readout in {get_args(Readout)}, got {readout!r}.")
+            raise LabConfigError(f"Expected readout in {get_args(Readout)}, got {readout!r}.")
         if min(vocab_or_input_size, hidden, n_out, layers) < 1 or (embed is not None and embed < 1):
-            raise ValueError(
+            raise LabConfigError(
                 "Expected positive vocab_or_input_size, hidden, n_out, layers and embed, got "
                 f"{vocab_or_input_size=}, {hidden=}, {n_out=}, {layers=}, {embed=}."
             )
         if cell == "esn" and (layers != 1 or recurrent_norm is not None):
-            raise ValueError(
+            raise LabConfigError(
                 "Expected layers=1 and recurrent_norm=None for an echo state network (its "
                 f"reservoir is scaled by its spectral radius), got {layers=}, {recurrent_norm=}."
             )
         if recurrent_norm is not None and recurrent_norm < 0:
-            raise ValueError(f"Expected recurrent_norm >= 0 or None, got {recurrent_norm}.")
+            raise LabConfigError(f"Expected recurrent_norm >= 0 or None, got {recurrent_norm}.")
         self.cell = cell
         self.readout = readout
         self.embedding = None if embed is None else nn.Embedding(vocab_or_input_size, embed)
@@ -267,7 +268,10 @@ class RecurrentModel(nn.Module):
         the graph: what Pascanu's regulariser Ω needs. The fused ``self.rnn`` is not
         called, so forward hooks on it do not fire."""
         if self.cell == "esn":
-            raise ValueError("An echo state network is not trained through time: no Ω.")
+            raise LabConfigError(
+                "Expected a cell trained through time for Ω, got an echo state network "
+                "(its reservoir is fixed); train it without Ω (omega=0)."
+            )
         unrolled = unrolled_forward(self.rnn, self._core_input(x))
         assert isinstance(unrolled.output, torch.Tensor)
         return self._read(unrolled.output), unrolled

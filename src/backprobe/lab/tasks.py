@@ -17,6 +17,8 @@ from typing import Literal
 
 import torch
 
+from ..errors import LabConfigError
+
 __all__ = [
     "AutocompleteTask",
     "InsuranceTask",
@@ -97,7 +99,7 @@ def classification_task(
     on it in 1000 steps (seeds 0-5), an Adam-trained one ~95-97%; chance is 25%.
 
     Raises:
-        ValueError: on non-positive sizes, fewer than 2 classes, or a teacher so
+        LabConfigError: on non-positive sizes, fewer than 2 classes, or a teacher so
             degenerate (few features, a narrow teacher, many classes) that some class
             cannot be given its share of the inputs.
 
@@ -106,9 +108,12 @@ def classification_task(
         x_test [n_test, n_features], y_test [n_test].
     """
     if n_classes < 2:
-        raise ValueError(f"Expected n_classes >= 2, got {n_classes}.")
+        raise LabConfigError(f"Expected n_classes >= 2, got {n_classes}.")
     if min(n_train, n_test, n_features, teacher_width) < 1:
-        raise ValueError("Expected positive n_train, n_test, n_features and teacher_width.")
+        raise LabConfigError(
+            "Expected positive n_train, n_test, n_features and teacher_width, got "
+            f"{n_train=}, {n_test=}, {n_features=}, {teacher_width=}."
+        )
     g = torch.Generator().manual_seed(seed)
     n = n_train + n_test
     # A pool large enough that even after balancing every class has n / C members.
@@ -135,7 +140,7 @@ def classification_task(
     for c, k in enumerate(per_class):
         members = order[labels[order] == c]
         if members.numel() < k:  # a degenerate teacher, e.g. 2 features and 10 classes
-            raise ValueError(
+            raise LabConfigError(
                 f"The teacher of seed {seed} gives class {c} only {members.numel()} of the "
                 f"{k} inputs it needs: use more features, a wider teacher or fewer classes."
             )
@@ -249,10 +254,10 @@ def autocomplete_task(n: int, filler: int, *, seed: int = 0) -> AutocompleteTask
         AutocompleteTask with x int64 [n, filler + 3] and y int64 [n].
 
     Raises:
-        ValueError: for ``n < 1`` or ``filler < 0``.
+        LabConfigError: for ``n < 1`` or ``filler < 0``.
     """
     if n < 1 or filler < 0:
-        raise ValueError(f"Expected n >= 1 and filler >= 0, got n={n}, filler={filler}.")
+        raise LabConfigError(f"Expected n >= 1 and filler >= 0, got n={n}, filler={filler}.")
     g = torch.Generator().manual_seed(seed)
     index = {w: i for i, w in enumerate(_AUTOCOMPLETE_VOCAB)}
     # markers [2, 4, 2]: class, variant, word → token id.
@@ -327,7 +332,7 @@ def insurance_task(n_train: int = 4096, n_test: int = 2048, *, seed: int = 0) ->
         InsuranceTask with x_* float32 [n, 4] (standardised), y_* int64 [n] (1 = buys).
     """
     if min(n_train, n_test) < 1:
-        raise ValueError(f"Expected positive n_train and n_test, got {n_train}, {n_test}.")
+        raise LabConfigError(f"Expected positive n_train and n_test, got {n_train}, {n_test}.")
     g = torch.Generator().manual_seed(seed)
     n = n_train + n_test
     u = torch.rand(n, 2, generator=g)
@@ -427,7 +432,7 @@ def adding_task(n: int, length: int, *, seed: int = 0) -> SequenceTask:
         SequenceTask with x float32 [n, T, 2], y float32 [n, 1].
     """
     if n < 1 or length < 2:
-        raise ValueError(f"Expected n >= 1 and length >= 2, got n={n}, length={length}.")
+        raise LabConfigError(f"Expected n >= 1 and length >= 2, got n={n}, length={length}.")
     g = torch.Generator().manual_seed(seed)
     values = torch.rand(n, length, generator=g)
     half = length // 2
@@ -467,7 +472,7 @@ def copy_task(n: int, delay: int, *, seed: int = 0, count: int = COPY_LENGTH) ->
         ``per_step``.
     """
     if n < 1 or delay < 1 or count < 1:
-        raise ValueError(
+        raise LabConfigError(
             f"Expected n >= 1, delay >= 1 and count >= 1, got n={n}, delay={delay}, count={count}."
         )
     g = torch.Generator().manual_seed(seed)
@@ -513,9 +518,9 @@ def temporal_order_task(n: int, length: int, *, symbols: int = 2, seed: int = 0)
         SequenceTask with x int64 [n, length] (vocabulary 6), y int64 [n].
     """
     if symbols not in _ORDER_WINDOWS:
-        raise ValueError(f"Expected symbols 2 or 3, got {symbols}.")
+        raise LabConfigError(f"Expected symbols 2 or 3 (the patterns defined), got {symbols}.")
     if n < 1 or length < 10:
-        raise ValueError(f"Expected n >= 1 and length >= 10, got n={n}, length={length}.")
+        raise LabConfigError(f"Expected n >= 1 and length >= 10, got n={n}, length={length}.")
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(2, 2 + TEMPORAL_DISTRACTORS, (n, length), generator=g)
     bits = torch.randint(0, 2, (n, symbols), generator=g)
@@ -551,7 +556,7 @@ def latch_task(
         SequenceTask with x float32 [n, length, 1], y int64 [n].
     """
     if n < 1 or info < 1 or length <= info or noise < 0:
-        raise ValueError(
+        raise LabConfigError(
             f"Expected n >= 1, 1 <= info < length and noise >= 0, got n={n}, "
             f"length={length}, info={info}, noise={noise}."
         )
@@ -593,7 +598,7 @@ def mackey_glass(
     """
     lag = round(tau / step)
     if n < 1 or lag < 1 or step <= 0:
-        raise ValueError(f"Expected n >= 1 and tau >= step > 0, got {n=}, {tau=}, {step=}.")
+        raise LabConfigError(f"Expected n >= 1 and tau >= step > 0, got {n=}, {tau=}, {step=}.")
     g = torch.Generator().manual_seed(seed)
     history = x0 + 0.2 * (torch.rand(lag, generator=g, dtype=torch.float64) - 0.5)
     xs = [*history.tolist(), x0]

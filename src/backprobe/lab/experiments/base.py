@@ -147,15 +147,25 @@ class Experiment:
 
     def __post_init__(self) -> None:
         if not dataclasses.is_dataclass(self.config):
-            raise TypeError(f"Experiment {self.name}: config must be a dataclass type.")
+            raise LabConfigError(
+                f"Experiment {self.name}: expected a dataclass type as config, got "
+                f"{self.config!r}; decorate it with @dataclass(frozen=True)."
+            )
         known = {f.name for f in dataclasses.fields(self.config)}
         for where, overrides in [("quick", self.quick), *self.variants.items()]:
             unknown = set(overrides) - known
             if unknown:
-                raise TypeError(f"Experiment {self.name}, {where}: unknown fields {unknown}.")
+                raise LabConfigError(
+                    f"Experiment {self.name}, {where}: expected fields of "
+                    f"{self.config.__name__}, got unknown {sorted(unknown)}; add them to the "
+                    "config or fix their names."
+                )
         missing = set(self.expect) - set(self.variants)
         if missing:
-            raise TypeError(f"Experiment {self.name}: expectations for unknown {missing}.")
+            raise LabConfigError(
+                f"Experiment {self.name}: expected expectations for its variants "
+                f"({', '.join(self.variants)}), got them for unknown {sorted(missing)}."
+            )
 
     def variant_names(self, selected: Sequence[str] | None = None) -> list[str]:
         """All variants, or the ``selected`` ones (checked)."""

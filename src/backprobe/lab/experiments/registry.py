@@ -13,7 +13,10 @@ EXPERIMENTS: dict[str, Experiment] = {}
 def register(experiment: Experiment) -> Experiment:
     """Add ``experiment`` to the registry (its name must be new)."""
     if experiment.name in EXPERIMENTS:
-        raise ValueError(f"Experiment {experiment.name!r} is registered twice.")
+        raise LabConfigError(
+            f"Expected a new experiment name, got {experiment.name!r}, which is already "
+            "registered; give the experiment another name."
+        )
     EXPERIMENTS[experiment.name] = experiment
     return experiment
 
