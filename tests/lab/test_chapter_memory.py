@@ -60,3 +60,21 @@ def test_output_has_the_table_the_time_view_and_the_story(chapter):
     horizon = f"≥{rnn.length}" if math.isinf(rnn.horizon) else f"{rnn.horizon:.0f}"
     assert f"{rnn.accuracy:.0%} · {horizon:>3}" in row
     assert f"backprobe show demo/ch2/rnn-L{longest} --time" in out
+
+
+def test_chapters_share_their_context_without_importing_the_demo():
+    """demo.py imports the chapters; no chapter (nor their shared module) imports it."""
+    import ast
+    from pathlib import Path
+
+    import backprobe.lab
+
+    lab = Path(backprobe.lab.__file__).parent
+    for module in ("chapter_memory.py", "chapter.py", "training.py"):
+        tree = ast.parse((lab / module).read_text())
+        imported = {
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module
+        }
+        assert "demo" not in imported, module

@@ -69,20 +69,26 @@ def _store(
     ctx.report(1, 1, float(loss.detach()), "no gradient through time")
 
 
-def _mackey_glass(config: ESNConfig, ctx: RunContext) -> dict[str, float]:
-    series = mackey_glass(config.points + 1, seed=ctx.seed).float()
-    u, y = series[:-1].unsqueeze(-1), series[1:].unsqueeze(-1)  # [T, 1]: x_t → x_{t+1}
-    split = round(config.points * (1 - config.test_fraction))
-    esn = EchoStateNetwork(
-        1,
+def _reservoir(config: ESNConfig, inputs: int, seed: int, batch_first: bool) -> EchoStateNetwork:
+    """The configured ESN reading ``inputs`` channels, with one output."""
+    return EchoStateNetwork(
+        inputs,
         config.units,
         1,
         spectral_radius=config.spectral_radius,
         leak=config.leak,
         input_scaling=config.input_scaling,
         ridge=config.ridge,
-        seed=ctx.seed,
+        batch_first=batch_first,
+        seed=seed,
     )
+
+
+def _mackey_glass(config: ESNConfig, ctx: RunContext) -> dict[str, float]:
+    series = mackey_glass(config.points + 1, seed=ctx.seed).float()
+    u, y = series[:-1].unsqueeze(-1), series[1:].unsqueeze(-1)  # [T, 1]: x_t → x_{t+1}
+    split = round(config.points * (1 - config.test_fraction))
+    esn = _reservoir(config, 1, ctx.seed, batch_first=False)
     esn.fit(u[:split], y[:split], warmup=config.warmup)
 
     def predict() -> torch.Tensor:
@@ -102,17 +108,7 @@ def _mackey_glass(config: ESNConfig, ctx: RunContext) -> dict[str, float]:
 def _adding(config: ESNConfig, ctx: RunContext) -> dict[str, float]:
     train = adding_task(config.n_train, config.length, seed=ctx.seed * 10_000_019)
     test = adding_task(config.n_test, config.length, seed=(1 << 40) + ctx.seed)
-    esn = EchoStateNetwork(
-        2,
-        config.units,
-        1,
-        spectral_radius=config.spectral_radius,
-        leak=config.leak,
-        input_scaling=config.input_scaling,
-        ridge=config.ridge,
-        batch_first=True,
-        seed=ctx.seed,
-    )
+    esn = _reservoir(config, 2, ctx.seed, batch_first=True)
     # Fit on the last step only: warm up through the first T - 1 steps of every sequence.
     target = train.y.unsqueeze(1).expand(-1, config.length, -1)
     esn.fit(train.x, target, warmup=config.length - 1)
