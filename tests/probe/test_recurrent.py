@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from backprobe.errors import BackprobeError, RecurrentInputError
-from backprobe.probe.recurrent import UnrolledResult, unrolled_forward
+from backprobe.probe.recurrent import UnrolledResult, cell_step, layer_params, unrolled_forward
 
 T, B, H_IN, H = 5, 3, 4, 6
 MODES = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
@@ -268,6 +268,17 @@ def test_cells_are_refused_with_advice(cell):
 def test_other_modules_are_refused():
     with pytest.raises(RecurrentInputError, match=r"nn\.RNN, nn\.LSTM or nn\.GRU"):
         unrolled_forward(nn.Linear(H_IN, H), torch.randn(T, B, H_IN))
+
+
+def test_an_lstm_step_without_its_cell_state_is_refused():
+    lstm = make("lstm")
+    p = layer_params(lstm, 0, False)
+    h = torch.zeros(B, H, dtype=torch.float64)
+    gi = torch.zeros(B, 4 * H, dtype=torch.float64)
+    (h1, c1), forget = cell_step("LSTM", gi, (h, torch.zeros_like(h)), p)
+    assert c1 is not None and forget is not None and h1.shape == (B, H)
+    with pytest.raises(RecurrentInputError, match=r"LSTM state \(h, c\) but got c=None"):
+        cell_step("LSTM", gi, (h, None), p)
 
 
 @pytest.mark.parametrize(

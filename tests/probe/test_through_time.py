@@ -12,6 +12,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import backprobe as bp
 from backprobe.errors import BackprobeError, ProbeConfigError
+from backprobe.probe.through_time import CellWatch, FusedWatch, TimeSettings, make_watch
 from backprobe.theory.bounds import hochreiter_bound
 
 KINDS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -565,3 +566,11 @@ def test_signals_of_stacked_layers_equal_autograd_through_the_unrolled_twin(kind
     for name, chain in zip(probe.recurrent_layers, chains, strict=True):
         expected = [h.grad[:4].norm().item() for h in chain]
         assert_allclose(probe.time_profile(name)[0], expected, rtol=1e-6, err_msg=name)
+
+
+def test_a_watch_is_made_only_for_a_recurrent_module():
+    settings = TimeSettings()
+    assert isinstance(make_watch("rnn", nn.GRU(3, 4), settings), FusedWatch)
+    assert isinstance(make_watch("cell", nn.LSTMCell(3, 4), settings), CellWatch)
+    with pytest.raises(ProbeConfigError, match=r"recurrent module .* 'fc' but got Linear"):
+        make_watch("fc", nn.Linear(3, 4), settings)

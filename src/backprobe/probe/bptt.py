@@ -32,11 +32,9 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Gradients", "Recurrence", "backward", "recurrence"]
+from .recurrent import StepParams
 
-#: A layer's (or cell's) weights by their names without the layer suffix (see
-#: :func:`backprobe.probe.recurrent.layer_params`).
-StepParams = dict[str, torch.Tensor | None]
+__all__ = ["Gradients", "Recurrence", "backward", "recurrence"]
 
 
 @dataclass(frozen=True)
@@ -91,16 +89,26 @@ def recurrence(
     [T, R, 1] bool, False at the padded steps of packed sequences (None: all real).
     ``params``: the layer's own weights (``bias_*`` and ``weight_hr`` may be None). The
     factors are computed and returned in ``dtype``."""
-    p = {k: None if v is None else v.detach().to(dtype) for k, v in params.items()}
-    x, h_prev, h = (t.detach().to(dtype) for t in (x, h_prev, h))
-    gi = F.linear(x, p["weight_ih"], p["bias_ih"])  # [T, R, G·H], every step at once
-    gh = F.linear(h_prev, p["weight_hh"], p["bias_hh"])
-    weights = {"weight_ih": p["weight_ih"], "weight_hh": p["weight_hh"]}
+
+    def fixed(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to(dtype)
+
+    def fixed_or_none(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else fixed(t)
+
+    w_ih, w_hh = fixed(params["weight_ih"]), fixed(params["weight_hh"])
+    x, h_prev, h = fixed(x), fixed(h_prev), fixed(h)
+    gi = F.linear(x, w_ih, fixed_or_none(params["bias_ih"]))  # [T, R, G·H], every step at once
+    gh = F.linear(h_prev, w_hh, fixed_or_none(params["bias_hh"]))
     mask = None if real is None else real.to(dtype)
     passes = None if mask is None else 1 - mask  # the carried path at padded steps
 
     def masked(t: torch.Tensor) -> torch.Tensor:
         return t if mask is None else t * mask
+
+    def carried(kept: torch.Tensor) -> torch.Tensor:
+        """``kept`` at real steps, 1 (the carried path) at padded ones."""
+        return kept if mask is None else kept * mask + (1 - mask)
 
     if mode == "LSTM":
         if c_prev is None or c is None:
@@ -115,12 +123,13 @@ def recurrence(
         )
         return Recurrence(
             mode,
-            **weights,
-            weight_hr=p["weight_hr"],
+            w_ih,
+            w_hh,
+            weight_hr=fixed_or_none(params["weight_hr"]),
             into_gates=masked(gates),
             keep_h=passes,
             into_c=masked(o * (1 - tanh_c.square())),
-            keep_c=f if mask is None else f * mask + passes,
+            keep_c=carried(f),
         )
     if mode == "GRU":
         i_r, i_z, i_n = gi.chunk(3, dim=-1)
@@ -131,10 +140,11 @@ def recurrence(
         into_r, into_z = into_n * m * r * (1 - r), (h_prev - n) * z * (1 - z)
         return Recurrence(
             mode,
-            **weights,
+            w_ih,
+            w_hh,
             weight_hr=None,
             into_gates=masked(torch.cat([into_r, into_z, into_n * r], dim=-1)),
-            keep_h=z if mask is None else z * mask + passes,
+            keep_h=carried(z),
             into_input=masked(torch.cat([into_r, into_z, into_n], dim=-1)),
         )
     pre = gi + gh
@@ -143,7 +153,7 @@ def recurrence(
     else:  # ReLU: 0 or 1; a NaN pre-activation (a diverged state) stays NaN, so that
         # the result says "not finite" rather than "vanished"
         slope = torch.where(pre.isnan(), pre, (pre > 0).to(dtype))
-    return Recurrence(mode, **weights, weight_hr=None, into_gates=masked(slope), keep_h=passes)
+    return Recurrence(mode, w_ih, w_hh, weight_hr=None, into_gates=masked(slope), keep_h=passes)
 
 
 @dataclass(frozen=True)
@@ -164,6 +174,10 @@ class Gradients:
         else:
             into = torch.stack(self.gates)
         return into @ rec.weight_ih
+
+    def memory(self) -> torch.Tensor:
+        """[T, R, ·] the rows at the memory state: an LSTM's c_s, else h_s."""
+        return self.h if self.c is None else self.c
 
 
 def backward(
@@ -204,7 +218,9 @@ def backward(
                 dh = torch.addcmul(dh, hs[-1], keep_h[s + 1])
         if into_c is not None:  # LSTM
             u = dh @ W_hr if W_hr is not None else dh
-            dc = torch.addcmul(dc if s == last else dc * keep_c[s + 1], u, into_c[s])  # type: ignore[index]
+            if s < last and keep_c is not None:
+                dc = dc * keep_c[s + 1]
+            dc = torch.addcmul(dc, u, into_c[s])
             gate = torch.cat([dc, dc, dc, u], dim=-1) * into_gates[s]
             cs.append(dc)
         elif rec.mode == "GRU":

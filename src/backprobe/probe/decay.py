@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from .bptt import StepParams, backward, recurrence
+from .bptt import backward, recurrence
+from .recurrent import StepParams
 
 __all__ = ["memory_decay", "spectral_norms"]
 
@@ -45,12 +46,17 @@ def memory_decay(
     layer's own weights (``bias_*`` and ``weight_hr`` may be ``None``). ``directions``
     [k, H]: the rows sent back from the last state.
     """
-    one = [None if t is None else t.unsqueeze(1) for t in (x, h_prev, h, c_prev, c)]
+
+    def one_row(t: torch.Tensor) -> torch.Tensor:  # [T, ·] → [T, 1, ·]: one sequence
+        return t.unsqueeze(1)
+
     v = directions.detach().to(torch.float64)
-    rec = recurrence(mode, params, *one).repeated(v.shape[0])  # one sequence, k rows
+    cells = (None, None) if c_prev is None or c is None else (one_row(c_prev), one_row(c))
+    rec = recurrence(mode, params, one_row(x), one_row(h_prev), one_row(h), *cells)
+    rec = rec.repeated(v.shape[0])  # k rows
     # into the last cell state of an LSTM, else into the last hidden state
-    rows = backward(rec, end_c=v).c if mode == "LSTM" else backward(rec, end_h=v).h
-    return spectral_norms(rows.flip(0))  # type: ignore[union-attr]
+    grads = backward(rec, end_c=v) if mode == "LSTM" else backward(rec, end_h=v)
+    return spectral_norms(grads.memory().flip(0))
 
 
 def spectral_norms(jac: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,7 @@ so it is meant for the steps the probe records, not for every training step.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -60,13 +61,24 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from ..errors import RecurrentInputError
 
-__all__ = ["RecurrentInputError", "UnrolledResult", "unrolled_forward"]
+__all__ = ["RecurrentInputError", "StepParams", "UnrolledResult", "unrolled_forward"]
 
 _MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
 _CELLS = (nn.RNNCell, nn.LSTMCell, nn.GRUCell)
 
 #: The hidden state, and the cell state for an LSTM (``None`` otherwise), both [B, …].
 _State = tuple[torch.Tensor, torch.Tensor | None]
+
+
+class StepParams(TypedDict):
+    """A layer's (or cell's) weights by their names without the layer suffix (see
+    :func:`layer_params`); a layer without biases or projection has ``None`` there."""
+
+    weight_ih: torch.Tensor
+    weight_hh: torch.Tensor
+    bias_ih: torch.Tensor | None
+    bias_hh: torch.Tensor | None
+    weight_hr: torch.Tensor | None
 
 
 @dataclass
@@ -124,8 +136,9 @@ class UnrolledResult:
         return torch.stack(rows).reshape(n_layers, n_dirs, len(self.states[0][0]), -1)
 
 
-def _check_module(module: nn.Module) -> None:
-    """Refuse cells, foreign modules and training-time dropout (see the module docstring)."""
+def _check_module(module: nn.Module) -> nn.RNNBase:
+    """``module`` as the recurrent layer it must be; refuses cells, foreign modules and
+    training-time dropout (see the module docstring)."""
     if isinstance(module, _CELLS):
         raise RecurrentInputError(
             f"Expected an nn.RNN, nn.LSTM or nn.GRU but got {type(module).__name__}; a cell "
@@ -144,6 +157,7 @@ def _check_module(module: nn.Module) -> None:
             f"cannot be reproduced, so call module.eval() for the unrolled pass or build "
             f"the module with dropout=0."
         )
+    return module
 
 
 def _as_time_major(module: nn.RNNBase, input: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -207,18 +221,31 @@ def real_steps(lengths: torch.Tensor, T: int) -> torch.Tensor:
     return (torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1)
 
 
-def layer_params(module: nn.RNNBase, layer: int, reverse: bool) -> dict[str, torch.Tensor | None]:
+def layer_params(module: nn.RNNBase, layer: int, reverse: bool) -> StepParams:
     """The module's own parameters of one layer and direction (``None`` where absent)."""
     sfx = f"_l{layer}" + ("_reverse" if reverse else "")
-    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
-    return {name: getattr(module, name + sfx, None) for name in names}
+
+    def present(name: str) -> torch.Tensor:
+        return getattr(module, name + sfx)
+
+    def optional(name: str) -> torch.Tensor | None:
+        return getattr(module, name + sfx, None)
+
+    return StepParams(
+        weight_ih=present("weight_ih"),
+        weight_hh=present("weight_hh"),
+        bias_ih=optional("bias_ih"),
+        bias_hh=optional("bias_hh"),
+        weight_hr=optional("weight_hr"),
+    )
 
 
 def cell_step(
-    mode: str, gi: torch.Tensor, state: _State, p: dict[str, torch.Tensor | None]
+    mode: str, gi: torch.Tensor, state: _State, p: StepParams
 ) -> tuple[_State, torch.Tensor | None]:
     """One time step from the precomputed input term ``gi = W_ih x_t + b_ih`` [B, G·H]:
-    the new state, and the memory gate (LSTM forget, GRU update; None for an RNN)."""
+    the new state, and the memory gate (LSTM forget, GRU update; None for an RNN).
+    Raises :class:`RecurrentInputError` for an LSTM state without its cell state."""
     h, c = state
     gh = F.linear(h, p["weight_hh"], p["bias_hh"])
     if mode == "RNN_TANH":
@@ -226,6 +253,11 @@ def cell_step(
     if mode == "RNN_RELU":
         return (torch.relu(gi + gh), None), None
     if mode == "LSTM":
+        if c is None:
+            raise RecurrentInputError(
+                "Expected an LSTM state (h, c) but got c=None; pass the cell state too "
+                "(zeros at the first step)."
+            )
         i, f, g, o = (gi + gh).chunk(4, dim=-1)
         forget = torch.sigmoid(f)
         c = forget * c + torch.sigmoid(i) * torch.tanh(g)
@@ -245,11 +277,12 @@ def _run_direction(
     mode: str,
     x: torch.Tensor,
     state: _State,
-    p: dict[str, torch.Tensor | None],
+    p: StepParams,
     reverse: bool,
     mask: torch.Tensor | None,
-) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, list[torch.Tensor | None], _State]:
-    """h_t (and c_t) for t = 0…T−1 in time order, the memory gates, and the final state.
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, list[torch.Tensor] | None, _State]:
+    """h_t, c_t (LSTM; else None) and the memory gates (LSTM, GRU; else None) for
+    t = 0…T−1 in time order, and the final state.
 
     ``mask`` [T, B, 1] marks real (unpadded) steps of packed input: elsewhere the state is
     carried unchanged, so the forward direction ends at each sequence's last element and
@@ -257,17 +290,26 @@ def _run_direction(
     """
     gi_all = F.linear(x, p["weight_ih"], p["bias_ih"])  # [T, B, G·H], one matmul for all t
     steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
-    hs: list[torch.Tensor | None] = [None] * x.shape[0]
-    cs: list[torch.Tensor | None] = [None] * x.shape[0]
-    gates: list[torch.Tensor | None] = [None] * x.shape[0]
+    hs: list[torch.Tensor] = []  # in processing order
+    cs: list[torch.Tensor] = []
+    gates: list[torch.Tensor] = []
     for t in steps:
-        (h, c), gates[t] = cell_step(mode, gi_all[t], state, p)
+        (h, c), gate = cell_step(mode, gi_all[t], state, p)
         if mask is not None:
             h = torch.where(mask[t], h, state[0])
-            c = None if c is None else torch.where(mask[t], c, state[1])
+            c_before = state[1]
+            c = None if c is None or c_before is None else torch.where(mask[t], c, c_before)
         state = (h, c)
-        hs[t], cs[t] = h, c
-    return hs, (cs if mode == "LSTM" else None), gates, state  # type: ignore[return-value]
+        hs.append(h)
+        if c is not None:
+            cs.append(c)
+        if gate is not None:
+            gates.append(gate)
+    if reverse:  # back to time order
+        for in_processing_order in (hs, cs, gates):
+            in_processing_order.reverse()
+    gated = mode in ("LSTM", "GRU")
+    return hs, (cs if mode == "LSTM" else None), (gates if gated else None), state
 
 
 def _pack_like(padded: torch.Tensor, packed: PackedSequence) -> PackedSequence:
@@ -295,52 +337,57 @@ def unrolled_forward(
     Raises :class:`RecurrentInputError` for cells, other modules, training-time dropout
     between layers, and inputs or states of the wrong shape.
     """
-    _check_module(module)
+    rnn = _check_module(module)
     mask = None
     packed = input if isinstance(input, PackedSequence) else None
     if packed is not None:
         x, lengths = pad_packed_sequence(packed)  # [T, B, H_in], batch in the user's order
         unbatched = False
         mask = real_steps(lengths, x.shape[0]).to(x.device)
-        if x.shape[-1] != module.input_size:
+        if x.shape[-1] != rnn.input_size:
             raise RecurrentInputError(
-                f"Expected input features of size input_size={module.input_size} but got "
+                f"Expected input features of size input_size={rnn.input_size} but got "
                 f"{x.shape[-1]}; check the packed data's last dimension."
             )
     elif isinstance(input, torch.Tensor):
-        x, unbatched = _as_time_major(module, input)
+        x, unbatched = _as_time_major(rnn, input)
     else:
         raise RecurrentInputError(
             f"Expected a tensor or a PackedSequence as input but got {type(input).__name__}; "
             f"pass what you pass to the module itself."
         )
 
-    mode = module.mode
-    n_dirs = 2 if module.bidirectional else 1
-    h0, c0 = _initial_states(module, hx, x.shape[1], unbatched, x)
+    mode = rnn.mode
+    n_dirs = 2 if rnn.bidirectional else 1
+    h0, c0 = _initial_states(rnn, hx, x.shape[1], unbatched, x)
     states: list[list[list[torch.Tensor]]] = []
     cells: list[list[list[torch.Tensor]]] = []
-    gates: list[list[list[torch.Tensor | None]]] = []
+    gates: list[list[list[torch.Tensor]]] = []
     h_last: list[torch.Tensor] = []
     c_last: list[torch.Tensor] = []
     layer_input = x
-    for k in range(module.num_layers):
-        outs, layer_states, layer_cells, layer_gates = [], [], [], []
+    for k in range(rnn.num_layers):
+        outs: list[torch.Tensor] = []
+        layer_states: list[list[torch.Tensor]] = []
+        layer_cells: list[list[torch.Tensor]] = []
+        layer_gates: list[list[torch.Tensor]] = []
         for d in range(n_dirs):
             idx = k * n_dirs + d
             start = (h0[idx], None if c0 is None else c0[idx])
             hs, cs, gs, (h, c) = _run_direction(
-                mode, layer_input, start, layer_params(module, k, d == 1), d == 1, mask
+                mode, layer_input, start, layer_params(rnn, k, d == 1), d == 1, mask
             )
             layer_states.append(hs)
-            layer_cells.append(cs)
-            layer_gates.append(gs)
+            if cs is not None:
+                layer_cells.append(cs)
+            if gs is not None:
+                layer_gates.append(gs)
             outs.append(torch.stack(hs))
             h_last.append(h)
             if c is not None:
                 c_last.append(c)
         states.append(layer_states)
-        cells.append(layer_cells)  # type: ignore[arg-type]
+        cells.append(layer_cells)
         gates.append(layer_gates)
         layer_input = torch.cat(outs, dim=-1) if n_dirs == 2 else outs[0]
 
@@ -354,12 +401,12 @@ def unrolled_forward(
         h_n = h_n.squeeze(1)
         c_n = None if c_n is None else c_n.squeeze(1)
     else:
-        output = layer_input.transpose(0, 1) if module.batch_first else layer_input
+        output = layer_input.transpose(0, 1) if rnn.batch_first else layer_input
     return UnrolledResult(
         output,
         h_n,
         c_n,
         states,
         cells if mode == "LSTM" else None,
-        gates if mode in ("LSTM", "GRU") else None,  # type: ignore[arg-type]
+        gates if mode in ("LSTM", "GRU") else None,
     )

@@ -43,7 +43,7 @@ import warnings
 import weakref
 from dataclasses import dataclass
 from functools import partial
-from typing import ClassVar
+from typing import Generic, TypeVar
 
 import torch
 from torch import nn
@@ -53,7 +53,7 @@ from ..errors import ProbeConfigError
 from ..theory.bounds import activation_gamma
 from .bptt import backward, recurrence
 from .decay import memory_decay
-from .recurrent import UnrolledResult, layer_params, real_steps, unrolled_forward
+from .recurrent import StepParams, UnrolledResult, layer_params, real_steps, unrolled_forward
 from .stats import StepBuffer
 
 #: Fused recurrent modules that the unrolled twin reproduces.
@@ -64,6 +64,10 @@ GATE_OPEN = 0.9
 
 #: What a watch added to the step's buffer: (sub-layer name, kind) → entry index.
 Entries = dict[tuple[str, str], int]
+#: A recurrent state: h, or an LSTM's (h, c).
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+#: The recurrent module a watch measures.
+Watched = TypeVar("Watched", bound=nn.Module, covariant=True)
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,7 @@ def sub_layer_names(name: str, module: nn.Module) -> list[str]:
     """The stored names of a module's recurrences, in PyTorch's order (layer 0 forward,
     layer 0 reverse, layer 1 forward, …): ``name`` alone for one layer and direction,
     else ``name[l0]``, ``name[l0_reverse]``… after the parameter suffixes."""
-    if isinstance(module, CELLS):
+    if not isinstance(module, nn.RNNBase):  # a cell
         return [name]
     directions = ("", "_reverse") if module.bidirectional else ("",)
     if module.num_layers == 1 and len(directions) == 1:
@@ -114,9 +118,9 @@ def sub_layer_names(name: str, module: nn.Module) -> list[str]:
 
 def _gamma(module: nn.Module) -> float:
     """max |σ'| of a plain RNN's nonlinearity; NaN for gated cells (no such bound)."""
-    if isinstance(module, (nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell)):
-        return float("nan")
-    return activation_gamma(module.nonlinearity)
+    if isinstance(module, (nn.RNN, nn.RNNCell)):
+        return activation_gamma(module.nonlinearity)
+    return float("nan")
 
 
 def _theory(module: nn.Module, weight_name: str) -> torch.Tensor:
@@ -136,7 +140,7 @@ class _WatchHook:
 
     __slots__ = ("_watch",)
 
-    def __init__(self, watch: _Watch | None) -> None:
+    def __init__(self, watch: _Watch[nn.Module] | None) -> None:
         self._watch = None if watch is None else weakref.ref(watch)
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
@@ -151,10 +155,10 @@ class _WatchHook:
         return (_WatchHook, (None,))
 
 
-class _Watch:
+class _Watch(Generic[Watched]):
     """Common state of the two watches: the module, its names, the step's epoch."""
 
-    def __init__(self, name: str, module: nn.Module, settings: TimeSettings) -> None:
+    def __init__(self, name: str, module: Watched, settings: TimeSettings) -> None:
         self.name = name
         self.module = module
         self.settings = settings
@@ -181,7 +185,7 @@ class _Watch:
         raise NotImplementedError
 
 
-class CellWatch(_Watch):
+class CellWatch(_Watch[nn.RNNCell | nn.LSTMCell | nn.GRUCell]):
     """An ``nn.RNNCell`` / ``nn.LSTMCell`` / ``nn.GRUCell``: each call is a time step.
 
     Each call's h_t is hooked for ||dL/dh_t||. For the decay each call's input and output
@@ -192,31 +196,33 @@ class CellWatch(_Watch):
     since the product of the cell's Jacobians would not be its recurrence's.
     """
 
-    _MODES: ClassVar[dict[type, str]] = {nn.LSTMCell: "LSTM", nn.GRUCell: "GRU"}
-
     def reset(self) -> None:
         self._norms: list[torch.Tensor | None] = []
         self._inputs: list[torch.Tensor] = []  # x_t of the first sequence, [1, H_in]
-        self._outputs: list[object] = []  # its h_t [1, H] (an LSTM's (h_t, c_t))
-        self._start: object = None  # its state before the first call (None: zeros)
+        self._hs: list[torch.Tensor] = []  # its h_t [1, H]
+        self._cs: list[torch.Tensor] = []  # an LSTM's c_t [1, H] (empty for others)
+        self._start: State | None = None  # its state before the first call (None: zeros)
         self._last: object = None  # the previous call's output
         self._chained = True
 
     def on_forward(self, args: tuple, kwargs: dict, output: object) -> None:
-        h = output[0] if isinstance(output, tuple) else output
-        if not (self.active and isinstance(h, torch.Tensor) and h.requires_grad):
+        state = _as_state(output)
+        h = state[0] if isinstance(state, tuple) else state
+        if not (self.active and h is not None and h.requires_grad):
             return
         self._norms.append(None)
         h.register_hook(partial(self._on_grad, self._epoch, len(self._norms) - 1))
-        x = args[0] if args else kwargs.get("input")
+        x = args[0] if args else kwargs["input"]  # the cell ran, so it had an input
         hx = args[1] if len(args) > 1 else kwargs.get("hx")
         if self._last is None:
             self._start = None if hx is None else _first_rows(hx)
         elif not _same_state(hx, self._last):
             self._chained = False
         self._last = output
-        self._inputs.append(_first_rows(x))  # type: ignore[arg-type]
-        self._outputs.append(_first_rows(output))
+        self._inputs.append(_first_row(x))
+        self._hs.append(_first_row(h))
+        if isinstance(state, tuple):
+            self._cs.append(_first_row(state[1]))
 
     def _on_grad(self, epoch: int, t: int, grad: torch.Tensor) -> None:
         if epoch == self._epoch:
@@ -241,28 +247,39 @@ class CellWatch(_Watch):
     def _decay(self) -> torch.Tensor:
         """[T] the first sequence's decay, from its recorded calls."""
         cell = self.module
-        mode = self._MODES.get(type(cell)) or f"RNN_{cell.nonlinearity.upper()}"
-        params = {name: getattr(cell, name) for name in ("weight_ih", "weight_hh")}
-        params.update(bias_ih=cell.bias_ih, bias_hh=cell.bias_hh, weight_hr=None)
-        x = torch.cat(self._inputs)
-        if mode == "LSTM":
-            h, c = (torch.cat(part) for part in zip(*self._outputs, strict=True))
+        if isinstance(cell, nn.LSTMCell):
+            mode = "LSTM"
+        elif isinstance(cell, nn.GRUCell):
+            mode = "GRU"
         else:
-            h, c = torch.cat(self._outputs), None  # type: ignore[arg-type]
-        start = self._start if self._start is not None else _zero_state(h, c)
-        h0, c0 = start if mode == "LSTM" else (start, None)  # type: ignore[misc]
-        return _sequence_decay(mode, params, x, (h0, c0), h, c, self.settings)
+            mode = f"RNN_{cell.nonlinearity.upper()}"
+        params = StepParams(
+            weight_ih=cell.weight_ih,
+            weight_hh=cell.weight_hh,
+            bias_ih=cell.bias_ih,
+            bias_hh=cell.bias_hh,
+            weight_hr=None,
+        )
+        x, h = torch.cat(self._inputs), torch.cat(self._hs)
+        c = torch.cat(self._cs) if self._cs else None
+        return _sequence_decay(mode, params, x, self._start_state(h, c), h, c, self.settings)
 
-
-def _zero_state(h: torch.Tensor, c: torch.Tensor | None) -> object:
-    """The zero state [1, H] (a tuple for an LSTM) that a call with ``hx=None`` starts from."""
-    zeros = h.new_zeros(1, h.shape[-1])
-    return zeros if c is None else (zeros, c.new_zeros(1, c.shape[-1]))
+    def _start_state(
+        self, h: torch.Tensor, c: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The first sequence's state [1, H] before the first call (and an LSTM's cell
+        state): zeros, as for a call with ``hx=None``, when none was passed."""
+        if isinstance(self._start, tuple):
+            return self._start
+        if self._start is not None:
+            return self._start, None
+        zeros = h.new_zeros(1, h.shape[-1])
+        return zeros, (None if c is None else c.new_zeros(1, c.shape[-1]))
 
 
 def _sequence_decay(
     mode: str,
-    params: dict[str, torch.Tensor | None],
+    params: StepParams,
     x: torch.Tensor,
     start: tuple[torch.Tensor, torch.Tensor | None],
     h: torch.Tensor,
@@ -280,12 +297,29 @@ def _sequence_decay(
     return memory_decay(mode, params, x, h_prev, h, c_prev, c, directions)
 
 
-def _first_rows(state: object) -> object:
+def _as_state(value: object) -> State | None:
+    """``value`` (a recurrent module's output or state argument) as a state, or None when
+    it is neither a tensor nor a pair of tensors."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, tuple) and len(value) == 2:
+        h, c = value
+        if isinstance(h, torch.Tensor) and isinstance(c, torch.Tensor):
+            return h, c
+    return None
+
+
+def _first_row(t: torch.Tensor) -> torch.Tensor:
+    """The first sequence's row of ``t`` [B, ·] (or unbatched [·]), detached, [1, ·]."""
+    t = t.detach()
+    return t.unsqueeze(0) if t.dim() == 1 else t[:1]
+
+
+def _first_rows(state: State) -> State:
     """The first sequence's row(s), detached, [1, H] (a tuple for an LSTM's (h, c))."""
     if isinstance(state, tuple):
-        return tuple(_first_rows(s) for s in state)
-    t = state.detach()  # type: ignore[union-attr]
-    return t.unsqueeze(0) if t.dim() == 1 else t[:1]
+        return _first_row(state[0]), _first_row(state[1])
+    return _first_row(state)
 
 
 def _same_state(hx: object, output: object) -> bool:
@@ -302,13 +336,18 @@ def _time_major(t: torch.Tensor, batch_first: bool, unbatched: bool) -> torch.Te
     return t.transpose(0, 1) if batch_first else t
 
 
-def _rows(state: object, n: int, unbatched: bool) -> object:
-    """The first ``n`` sequences' rows [L·D, n, H] of h_0 (a tuple for an LSTM's (h, c)),
-    detached; an unbatched [L·D, H] state becomes [L·D, 1, H]."""
-    if isinstance(state, tuple):
-        return tuple(_rows(s, n, unbatched) for s in state)
-    t = state.detach()  # type: ignore[union-attr]
+def _sub_batch(t: torch.Tensor, n: int, unbatched: bool) -> torch.Tensor:
+    """The first ``n`` sequences' rows [L·D, n, H] of a state or its gradient, detached;
+    an unbatched [L·D, H] one becomes [L·D, 1, H]."""
+    t = t.detach()
     return t.unsqueeze(1) if unbatched else t[:, :n]
+
+
+def _rows(state: State, n: int, unbatched: bool) -> State:
+    """:func:`_sub_batch` of h_0 (of both parts of an LSTM's (h_0, c_0))."""
+    if isinstance(state, tuple):
+        return _sub_batch(state[0], n, unbatched), _sub_batch(state[1], n, unbatched)
+    return _sub_batch(state, n, unbatched)
 
 
 def _padded(data: torch.Tensor, like: PackedSequence, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -321,7 +360,7 @@ def _padded(data: torch.Tensor, like: PackedSequence, n: int) -> tuple[torch.Ten
     return padded[: int(lengths.max()), :n].detach(), lengths
 
 
-class FusedWatch(_Watch):
+class FusedWatch(_Watch[nn.RNNBase]):
     """An ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU``: replayed through its unrolled twin.
 
     The replay of the sub-batch gives the signal, by back-propagating the gradients
@@ -330,7 +369,7 @@ class FusedWatch(_Watch):
     layer's input held fixed.
     """
 
-    def __init__(self, name: str, module: nn.Module, settings: TimeSettings) -> None:
+    def __init__(self, name: str, module: nn.RNNBase, settings: TimeSettings) -> None:
         super().__init__(name, module, settings)
         directions = ("", "_reverse") if module.bidirectional else ("",)
         # per sub-layer, in the order of self.names: its W_hh and whether it runs backwards
@@ -342,7 +381,7 @@ class FusedWatch(_Watch):
     def reset(self) -> None:
         self._input: torch.Tensor | None = None  # [T, n, F], time-major, zero-padded
         self._lengths: torch.Tensor | None = None  # [n] for packed input, else None
-        self._hx: object = None  # h_0 [L·D, n, H] (a tuple for an LSTM), or None
+        self._hx: State | None = None  # h_0 [L·D, n, H] (a tuple for an LSTM), or None
         # output [T, n, D·H_out]; h_n and c_n [L·D, n, ·]: the gradients that reached them
         self._grads: dict[str, torch.Tensor] = {}
 
@@ -351,10 +390,12 @@ class FusedWatch(_Watch):
     def on_forward(self, args: tuple, kwargs: dict, output: object) -> None:
         if not self.active or self._input is not None or not torch.is_grad_enabled():
             return  # one forward per step: the first (gradient accumulation repeats it)
+        if not isinstance(output, tuple):
+            return  # not the (output, h_n) of nn.RNN, nn.LSTM or nn.GRU
         module, n = self.module, self.settings.batch
-        x = args[0] if args else kwargs.get("input")
+        x = args[0] if args else kwargs["input"]  # the module ran, so it had an input
         hx = args[1] if len(args) > 1 else kwargs.get("hx")
-        out, state = output  # type: ignore[misc]
+        out, state = output
         packed = x if isinstance(x, PackedSequence) else None
         unbatched = packed is None and x.dim() == 2
         if packed is not None:
@@ -380,7 +421,7 @@ class FusedWatch(_Watch):
             return
         n = self.settings.batch
         if key != "output":
-            self._grads[key] = _rows(grad, n, unbatched)  # type: ignore[assignment]
+            self._grads[key] = _sub_batch(grad, n, unbatched)
         elif packed is not None:
             self._grads[key] = _padded(grad, packed, n)[0]
         else:
@@ -390,11 +431,12 @@ class FusedWatch(_Watch):
     # -- measurement ----------------------------------------------------------------------
 
     def measure(self, buffer: StepBuffer, scale: torch.Tensor | None) -> Entries:
-        if self._input is None or not self._grads or self._dropout_hides_the_forward():
+        x = self._input
+        if x is None or not self._grads or self._dropout_hides_the_forward():
             return {}
         with torch.no_grad():
-            twin = self._replay()
-            signals, decays = self._profiles(twin)
+            twin = self._replay(x)
+            signals, decays = self._profiles(twin, x)
         entries: Entries = {}
         for name, signal, decay, (weight, _) in zip(
             self.names, signals, decays, self._chains, strict=True
@@ -410,17 +452,19 @@ class FusedWatch(_Watch):
             entries[(self.name, "gates")] = buffer.add_extra(stats)
         return entries
 
-    def _replay(self) -> UnrolledResult:
-        """The unrolled twin on the sub-batch, in the module's layout (packed again when
-        the input was)."""
-        x = self._input
+    def _replay(self, x: torch.Tensor) -> UnrolledResult:
+        """The unrolled twin on the sub-batch ``x`` [T, n, F] (the captured input), in the
+        module's layout (packed again when the input was)."""
+        replayed: torch.Tensor | PackedSequence = x
         if self._lengths is not None:
-            x = pack_padded_sequence(x, self._lengths, enforce_sorted=False)
+            replayed = pack_padded_sequence(x, self._lengths, enforce_sorted=False)
         elif self.module.batch_first:
-            x = x.transpose(0, 1)
-        return unrolled_forward(self.module, x, self._hx)
+            replayed = x.transpose(0, 1)
+        return unrolled_forward(self.module, replayed, self._hx)
 
-    def _profiles(self, twin: UnrolledResult) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def _profiles(
+        self, twin: UnrolledResult, x: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per sub-layer, in the order of ``self.names``: [T] float64 ||dL/dh_t|| over the
         sub-batch, and [length] ||ds_end/ds_(end−lag)||₂ of its first sequence (its real
         steps when packed), from the replay's states.
@@ -432,18 +476,17 @@ class FusedWatch(_Watch):
         input fixed (:func:`~backprobe.probe.decay.memory_decay`).
         """
         module = self.module
-        x = self._input
-        T, n = x.shape[:2]  # type: ignore[union-attr]
-        dtype = torch.promote_types(x.dtype, torch.float32)  # type: ignore[union-attr]
-        real = None if self._lengths is None else real_steps(self._lengths, T).to(x.device)  # type: ignore[union-attr]
-        h0, c0 = self._start_states()
+        T = x.shape[0]
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        real = None if self._lengths is None else real_steps(self._lengths, T).to(x.device)
+        h0, c0 = self._start_states(x)
         hs = [[torch.stack(chain) for chain in layer] for layer in twin.states]
         cs = (
             None
             if twin.cells is None
             else [[torch.stack(c) for c in layer] for layer in twin.cells]
         )
-        above, h_n, c_n = self._output_grads(T, n, dtype)  # at the top output, h_n, c_n
+        above, h_n, c_n = self._output_grads(x, dtype)  # at the top output, h_n, c_n
         n_dirs = len(hs[0])
         signals: dict[int, torch.Tensor] = {}  # by sub-layer, filled from the top down
         decays: dict[int, torch.Tensor] = {}
@@ -459,9 +502,9 @@ class FusedWatch(_Watch):
                     "h_prev": torch.cat([h0[c : c + 1], h[:-1]]),
                     "h": h,
                 }
-                if cs is not None:
+                if cs is not None and c0 is not None:  # LSTM
                     cell = order(cs[layer][d])
-                    steps.update(c_prev=torch.cat([c0[c : c + 1], cell[:-1]]), c=cell)  # type: ignore[index]
+                    steps.update(c_prev=torch.cat([c0[c : c + 1], cell[:-1]]), c=cell)
                 params = layer_params(module, layer, d == 1)
                 live = None if real is None else order(real)
                 rec = recurrence(module.mode, params, **steps, real=live, dtype=dtype)
@@ -478,7 +521,7 @@ class FusedWatch(_Watch):
         return [signals[c] for c in order_of_names], [decays[c] for c in order_of_names]
 
     def _first_decay(
-        self, params: dict[str, torch.Tensor | None], steps: dict, live: torch.Tensor | None
+        self, params: StepParams, steps: dict[str, torch.Tensor], live: torch.Tensor | None
     ) -> torch.Tensor:
         """[length] the decay of the sub-batch's first sequence over its real steps, from a
         sub-layer's ``steps`` (``x``, ``h_prev``, ``h`` and an LSTM's ``c_prev`` and ``c``,
@@ -488,26 +531,28 @@ class FusedWatch(_Watch):
         h, c = first["h"], first.get("c")
         return _sequence_decay(self.module.mode, params, first["x"], start, h, c, self.settings)
 
-    def _start_states(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The sub-batch's h_0 [L·D, n, H_out] and, for an LSTM, c_0 [L·D, n, H]."""
+    def _start_states(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The sub-batch's h_0 [L·D, n, H_out] and, for an LSTM, c_0 [L·D, n, H], for its
+        input ``x`` [T, n, F]."""
         module, hx = self.module, self._hx
         if hx is not None:
-            return hx if isinstance(hx, tuple) else (hx, None)  # type: ignore[return-value]
-        n = self._input.shape[1]  # type: ignore[union-attr]
-        h0 = self._input.new_zeros(len(self._chains), n, module.proj_size or module.hidden_size)  # type: ignore[union-attr]
+            return hx if isinstance(hx, tuple) else (hx, None)
+        n = x.shape[1]
+        h0 = x.new_zeros(len(self._chains), n, module.proj_size or module.hidden_size)
         c0 = h0.new_zeros(len(self._chains), n, module.hidden_size)
         return h0, (c0 if module.mode == "LSTM" else None)
 
     def _output_grads(
-        self, T: int, n: int, dtype: torch.dtype
+        self, x: torch.Tensor, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Gradients (in ``dtype``) captured in the real backward, zero where none arrived: at
-        the output [T, n, D·H_out] (time-major), at h_n [L·D, n, H_out] and, for an LSTM,
-        at c_n [L·D, n, H] (None for RNN and GRU)."""
+        the output [T, n, D·H_out] (time-major, like the input ``x`` [T, n, F]), at h_n
+        [L·D, n, H_out] and, for an LSTM, at c_n [L·D, n, H] (None for RNN and GRU)."""
         module, grads = self.module, self._grads
+        T, n = x.shape[:2]
         out_size = module.proj_size or module.hidden_size
         n_dirs = 2 if module.bidirectional else 1
-        like = self._input.new_zeros((), dtype=dtype)  # type: ignore[union-attr]
+        like = x.new_zeros((), dtype=dtype)
 
         def captured(key: str, shape: tuple[int, ...]) -> torch.Tensor:
             got = grads.get(key)
@@ -563,6 +608,15 @@ def _probe_directions(size: int, settings: TimeSettings, like: torch.Tensor) -> 
     return torch.linalg.qr(gaussian).Q.T
 
 
-def make_watch(name: str, module: nn.Module, settings: TimeSettings) -> _Watch:
-    """The watch for a recurrent module (see :func:`is_recurrent`)."""
-    return (CellWatch if isinstance(module, CELLS) else FusedWatch)(name, module, settings)
+def make_watch(name: str, module: nn.Module, settings: TimeSettings) -> CellWatch | FusedWatch:
+    """The watch for a recurrent module (see :func:`is_recurrent`); raises
+    :class:`~backprobe.errors.ProbeConfigError` for any other module."""
+    if isinstance(module, CELLS):
+        return CellWatch(name, module, settings)
+    if isinstance(module, FUSED):
+        return FusedWatch(name, module, settings)
+    raise ProbeConfigError(
+        f"Expected a recurrent module (nn.RNN, nn.LSTM, nn.GRU or one of their cells) for "
+        f"the time profile of {name!r} but got {type(module).__name__}; check "
+        f"is_recurrent(module) first."
+    )
