@@ -470,9 +470,8 @@ ACTIVATION_KINDS: tuple[ActivationKind, ...] = (
         "clipped_gelu",
         _clipped_gelu,
         gamma=_GELU_GAMMA,
+        # no saturation: GELU's own slope vanishes for negative inputs, below the clamp
         foreign=_hf("ClippedGELUActivation"),
-        saturation=Saturation(0.0, _CLIPPED_GELU_BOUNDS[1], inclusive=True),
-        clamp_attributes=("min", "max"),
     ),
     ActivationKind(
         "quick_gelu",

@@ -190,3 +190,13 @@ def test_deep_sigmoid_mlp_is_cured_by_relu_and_he_init(make_probe):
     ratio, losses = _grad_ratio_and_losses(make_probe, model, task, steps=150, lr=0.005)
     assert np.all(ratio <= 100) and np.all(ratio >= 1e-2), ratio
     assert losses[-30:].mean() < 0.85 * losses[:30].mean(), losses
+
+
+def test_the_gain_of_a_hugging_face_activation_is_inferred_from_the_table():
+    activations = pytest.importorskip("transformers.activations")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(400, 400), activations.NewGELUActivation(), nn.Identity())
+    report = init_(model, "he_normal")
+    assert report.activation == "gelu_tanh"  # the identity is no activation to fit
+    std = float(model[0].weight.detach().std())
+    assert std == pytest.approx(math.sqrt(2.0 / 400), rel=0.02)  # ReLU-like: gain √2

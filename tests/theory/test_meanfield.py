@@ -492,3 +492,11 @@ def test_chi1_predicts_the_gradients_of_a_wide_tanh_network(
     assert measured_chi == pytest.approx(field.chi1, rel=0.05)
     # and the forward pass stays at q*
     assert np.mean([r[1].mean() for r in runs]) == pytest.approx(field.q_star, rel=0.03)
+
+
+def test_a_hugging_face_activation_module_is_its_builtin() -> None:
+    activations = pytest.importorskip("transformers.activations")
+    assert resolve_activation(activations.GELUActivation()) is ACTIVATIONS["gelu"]
+    assert resolve_activation(activations.SiLUActivation()) is ACTIVATIONS["silu"]
+    with pytest.raises(TheoryInputError, match="pair"):  # the tanh approximation has no form
+        resolve_activation(activations.NewGELUActivation())
