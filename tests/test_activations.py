@@ -5,6 +5,7 @@ against its torch function, and recognition of torch, Hugging Face and timm clas
 
 from __future__ import annotations
 
+import doctest
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import backprobe.activations
 from backprobe import Probe
 from backprobe.activations import (
     ACTIVATION_KINDS,
@@ -231,3 +233,8 @@ def test_the_probe_watches_hugging_faces_gelu_without_saturation_or_death() -> N
     x = torch.tensor([[-7.0, -1.0, 2.0]], dtype=torch.float64)
     probe = _probe_one_step(_hf_module("GELUActivation"), x)
     assert probe.layers == ["0", "1"] and probe.layer_info[1].family == ""
+
+
+def test_the_module_example_runs() -> None:
+    result = doctest.testmod(backprobe.activations)
+    assert result.attempted > 0 and result.failed == 0
