@@ -384,3 +384,15 @@ def test_runs_shows_whole_names_at_80_columns(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["runs", "--db", db])
     assert result.exit_code == 0
     assert name in result.output
+
+
+def test_counts_of_one_are_singular(tmp_path):
+    """Regression: "1 recorded steps", "saved 1 findings"."""
+    path = tmp_path / "runs.db"
+    record(path, name="once", steps=1)
+    shown = invoke("show", "once", "--db", path)
+    assert shown.exit_code == 0, shown.output
+    assert "1 recorded step\n" in shown.output
+    diagnosed = invoke("diagnose", "once", "--db", path)
+    assert diagnosed.exit_code == 0, diagnosed.output
+    assert "1 findings" not in diagnosed.output and "1 recorded steps" not in diagnosed.output

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
@@ -17,10 +17,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ._format import compact_number, counted
 from ._version import __version__
 from .diagnose.training import UpdateRule  # numpy only: --help stays quick
 from .errors import BackprobeError, CheckInputError, RunDatabaseError
 from .store.db import DB_ENV, DEFAULT_DB
+
+if TYPE_CHECKING:
+    from .store.run import StoredRun
 
 app = typer.Typer(
     name="backprobe",
@@ -109,6 +113,12 @@ def runs(db: DbOption = DEFAULT_DB) -> None:
     Console().print(table if infos else f"No runs in {escape(str(db))} yet.")
 
 
+def _run_heading(stored: StoredRun) -> str:
+    """'run 3 **name** — finished, 1 recorded step' (rich markup)."""
+    steps = counted(stored.steps.size, "recorded step")
+    return f"run {stored.id} [bold]{escape(stored.name)}[/bold] — {stored.status}, {steps}"
+
+
 @app.command()
 def show(
     run: Annotated[str, typer.Argument(help="Run id, or name (the newest run of that name).")],
@@ -131,16 +141,14 @@ def show(
     """Summarise a stored run: per-layer gradient flow at a step, the verdict, and the
     findings stored by `backprobe diagnose`."""
     from .diagnose.storage import load_findings
+    from .report.console import output_console
     from .report.text import print_findings, print_summary
     from .store.run import open_run
 
     stored = open_run(db, run)
-    console = Console()
-    console.print(
-        f"run {stored.id} [bold]{escape(stored.name)}[/bold] — {stored.status}, "
-        f"{stored.steps.size} recorded steps"
-    )
-    print_summary(stored, step=step, console=console, params_only=params_only)
+    console = output_console()
+    console.print(_run_heading(stored))
+    print_summary(stored, step=step, console=console, params_only=params_only, horizon=not time)
     if time:
         from .report.through_time import print_time_profiles
 
@@ -170,19 +178,18 @@ def diagnose(
     evidence, cause and remedies, saved in the run database for `backprobe show`."""
     from .diagnose.rules import diagnose as diagnose_run
     from .diagnose.storage import save_findings
+    from .report.console import output_console
     from .report.text import print_findings
     from .store.run import open_run
 
     stored = open_run(db, run)
     findings = diagnose_run(stored, lr=lr, optimizer=optimizer)
     save_findings(db, stored.id, findings)
-    console = Console()
-    console.print(
-        f"run {stored.id} [bold]{escape(stored.name)}[/bold] — {stored.status}, "
-        f"{stored.steps.size} recorded steps"
-    )
+    console = output_console()
+    console.print(_run_heading(stored))
     print_findings(findings, console)
-    console.print(f"[dim]saved {len(findings)} findings to run {stored.id} in {db}[/dim]")
+    saved = counted(len(findings), "finding")
+    console.print(f"[dim]saved {saved} to run {stored.id} in {escape(str(db))}[/dim]")
 
 
 @app.command()
@@ -205,13 +212,14 @@ def check(
     and Jacobian predictions, and findings with remedies."""
     from .diagnose.check import build_model, check, parse_shape
     from .diagnose.finding import SEVERITIES
+    from .report.console import output_console
     from .report.text import print_findings
 
     if fail_on not in (*SEVERITIES, "none"):
         raise CheckInputError(f"Expected --fail-on warning, error or none, but got {fail_on!r}.")
     shape = parse_shape(input_shape)
     result = check(build_model(factory), input_shape=shape, seed=seed)
-    console = Console()
+    console = output_console()
     console.print(f"[bold]{escape(factory)}[/bold] at initialisation, input {shape}")
     console.print(f"verdict: {escape(result.verdict.message)}")
     if result.mean_field is not None:
@@ -219,8 +227,8 @@ def check(
     if result.jacobian is not None:
         j = result.jacobian
         console.print(
-            f"jacobian: {j.verdict}, mean σ² = {j.mean_squared:.3g}, σ from {j.min:.3g} to "
-            f"{j.max:.3g} ({result.jacobian_note})"
+            f"jacobian: {j.verdict}, mean σ² = {compact_number(j.mean_squared)}, σ from "
+            f"{compact_number(j.min)} to {compact_number(j.max)} ({result.jacobian_note})"
         )
     print_findings(list(result), console)
     console.print(f"[dim]checked in {result.seconds:.1f} s[/dim]")

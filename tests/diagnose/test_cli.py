@@ -132,7 +132,7 @@ def test_diagnose_a_crashed_run_then_show_lists_the_findings(monkeypatch, capsys
     code, out, err = run_main(monkeypatch, capsys, "diagnose", "crashed", "--db", db)
     assert code == 0, err
     assert "[error] nonfinite" in out and "step 4" in out and "fc2" in out
-    assert "saved 1 findings" in out
+    assert "saved 1 finding to run" in out
     (stored,) = load_findings(db, "crashed")
     assert stored.kind == "nonfinite" and stored.step == 4
     assert stored.evidence["layer"] == "fc2" and stored.evidence["phase"] == "forward"

@@ -66,7 +66,8 @@ def test_rows_are_the_runs_numbers(db):
     assert compact_number(profile[0], significant=2) in first
     assert compact_number((gamma * lam) ** 19, significant=2) in first  # bound at lag 19
     horizon = run.memory_horizon("rnn")[-1]
-    assert (f"{horizon:.0f} of 20 steps" if np.isfinite(horizon) else "longer than") in text
+    line = horizon_line(run).plain
+    assert (f"{horizon:.0f} of 20 steps" if np.isfinite(horizon) else "longer than") in line
 
 
 def test_gated_layers_show_their_gates_instead_of_a_bound(db):
@@ -100,3 +101,26 @@ def test_show_time_on_the_command_line(db):
     plain = runner.invoke(app, ["show", "mlp", "--db", str(db), "--time"])
     assert plain.exit_code == 0, plain.output
     assert "no time profiles" in plain.output
+
+
+@pytest.mark.parametrize("time", [False, True], ids=["summary", "with-time"])
+def test_show_prints_the_memory_horizon_once(db, time):
+    """Regression: `show --time` printed it under the summary, under each time table and
+    after them."""
+    args = ["show", "tanh", "--db", str(db)] + (["--time"] if time else [])
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    assert result.output.count("memory horizon") == 1
+    if time:  # after the tables, whose rows it sums up
+        assert result.output.index("memory horizon") > result.output.index("through time")
+
+
+def test_the_through_time_header_wraps_at_the_terminal_not_at_the_table(db):
+    """Regression: the header was the table's title, wrapped at the table's 70 columns."""
+    run = bp.open_run(db, "tanh")
+    console = Console(width=120, record=True, color_system=None)
+    console.print(time_table(run, "rnn"))
+    heading = console.export_text().splitlines()[0]
+    assert heading.startswith("rnn through time at step 1 — λ1 = ")
+    assert heading.rstrip().endswith(("vanishing guaranteed", "exploding possible"))
+    assert len(heading.rstrip()) > 70

@@ -30,6 +30,7 @@ from typing import SupportsIndex, overload
 import torch
 from torch import nn
 
+from .._format import counted
 from ..errors import BackprobeError, CheckInputError
 from ..probe import Probe
 from ..probe.outputs import floating_tensors
@@ -229,7 +230,7 @@ def _jacobian(model: nn.Module, x: object, examples: int) -> tuple[IsometrySumma
             top = jacobian_singular_values(
                 model, xs, k=min(JACOBIAN_TOP_K, d_in, d_out), method="top", iters=60, tol=1e-4
             )
-        return isometry_summary(top), f"top {top.shape[1]} singular values"
+        return isometry_summary(top), f"top {counted(top.shape[1], 'singular value')}"
     except (RuntimeError, BackprobeError) as exc:
         return None, f"not available for this model ({_first_line(exc)})"
 

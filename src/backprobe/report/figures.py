@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._format import compact_number, counted
 from ..errors import BackprobeError
 
 if TYPE_CHECKING:
@@ -425,7 +426,7 @@ def jacobian_spectrum_figure(spectra: Mapping[str, np.ndarray] | np.ndarray) -> 
             (np.arange(s.size) + 0.5) / s.size,
             _positive(s),
             "-",
-            label=f"{name}: mean σ² {summary.mean_squared:.3g}, {summary.verdict}",
+            label=f"{name}: mean σ² {compact_number(summary.mean_squared)}, {summary.verdict}",
         )
     ax.set_yscale("log")
     ax.set_xlabel("rank / count (largest first)")
@@ -474,7 +475,7 @@ def loss_figure(
         labelled.add(key)
     ax.set_xlabel("training step")
     ax.set_ylabel("loss")
-    note = f" ({run_wide} finding{'s' if run_wide != 1 else ''} about the whole run)"
+    note = f" ({counted(run_wide, 'finding')} about the whole run)"
     ax.set_title("loss" + (note if run_wide else ""))
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize="small")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._format import compact_number
+from .._format import compact_number, counted
 from .._version import __version__
 from ..diagnose.rules import diagnose
 from ..errors import BackprobeError, ReportPathError
@@ -183,7 +183,9 @@ def _recurrent_rows(run: RunView) -> list[dict[str, Any]]:
                 "name": name,
                 "step": int(run.steps[at]),
                 "length": length,
-                "horizon": f"beyond {length} steps" if np.isinf(horizon) else _num(horizon),
+                "horizon": f"beyond {counted(length, 'step')}"
+                if np.isinf(horizon)
+                else _num(horizon),
                 "lambda1": _num(lam),
                 "eta": _num(lam * gamma),
             }
@@ -210,10 +212,10 @@ def _describe(run: RunView) -> tuple[str, str, str | None]:
         db = getattr(run, "db", None)
         status = "live probe, " + ("in memory" if db is None else f"run database {db}")
     steps = _recorded_steps(run)
-    parts = [status, f"{steps.size} recorded step{'s' if steps.size != 1 else ''}"]
+    parts = [status, counted(steps.size, "recorded step")]
     if steps.size:
         parts.append(f"steps {int(steps[0])}…{int(steps[-1])}")
-    parts.append(f"{len(run.layers)} layers")
+    parts.append(counted(len(run.layers), "layer"))
     info = getattr(run, "info", None)
     if info is not None:
         started = dt.datetime.fromtimestamp(info.created).strftime("%Y-%m-%d %H:%M:%S")

@@ -18,6 +18,7 @@ from rich.text import Text
 from .._format import compact_number
 from ..diagnose.verdict import Verdict, verdict
 from ..store.view import RunView
+from .console import output_console
 from .through_time import horizon_line
 
 BAR_WIDTH = 12
@@ -101,12 +102,13 @@ def summary_table(run: RunView, step: int | None = None, params_only: bool = Fal
         ("sat/dead", 3),
         ("nan", 3),
     ):
+        # the layer name wraps when the table is too wide: numbers are never cut
         table.add_column(
             header,
             justify="left" if header in ("layer", "") else "right",
-            no_wrap=True,
+            no_wrap=header != "layer",
             min_width=width,
-            overflow="crop" if width else "ellipsis",
+            overflow="crop" if width else "fold",
         )
     for layer in run.layer_info:
         i = layer.index
@@ -144,17 +146,21 @@ def print_summary(
     console: Console | None = None,
     title: str | None = None,
     params_only: bool = False,
+    horizon: bool = True,
 ) -> Verdict:
-    """Print the table and the verdict of a recorded step; return the verdict."""
-    console = console or Console()
+    """Print the table and the verdict of a recorded step, and (``horizon``) the memory
+    horizon of its recurrent layers; return the verdict. ``horizon=False`` when the
+    through-time view follows, which ends with the same line. Without ``console``, the
+    terminal, or a wide page in a pipe or log file (:func:`output_console`)."""
+    console = console or output_console()
     if title:
         console.print(Text(title, style="bold"))
     console.print(summary_table(run, step, params_only))
     v = verdict(run, step)
     console.print(verdict_text(v))
-    horizon = horizon_line(run, step)
-    if horizon is not None:
-        console.print(horizon)
+    line = horizon_line(run, step) if horizon else None
+    if line is not None:
+        console.print(line)
     return v
 
 
@@ -180,7 +186,7 @@ def _evidence_text(value: object) -> str | None:
 def print_findings(findings: list, console: Console | None = None, verbose: bool = True) -> None:
     """Print findings (``bp.Finding``), most severe first as given: severity and summary,
     then (``verbose``) the cause, the scalar evidence, ranked remedies and references."""
-    console = console or Console()
+    console = console or output_console()
     if not findings:
         console.print(Text("no findings: nothing above the thresholds", style="green"))
         return

@@ -13,13 +13,14 @@ import math
 
 import numpy as np
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from .._format import compact_number
+from .._format import compact_number, counted
 from ..store.view import HORIZON_THRESHOLD, RunView
 from ..theory.bounds import regime_of
+from .console import output_console
 
 BAR_WIDTH = 16
 #: At most this many time steps are listed; the others are skipped evenly.
@@ -59,13 +60,15 @@ def horizon_phrase(horizon: float, length: int) -> str:
     if np.isnan(horizon):
         return "not measured"
     if np.isinf(horizon):
-        return f"longer than the sequence ({length} steps)"
-    return f"{horizon:.0f} of {length} steps"
+        return f"longer than the sequence ({counted(length, 'step')})"
+    return f"{horizon:.0f} of {counted(length, 'step')}"
 
 
-def time_table(run: RunView, name: str, step: int | None = None) -> Table | None:
+def time_table(run: RunView, name: str, step: int | None = None) -> Group | None:
     """The time-step table of one recurrent (sub-)layer at a recorded step (default: the
-    last step with a profile); None if it has no profile at all."""
+    last step with a profile), under its header line and over its legend line; None if it
+    has no profile at all. The header and legend are lines of their own, so that they
+    wrap at the terminal's width rather than at the narrow table's."""
     profiles = run.time_profile(name)
     rows = np.flatnonzero(~np.isnan(profiles).all(axis=1)) if profiles.size else []
     if step is not None:
@@ -91,24 +94,18 @@ def time_table(run: RunView, name: str, step: int | None = None) -> Table | None
         bound = np.power(eta, lag.astype(float)) if np.isfinite(eta) else np.full(T, np.nan)
     finite = ratio[np.isfinite(ratio) & (ratio > 0)]
     decades = max(2.0, math.ceil(-math.log10(finite.min()))) if finite.size else 2.0
-    horizon = run.memory_horizon(name)[row]
     theory = (
-        f"λ1 = {lam:.3g}, γ = {gamma:g}, η = γ·λ1 = {eta:.3g}: {regime_of(lam, gamma)}"
+        f"λ1 = {compact_number(lam)}, γ = {compact_number(gamma)}, "
+        f"η = γ·λ1 = {compact_number(eta)}: {regime_of(lam, gamma)}"
         if np.isfinite(eta)
         else _gate_phrase(run, name, row)
     )
-    table = Table(
-        title=f"{name} through time at step {int(run.steps[row])} — {theory}",
-        title_justify="left",
-        caption=(
-            f"ratio: ||dL/dh_t|| / ||dL/dh_end||, bar over {decades:.0f} decades, ┃ bound η^lag; "
-            f"memory horizon {horizon_phrase(horizon, T)}"
-        ),
-        caption_justify="left",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        collapse_padding=True,
+    heading = Text(f"{name} through time at step {int(run.steps[row])} — {theory}", style="bold")
+    legend = Text(
+        f"ratio: ||dL/dh_t|| / ||dL/dh_end||, bar over {decades:.0f} decades, ┃ bound η^lag",
+        style="dim",
     )
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for header, width in (
         ("t", 3),
         ("lag", 3),
@@ -132,7 +129,7 @@ def time_table(run: RunView, name: str, step: int | None = None) -> Table | None
             _fmt(bound[t]),
             _fmt(decay[t]),
         )
-    return table
+    return Group(heading, table, legend)
 
 
 def _gate_phrase(run: RunView, name: str, row: int) -> str:
@@ -177,8 +174,9 @@ def horizon_line(run: RunView, step: int | None = None) -> Text | None:
 
 
 def print_time_profiles(run: RunView, step: int | None = None, console: Console | None = None):
-    """Print the time-step table of every recurrent (sub-)layer, then the horizon line."""
-    console = console or Console()
+    """Print the time-step table of every recurrent (sub-)layer, then the horizon line
+    (the only place it is printed: :func:`print_summary` leaves it to this view)."""
+    console = console or output_console()
     if not run.recurrent_layers:
         console.print(Text("no time profiles: this run has no probed recurrent layer", style="dim"))
         return
