@@ -159,8 +159,10 @@ def test_jacobian_decay_marks_the_memory_horizon():
     assert [line.get_xdata()[0] for line in verticals] == [10.0]  # none for inf
     threshold = next(line for line in lines if line.get_label() == "0.001 × lag 0")
     assert_allclose(threshold.get_ydata(), 1e-3)
-    drawn_bound = next(line for line in lines if line.get_label().startswith("dashed: bound"))
-    assert_allclose(drawn_bound.get_ydata(), bound)
+    dashed = [line for line in lines if line.get_linestyle() == "--"]
+    assert len(dashed) == 2  # the bound, in each step's colour
+    for drawn_bound in dashed:
+        assert_allclose(drawn_bound.get_ydata(), bound)
     assert 0.5**10 < 1e-3 < 0.5**9  # the planted horizon is the first lag below
 
 
@@ -232,9 +234,7 @@ def test_run_figures_draw_the_recurrent_profiles_with_their_bound():
     steps = [line.get_label() for line in ax.get_lines() if line.get_label().startswith("step")]
     assert steps == [f"step {s}" for s in run.steps[rows[F.choose_steps(rows)]]]
     decay_ax = figures["jacobian_decay:rnn"].axes[0]
-    bound = next(
-        line for line in decay_ax.get_lines() if line.get_label().startswith("dashed: bound")
-    )
+    bound = next(line for line in decay_ax.get_lines() if line.get_label() == F.BOUND_LINE)
     assert_allclose(bound.get_ydata(), (GAMMA * LAMBDA1) ** np.arange(T), rtol=1e-6)
     verticals = {
         line.get_xdata()[0]
@@ -347,3 +347,44 @@ def test_compare_figures_overlay_the_runs():
     assert ax.get_yscale() == "log"
     assert_array_equal(_lines(ax)[0].get_ydata(), run.history("loss"))
     assert_array_equal(_lines(ax)[1].get_xdata(), [0, 1])
+
+
+def _legend_colours(fig) -> list[tuple[str, tuple]]:
+    legend = fig.axes[0].get_legend()
+    return [
+        (text.get_text(), to_rgba(handle.get_color()))
+        for text, handle in zip(legend.get_texts(), legend.legend_handles, strict=True)
+    ]
+
+
+@pytest.mark.parametrize("figure", ["time_profile", "jacobian_decay"])
+def test_no_two_legend_entries_share_a_colour(figure):
+    """Regression: the bound's entry took the colour of the first step's."""
+    rows = np.vstack([0.5 ** np.arange(T), 0.9 ** np.arange(T)])
+    bound = 0.75 ** np.arange(T)
+    if figure == "time_profile":
+        fig = F.time_profile_figure(rows[:, ::-1], [0, 9], bound=bound)
+    else:
+        fig = F.jacobian_decay_figure(rows, [0, 9], np.array([10.0, 21.0]), bound=bound)
+    entries = [(label, colour) for label, colour in _legend_colours(fig) if "×" not in label]
+    assert any(label.startswith("dashed: bound") for label, _ in entries)
+    colours = [colour for _, colour in entries]
+    assert len(set(colours)) == len(colours), entries
+
+
+@pytest.mark.parametrize(
+    "loss", [np.linspace(1.6, 1.3, 50), np.geomspace(100, 0.01, 50)], ids=["narrow", "wide"]
+)
+def test_loss_ticks_are_plain_numbers(loss):
+    """Regression: a loss within a decade had ticks like 1.46×10⁰."""
+    for fig in (
+        F.loss_figure(np.arange(50), loss),
+        F.compare_loss_figure({"a": (np.arange(50), loss)}),
+    ):
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        labels = [t.get_text() for t in ax.get_yticklabels() + ax.get_yticklabels(minor=True)]
+        shown = [label for label in labels if label]
+        assert len(shown) >= 2
+        for label in shown:
+            assert float(label) > 0, label  # "1.35", "2.0e3": no ×10, no mathtext

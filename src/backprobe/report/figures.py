@@ -17,7 +17,7 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,8 +33,12 @@ if TYPE_CHECKING:
 
 #: Colours of findings by severity.
 SEVERITY_COLOURS = {"info": "#1f77b4", "warning": "#ff7f0e", "error": "#d62728"}
-#: The theory's bounds: dashed, in the colour of the step they belong to.
-BOUND_STYLE = {"linestyle": "--", "linewidth": 1.1}
+#: The theory's bounds: dashed, in the colour of the step they belong to; their one
+#: legend entry is drawn in BOUND_LEGEND_COLOUR, so that no two entries share a colour.
+BOUND_STYLE: dict[str, Any] = {"linestyle": "--", "linewidth": 1.1}
+BOUND_LEGEND_COLOUR = "0.35"
+#: The label of each drawn bound line: a leading "_" keeps it out of the legend.
+BOUND_LINE = "_bound"
 #: Tick labels on a layer axis beyond which only every k-th name is written.
 MAX_LAYER_TICKS = 24
 #: How many recorded steps the per-step figures draw by default.
@@ -49,6 +53,33 @@ def _figure(width: float = 7.5, height: float = 4.0) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+def _legend_with_bound(ax: Axes, bound_label: str | None, title: str | None = None) -> None:
+    """The legend, plus (``bound_label``) one entry for the dashed bounds of every step
+    in a colour of its own: the bounds share their steps' colours, which the steps'
+    entries already show."""
+    from matplotlib.lines import Line2D
+
+    handles, labels = ax.get_legend_handles_labels()
+    if bound_label is not None:
+        handles.append(Line2D([], [], color=BOUND_LEGEND_COLOUR, **BOUND_STYLE))
+        labels.append(bound_label)
+    ax.legend(handles, labels, fontsize="small", title=title)
+
+
+def _plain_log_ticks(ax: Axes) -> None:
+    """Tick labels of a log y axis as plain short numbers (``1.5``, ``2.0e3``) instead of
+    ``1.5×10⁰``: for a curve such as the loss that spans a decade or less."""
+    from matplotlib.ticker import LogFormatterSciNotation
+
+    class CompactLogFormatter(LogFormatterSciNotation):
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            # the parent decides which ticks are labelled; the label is ours
+            return compact_number(x) if super().__call__(x, pos) else ""
+
+    ax.yaxis.set_major_formatter(CompactLogFormatter())
+    ax.yaxis.set_minor_formatter(CompactLogFormatter(labelOnlyBase=False))
 
 
 def _per_step(values: np.ndarray, steps: Sequence[int], what: str) -> np.ndarray:
@@ -331,23 +362,24 @@ def time_profile_figure(
     for row, (step, colour) in enumerate(zip(steps, colours, strict=True)):
         ax.plot(t, _positive(p[row]), "-", color=colour, label=f"step {int(step)}")
     b = _bound_rows(bound, p.shape[0], T)
-    labelled = False
+    drawn = False
     for row in range(p.shape[0]):
         last = np.flatnonzero(np.isfinite(p[row]))
         if b is None or not last.size or not np.isfinite(b[row]).any():
             continue
         end = int(last[-1])
         anchored = p[row, end] * b[row, end - t[: end + 1]]
-        label = None if labelled else "dashed: bound ‖dL/dh_T‖·(γλ₁)^(T−t)"
-        ax.plot(t[: end + 1], _positive(anchored), color=colours[row], label=label, **BOUND_STYLE)
-        labelled = True
+        ax.plot(
+            t[: end + 1], _positive(anchored), color=colours[row], label=BOUND_LINE, **BOUND_STYLE
+        )
+        drawn = True
     ax.set_yscale("log")
     ax.set_xlabel("time step t")
     ax.set_ylabel("‖dL/dh_t‖")
     name = f" in {layer}" if layer else ""
     ax.set_title(f"gradient through time{name}" + _zeros_note(p))
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend_with_bound(ax, "dashed: bound ‖dL/dh_T‖·(γλ₁)^(T−t)" if drawn else None)
     return fig
 
 
@@ -388,19 +420,19 @@ def jacobian_decay_figure(
             label=f"{threshold:g} × lag 0",
         )
     b = _bound_rows(bound, d.shape[0], lags.size)
-    labelled = False
+    drawn = False
     for row, colour in enumerate(_step_colours(len(steps))):
         if b is not None and np.isfinite(b[row]).any():
-            label = None if labelled else "dashed: bound (γλ₁)^lag"
-            ax.plot(lags, _positive(b[row]), color=colour, label=label, **BOUND_STYLE)
-            labelled = True
+            ax.plot(lags, _positive(b[row]), color=colour, label=BOUND_LINE, **BOUND_STYLE)
+            drawn = True
     ax.set_yscale("log")
     ax.set_xlabel("lag T − k (steps back in time)")
     ax.set_ylabel("‖dh_T/dh_k‖₂")
     name = f" in {layer}" if layer else ""
     ax.set_title(f"memory: how far back the state still matters{name}")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize="small", title="step: memory horizon (lags)")
+    bound_label = "dashed: bound (γλ₁)^lag" if drawn else None
+    _legend_with_bound(ax, bound_label, title="step: memory horizon (lags)")
     return fig
 
 
@@ -458,6 +490,7 @@ def loss_figure(
     finite = y[np.isfinite(y)]
     if finite.size and np.all(finite > 0):
         ax.set_yscale("log")
+        _plain_log_ticks(ax)
     run_wide = 0
     labelled: set[str] = set()
     for finding in findings or ():
@@ -501,6 +534,7 @@ def compare_loss_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> 
         positive = positive and bool(np.all(finite > 0))
     if positive and ax.get_lines():
         ax.set_yscale("log")
+        _plain_log_ticks(ax)
     ax.set_xlabel("training step")
     ax.set_ylabel("loss")
     ax.set_title("loss, compared")
@@ -594,7 +628,7 @@ def run_figures(
     if want("gradient_flow"):
         figures["gradient_flow"] = gradient_flow_figure(grad[rows], names, chosen)
     if want("heatmap"):
-        figures["heatmap"] = heatmap_figure(grad, names, all_steps)
+        figures["heatmap"] = heatmap_figure(grad, names, all_steps.tolist())
     if want("gain"):
         figures["gain"] = gain_figure(run.history("gain")[rows], names, chosen)
     if want("saturation"):

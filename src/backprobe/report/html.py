@@ -171,7 +171,9 @@ def _recurrent_rows(run: RunView) -> list[dict[str, Any]]:
     rows = []
     for name in run.recurrent_layers:
         decay = run.jacobian_decay(name)
-        recorded = np.flatnonzero(np.isfinite(decay).any(axis=1)) if decay.size else []
+        recorded = (
+            np.flatnonzero(np.isfinite(decay).any(axis=1)) if decay.size else np.zeros(0, int)
+        )
         if not len(recorded):
             continue
         at = int(recorded[-1])

@@ -70,7 +70,7 @@ def time_table(run: RunView, name: str, step: int | None = None) -> Group | None
     has no profile at all. The header and legend are lines of their own, so that they
     wrap at the terminal's width rather than at the narrow table's."""
     profiles = run.time_profile(name)
-    rows = np.flatnonzero(~np.isnan(profiles).all(axis=1)) if profiles.size else []
+    rows = np.flatnonzero(~np.isnan(profiles).all(axis=1)) if profiles.size else np.zeros(0, int)
     if step is not None:
         row = run.step_index(step)
         if row not in rows:
