@@ -14,8 +14,11 @@ import subprocess
 
 import numpy as np
 import pytest
+import torch
 from matplotlib.image import imread
 
+import backprobe as bp
+from backprobe.lab.models import DeepMLP
 from backprobe.report.html import write_report
 
 from .helpers import FINDINGS, planted_run
@@ -106,3 +109,38 @@ def test_report_screenshot_is_not_blank(tmp_path, report):
     assert 0.05 < ink.mean() < 0.9
     # the drawn figures reach the lower half of the window, not only the text at the top
     assert ink[1000:].mean() > 0.02
+
+
+#: Appended to a report: after layout, the page notes every scroll box whose content is
+#: wider than the box (a table clipped at this window width).
+MEASURE_CLIPPING = """<script>window.addEventListener('load', () => {
+  const cut = [...document.querySelectorAll('.bp-scroll')]
+    .filter(e => e.scrollWidth > e.clientWidth + 1)
+    .map(e => e.scrollWidth + '>' + e.clientWidth);
+  document.body.setAttribute('data-clipped', cut.join(',') || 'none');
+});</script>"""
+
+
+def _deep_probe(activation: str) -> bp.Probe:
+    torch.manual_seed(0)
+    model = DeepMLP(16, 64, 12, 4, activation=activation)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    probe = bp.Probe(model, name=f"{activation}_deep_network_with_a_long_name")
+    with probe:
+        for _ in range(3):
+            loss = model(torch.randn(32, 16)).pow(2).mean()
+            loss.backward()
+            probe.step(loss)
+            opt.step()
+            opt.zero_grad()
+    return probe
+
+
+def test_two_runs_side_by_side_fit_a_1280_pixel_window(tmp_path):
+    """Regression: the per-layer tables of two compared runs were clipped at 1280 px."""
+    page = write_report([_deep_probe("sigmoid"), _deep_probe("relu")], tmp_path / "r.html")
+    measured = tmp_path / "measured.html"
+    measured.write_text(page.read_text().replace("</body>", MEASURE_CLIPPING + "</body>"))
+    done = chromium(tmp_path, measured, "--dump-dom", "--window-size=1280,2000")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert 'data-clipped="none"' in done.stdout, re.findall(r'data-clipped="[^"]*"', done.stdout)

@@ -305,3 +305,23 @@ def test_cli_report_of_a_killed_run(tmp_path, monkeypatch, capsys):
     assert len(re.findall(r'<td class="bp-name">', page)) == len(run.layers)
     assert len(_images(page)) == 5
     assert np.isfinite(run.history("loss")).all()
+
+
+def test_evidence_with_nothing_to_show_makes_no_chip():
+    """Regression: an evidence value of None or NaN was an empty chip."""
+    finding = Finding(
+        "vanishing",
+        "error",
+        "planted",
+        evidence={"ratio": 1e-8, "saturated_fraction": float("nan"), "none": None, "empty": []},
+    )
+    page = render_report(planted_run(), findings=[finding])
+    chips = re.findall(r'<span class="bp-key">([^<]*)</span>\s*([^<]*)</span>', page)
+    assert chips == [("ratio", "1.0e-8")]
+
+
+def test_a_stored_run_and_its_probe_say_the_same_run_id(tmp_path):
+    probe = record(tmp_path / "runs.db", name="who", steps=2)
+    stored = bp.open_run(tmp_path / "runs.db", "who")
+    assert stored.run_id == stored.id == probe.run_id
+    assert f"run {probe.run_id}: who" in render_report(stored)

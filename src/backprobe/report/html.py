@@ -124,7 +124,10 @@ def _finding_entry(f: Finding) -> dict[str, Any]:
         "summary": f.summary,
         "where": where,
         "cause": f.cause,
-        "evidence": [(str(k), _evidence_value(v)) for k, v in (f.evidence or {}).items()],
+        # a value with nothing to show (None, NaN, an empty list) makes no chip
+        "evidence": [
+            (str(k), text) for k, v in (f.evidence or {}).items() if (text := _evidence_value(v))
+        ],
         "remedies": [{"title": m.title, "call": m.call, "why": m.why} for m in f.remedies],
         "references": list(f.references),
     }
@@ -207,7 +210,7 @@ def _recorded_steps(run: RunView) -> np.ndarray:
 def _describe(run: RunView) -> tuple[str, str, str | None]:
     """(title, metadata line, notice) of a Probe or a stored run."""
     name = str(getattr(run, "name", type(run).__name__))
-    run_id = getattr(run, "id", None) or getattr(run, "run_id", None)
+    run_id = getattr(run, "run_id", None)  # a stored run's or a recording Probe's id
     title = f"run {run_id}: {name}" if run_id is not None else name
     status = getattr(run, "status", None)
     if status is None:  # a live Probe

@@ -55,6 +55,11 @@ class StoredRun(RunView):
         return {key: (np.asarray(s, np.int64), v) for key, (s, v) in by_key.items()}
 
     @property
+    def run_id(self) -> int:
+        """The run's id in its database, as a recording Probe's ``run_id`` says it."""
+        return self.id
+
+    @property
     def name(self) -> str:
         return self.info.name
 
