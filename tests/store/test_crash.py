@@ -79,11 +79,8 @@ def _env():
 
 
 def _run_info(db, name):
-    database = RunDatabase(db)
-    try:
+    with RunDatabase(db) as database:
         return next(r for r in database.runs() if r.name == name)
-    finally:
-        database.close()
 
 
 def test_sigkill_keeps_everything_up_to_the_last_flush(tmp_path):
@@ -203,11 +200,8 @@ def test_two_processes_write_one_new_database_at_once(tmp_path):
                 child.kill()
                 child.communicate()
     assert [child.returncode for child in children] == [0, 0], errors
-    database = RunDatabase(db)
-    try:
+    with RunDatabase(db) as database:
         infos = database.runs()
-    finally:
-        database.close()
     assert sorted(r.name for r in infos) == ["left", "right"]
     assert {r.status for r in infos} == {"finished"}
     for name in ("left", "right"):

@@ -136,11 +136,8 @@ def test_reopening_for_writing_keeps_existing_runs(tmp_path):
     db = tmp_path / "runs.db"
     record(db, name="one", steps=2)
     record(db, name="two", steps=3)
-    database = RunDatabase(db, create=True)
-    try:
+    with RunDatabase(db, create=True) as database:
         assert [(r.id, r.name, r.steps) for r in database.runs()] == [(1, "one", 2), (2, "two", 3)]
-    finally:
-        database.close()
 
 
 def test_concurrent_creation_of_one_new_file(tmp_path):
@@ -158,9 +155,8 @@ def test_concurrent_creation_of_one_new_file(tmp_path):
         def create(db=db, barrier=barrier, failures=failures):
             barrier.wait()
             try:
-                database = RunDatabase(db, create=True)
-                database.create_run("x", {}, {})
-                database.close()
+                with RunDatabase(db, create=True) as database:
+                    database.create_run("x", {}, {})
             except Exception as exc:
                 failures.append(f"{type(exc).__name__}: {exc}")
 
@@ -170,11 +166,8 @@ def test_concurrent_creation_of_one_new_file(tmp_path):
         for t in threads:
             t.join()
         assert not failures, f"trial {trial}: {failures}"
-        database = RunDatabase(db)
-        try:
+        with RunDatabase(db) as database:
             assert len(database.runs()) == 4
-        finally:
-            database.close()
 
 
 # -- files that are not ours --------------------------------------------------------------
@@ -442,11 +435,8 @@ def test_runs_reports_statuses(tmp_path):
                 (dead.pid,),
             )
         conn.close()
-        database = RunDatabase(db)
-        try:
+        with RunDatabase(db) as database:
             infos = database.runs()
-        finally:
-            database.close()
         assert [(r.id, r.name, r.status) for r in infos] == [
             (1, "done", "finished"),
             (2, "broken", "failed"),
@@ -475,15 +465,12 @@ def test_schema_1_files_are_upgraded_in_place_and_keep_their_runs(tmp_path):
     conn.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
     conn.commit()
     conn.close()
-    database = RunDatabase(db)
-    try:
+    with RunDatabase(db) as database:
         version = database.conn.execute(
             "SELECT value FROM meta WHERE key='schema_version'"
         ).fetchone()[0]
         columns = [r[1] for r in database.conn.execute("PRAGMA table_info(time_profiles)")]
         assert len(database.runs()) == 1
-    finally:
-        database.close()
     assert version == str(SCHEMA_VERSION)
     assert columns == ["run_id", "name", "kind", "step", "data"]
     assert open_run(db, 1).history("loss").shape == (3,)
