@@ -130,6 +130,25 @@ def test_histograms_on_their_own_schedule_match_the_tensors(tmp_path):
             assert sum(h.bucket) == values.size
 
 
+def test_a_sparse_gradient_histogram_counts_its_coalesced_values(tmp_path):
+    """nn.Embedding(sparse=True): a repeated index sums into one value, as in the dense
+    gradient; rows never looked up are not values of the sparse gradient."""
+    model = nn.Sequential(nn.Embedding(10, 3, sparse=True), nn.Flatten(), nn.Linear(9, 1))
+    writer = SummaryWriter(tmp_path / "tb")
+    probe = Probe(model, db=None, sinks=[TensorBoardSink(writer, histogram_every=1)])
+    with probe:
+        model(torch.tensor([[1, 1, 4]])).sum().backward()
+        dense = model[0].weight.grad.to_dense()
+        probe.step()
+    writer.close()
+    (event,) = read_events(tmp_path / "tb").Histograms("backprobe/grad/0")
+    looked_up = dense[[1, 4]].double().numpy().reshape(-1)
+    h = event.histogram_value
+    assert h.num == looked_up.size == 6
+    assert h.sum == pytest.approx(looked_up.sum())
+    assert h.sum_squares == pytest.approx(looked_up @ looked_up)
+
+
 def test_device_histograms_leave_non_finite_values_out():
     row = device_histograms([torch.tensor([1.0, 2.0, float("nan"), float("inf"), 3.0])], 2)[0]
     low, high, count, total, squares = row[:5].tolist()

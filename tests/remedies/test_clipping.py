@@ -4,6 +4,7 @@ and the exploding RNN (λ1 = 3) that diverges without clipping and trains with i
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -49,6 +50,42 @@ def test_global_norm_clips_to_the_threshold_and_keeps_the_direction():
     assert float(result.post_norm) == pytest.approx(float(after.norm()), rel=1e-6)
     torch.testing.assert_close(after / after.norm(), before / before.norm())
     assert bool(result.clipped)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_norm_clipping_reads_each_gradient_once(monkeypatch, foreach):
+    """One norm pass: the pre-clip norm is the one torch measures to clip, and the
+    post-clip norm follows from it and the factor applied."""
+    model = _model_with_grads()
+    grads = {p.grad.data_ptr() for p in model.parameters()}
+    reads: Counter[int] = Counter()
+    foreach_norm, vector_norm = torch._foreach_norm, torch.linalg.vector_norm
+
+    def counting_foreach_norm(tensors, *args, **kwargs):
+        reads.update(t.data_ptr() for t in tensors if t.data_ptr() in grads)
+        return foreach_norm(tensors, *args, **kwargs)
+
+    def counting_vector_norm(t, *args, **kwargs):
+        if t.data_ptr() in grads:
+            reads[t.data_ptr()] += 1
+        return vector_norm(t, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "_foreach_norm", counting_foreach_norm)
+    monkeypatch.setattr(torch.linalg, "vector_norm", counting_vector_norm)
+    result = clip_grad_norm_(model.parameters(), max_norm=1.0, foreach=foreach)
+    monkeypatch.undo()
+    assert reads == Counter(dict.fromkeys(grads, 1))
+    assert float(result.post_norm) == pytest.approx(_plain_norm(model), rel=1e-6)
+
+
+def test_float64_gradients_give_float32_norms():
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+    (100.0 * model(torch.randn(4, 5, dtype=torch.float64)).sum()).backward()
+    before = _plain_norm(model)
+    result = clip_grad_norm_(model.parameters(), max_norm=1.0)
+    assert result.pre_norm.dtype == result.post_norm.dtype == torch.float32
+    assert float(result.pre_norm) == pytest.approx(before, rel=1e-6)
+    assert float(result.post_norm) == pytest.approx(_plain_norm(model), rel=1e-6)
 
 
 def test_a_small_gradient_is_left_alone():

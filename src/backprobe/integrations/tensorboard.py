@@ -29,9 +29,10 @@ import torch
 from torch import nn
 
 from ..errors import ProbeConfigError
-from ..probe.distributed import local_shard
+from ..probe.norms import local_values
 from ..probe.schedule import Schedule, make_schedule
-from ..store.view import LAYER_SERIES, LayerInfo, MemoryRun, RunView
+from ..store.statistics import LAYER_SERIES
+from ..store.view import LayerInfo, MemoryRun, RunView, StepProfiles, StepSeries
 
 #: Per-layer statistics written as scalars: the stored ones and the derived ratios.
 SCALAR_STATS: tuple[str, ...] = (*LAYER_SERIES, "grad_to_weight", "gain")
@@ -130,12 +131,9 @@ class TensorBoardSink:
     def set_layers(self, layers: list[LayerInfo]) -> None:
         self._layers = list(layers)
 
-    def append(
-        self,
-        step: int,
-        series: dict[str, np.ndarray],
-        profiles: dict[tuple[str, str], np.ndarray] | None = None,
-    ) -> None:
+    def append(self, step: int, series: StepSeries, profiles: StepProfiles | None = None) -> None:
+        """Writes the step's scalars, and its histograms when scheduled (see
+        :meth:`~backprobe.store.sink.StepSink.append`)."""
         # The step read back through the run API, so that derived statistics (gain,
         # memory horizon, …) are the ones every reader computes.
         row = MemoryRun()
@@ -160,10 +158,9 @@ class TensorBoardSink:
         tensors: list[torch.Tensor] = []
         for name, module in self._modules.items():
             params = [p for p in module.parameters(recurse=False) if p.requires_grad]
-            weights = [local_shard(p.detach())[0] for p in params]
-            grads = [local_shard(p.grad)[0] for p in params if p.grad is not None]
+            weights = [local_values(p.detach())[0] for p in params]
+            grads = [local_values(p.grad)[0] for p in params if p.grad is not None]
             for kind, group in (("weight", weights), ("grad", grads)):
-                group = [t.coalesce().values() if t.is_sparse else t for t in group]
                 if group and sum(t.numel() for t in group):
                     device = group[0].device
                     tags.append(f"{self.prefix}/{kind}/{name}")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,19 +37,6 @@ if TYPE_CHECKING:
     from .stats import HostStep, StepBuffer
 
 _cpu_groups: dict[int, ProcessGroup] = {}
-#: Fields of :class:`~backprobe.probe.stats.Field` whose totals make the statistics; any
-#: other entry (time profiles, user scalars, the loss scale) is read back as it is, from
-#: this rank.
-_TOTALLED = (
-    "OUT_SUM",
-    "OUT_NORM",
-    "OUT_SATURATED",
-    "DEAD",
-    "GRAD_NORM",
-    "PARAM_GRAD_NORM",
-    "PARAM_NORM",
-    "LOSS",
-)
 
 
 def process_group() -> ProcessGroup | None:
@@ -84,7 +71,8 @@ def local_shard(t: torch.Tensor) -> tuple[torch.Tensor, int]:
     to_local = getattr(t, "to_local", None)
     if to_local is None:
         return t, 1
-    mesh, placements = t.device_mesh, t.placements
+    dtensor: Any = t  # torch.Tensor's stubs lack a DTensor's device_mesh and placements
+    mesh, placements = dtensor.device_mesh, dtensor.placements
     shards = math.prod(mesh.size(dim) for dim, p in enumerate(placements) if p.is_shard())
     return to_local(), shards
 
@@ -120,7 +108,7 @@ def gather_step(buffer: StepBuffer, group: ProcessGroup, n_layers: int) -> HostS
     back as they are) with the global totals attached (``HostStep.ranks``)."""
     import torch.distributed as dist
 
-    from .stats import Field, HostStep, RankTotals
+    from .stats import TOTALLED_FIELDS, Field, HostStep, RankTotals
 
     world = dist.get_world_size(group)
     # Layouts first, on the host: units per layer for the dead-unit maxima (0 absent, -1
@@ -151,8 +139,7 @@ def gather_step(buffer: StepBuffer, group: ProcessGroup, n_layers: int) -> HostS
     n_entries, n_keys = lengths.size, len(Field) * n_layers
     shards = np.asarray(buffer.shards, np.float64)
     weights = np.where(shards > 0, shards / world, 1.0)
-    totalled = [f for f in Field if f.name in _TOTALLED]
-    weights[~np.isin(fields, totalled)] = 0.0  # the others are read back as they are
+    weights[~np.isin(fields, list(TOTALLED_FIELDS))] = 0.0  # others: read back as they are
     numels = np.asarray(buffer.numels, np.float64)
     index = np.concatenate([np.repeat(np.arange(n_entries), lengths), fields * n_layers + layers])
     # Staged copies from pageable host memory: no synchronisation with the device.
@@ -181,7 +168,7 @@ def gather_step(buffer: StepBuffer, group: ProcessGroup, n_layers: int) -> HostS
     host = torch.cat([values, reduced]).to("cpu").numpy()
     n_values = values.numel()
     totals = host[n_values : n_values + table.numel()].reshape(5, len(Field), n_layers).copy()
-    totals[1, Field.GRAD_NORM] /= world * world  # signal of the mean of the ranks' losses
+    totals[1, Field.SIGNAL_NORM] /= world * world  # signal of the mean of the ranks' losses
     totals[0, Field.LOSS] /= world  # the mean of the ranks' losses
     return HostStep(
         values=host[:n_values],

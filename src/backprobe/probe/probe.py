@@ -35,7 +35,7 @@ from torch.utils.hooks import RemovableHandle
 from ..errors import ProbeConfigError, UnsupportedModuleError
 from ..store import DEFAULT_DB, LayerInfo, MemoryRun, RunView, RunWriter
 from ..store.sink import StepSink, check_sinks
-from ..store.view import ALL_SERIES, LAYER_SERIES, USER_PREFIX, SparseRows
+from ..store.view import ALL_SERIES, USER_PREFIX, SparseRows
 from .distributed import is_primary, process_group, unwrap
 from .outputs import floating_tensors
 from .schedule import Schedule, make_schedule
@@ -47,15 +47,7 @@ from .selection import (
     is_unsupported,
     select_layers,
 )
-from .stats import (
-    Field,
-    HostStep,
-    StatSlots,
-    StepBuffer,
-    StepStats,
-    add_tensor_norms,
-    refine_norms,
-)
+from .stats import Field, StatSlots, StepBuffer, StepStats, add_tensor_norms, refine_norms
 from .through_time import TimeSettings, is_recurrent, make_watch
 
 
@@ -417,11 +409,12 @@ class Probe(RunView):
         host = buffer.to_host(process_group(), len(self._modules))
         refine_norms(host, Field.PARAM_NORM, weights)
         refine_norms(host, Field.PARAM_GRAD_NORM, grads)
-        stats = host.reduce(len(self._modules), params_scaled)
+        gates = {i: entry for (i, _, kind), entry in extras.items() if kind == "gates"}
+        stats = host.reduce(len(self._modules), params_scaled, gates)
         if self._order is None:
             self._fix_layer_order()
         assert self._sink is not None and self._layer_info is not None
-        series = self._series(stats, host, extras)
+        series = self._series(stats)
         series.update({USER_PREFIX + name: host.entry(e) for name, e in scalars.items()})
         profiles = {
             (name, kind): host.entry(entry)
@@ -474,25 +467,16 @@ class Probe(RunView):
         for sink in self._extra_sinks:
             sink.set_layers(self._layer_info)
 
-    def _series(
-        self, stats: StepStats, host: HostStep, extras: dict[tuple[int, str, str], int]
-    ) -> dict[str, np.ndarray]:
+    def _series(self, stats: StepStats) -> dict[str, np.ndarray]:
+        """The step's stored series, per-layer ones in input → output order."""
         order = self._order
         assert order is not None
         position = np.empty_like(order)
         position[order] = np.arange(order.size)
         layer, phase = stats.first_nonfinite
         first = (int(position[layer]), phase) if layer >= 0 else (-1, -1)
-        gates = np.full((2, order.size), np.nan)  # memory gates of LSTM / GRU layers
-        for (i, _, kind), entry in extras.items():
-            if kind == "gates":
-                gates[:, position[i]] = host.entry(entry)
-        per_layer = {
-            name: getattr(stats, name)[order] for name in LAYER_SERIES if hasattr(stats, name)
-        }
-        per_layer["gate_mean"], per_layer["gate_open"] = gates
         return {
-            **per_layer,
+            **{name: values[order] for name, values in stats.per_layer.items()},
             "loss": np.array([stats.loss]),
             "first_nonfinite": np.array(first, dtype=np.float64),
         }

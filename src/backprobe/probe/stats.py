@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING
@@ -32,7 +32,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .distributed import local_shard, process_group
+from ..errors import BackprobeError
+from ..store.statistics import LAYER_STATISTICS, Combine, LayerStatistic
+from .distributed import process_group
+from .norms import accumulator, foreach_norms, grouped_norms, local_values
 from .selection import Saturation
 
 if TYPE_CHECKING:
@@ -40,13 +43,14 @@ if TYPE_CHECKING:
 
 
 class Field(IntEnum):
-    """What one gathered vector holds."""
+    """What one gathered vector holds: the device reductions. The stored statistics read
+    them by name (:data:`~backprobe.store.statistics.LAYER_STATISTICS`)."""
 
     OUT_SUM = 0  # per-sample sums of a layer's primary output
     OUT_NORM = 1  # per-sample L2 norms of the primary output
     OUT_SATURATED = 2  # per-sample counts of saturated units
     DEAD = 3  # one value: units of the layer that were zero for every sample
-    GRAD_NORM = 4  # per-sample float64 norms of dL/d(one output tensor)
+    SIGNAL_NORM = 4  # per-sample norms of the backward signal dL/d(one output tensor)
     PARAM_GRAD_NORM = 5  # norm of one parameter's gradient (see refine_norms)
     PARAM_NORM = 6  # norm of one (trainable) parameter
     LOSS = 7  # the loss given to step()
@@ -63,20 +67,6 @@ FLOAT32_RMS_RANGE = (1e-16, 1e18)
 def _rows(t: torch.Tensor) -> torch.Tensor:
     """View ``t`` as [samples, features]; a 0-d tensor is one sample of one feature."""
     return t.reshape(1, 1) if t.dim() == 0 else t.reshape(t.shape[0], -1)
-
-
-def accumulator(dtype: torch.dtype) -> torch.dtype:
-    """float32, or the tensor's own dtype when wider (float64): narrowing a float64
-    tensor would overflow above float32's maximum, and vector_norm refuses to."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def foreach_norms(tensors: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
-    """L2 norms accumulated in ``dtype``; one fused kernel on accelerators, no host sync."""
-    try:
-        return list(torch._foreach_norm(tensors, 2, dtype=dtype))
-    except TypeError:  # older torch without the dtype argument
-        return [torch.linalg.vector_norm(t, dtype=dtype) for t in tensors]
 
 
 def _per_row(
@@ -136,33 +126,30 @@ def add_tensor_norms(
     """One entry of ``kind`` per ``(layer, tensor)``: its norm, accumulated in float32
     (float64 for float64 tensors), one stacked vector per device and dtype. A sparse
     tensor's norm is that of its coalesced values; an FSDP2 ``DTensor``'s, that of this
-    rank's shard (the ranks' shards are combined in :func:`~backprobe.integrations.
-    distributed.gather_step`, which also needs exact norms: float64 under torch.distributed).
+    rank's shard (:func:`~backprobe.probe.norms.local_values`; the ranks' shards are
+    combined in :func:`~backprobe.probe.distributed.gather_step`, which also needs exact
+    norms: float64 under torch.distributed).
 
     Returns the tensors in entry order, for :func:`refine_norms`.
     """
-    exact = process_group() is not None
-    groups: dict[tuple[torch.device, torch.dtype], list[tuple[int, torch.Tensor, int]]] = (
-        defaultdict(list)
-    )
-    for layer, t in items:
-        t, shards = local_shard(t)
-        if t.is_sparse:  # nn.Embedding(sparse=True): duplicates sum, then the values count
-            t = t.coalesce().values()
-        groups[(t.device, t.dtype)].append((layer, t, shards))
+    local = [local_values(t) for _, t in items]
+    values = [v for v, _ in local]
+    dtype = _float64 if process_group() is not None else accumulator
     ordered: list[torch.Tensor] = []
-    for (_, dtype), group in groups.items():
-        tensors = [t for _, t, _ in group]
-        norms = torch.stack(foreach_norms(tensors, torch.float64 if exact else accumulator(dtype)))
+    for positions, norms in grouped_norms(values, dtype):
         buffer.add_elements(
-            [layer for layer, _, _ in group],
+            [items[i][0] for i in positions],
             kind,
             norms,
-            [t.numel() for t in tensors],
-            shards=[shards for _, _, shards in group],
+            [values[i].numel() for i in positions],
+            shards=[local[i][1] for i in positions],
         )
-        ordered.extend(tensors)
+        ordered.extend(values[i] for i in positions)
     return ordered
+
+
+def _float64(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64
 
 
 def refine_norms(host: HostStep, kind: Field, tensors: list[torch.Tensor]) -> None:
@@ -182,7 +169,7 @@ def refine_norms(host: HostStep, kind: Field, tensors: list[torch.Tensor]) -> No
     low, high = FLOAT32_RMS_RANGE
     with np.errstate(invalid="ignore"):
         suspect = ~((rms >= low) & (rms <= high))
-    redo = [k for k in np.flatnonzero(suspect) if tensors[k].dtype != torch.float64]
+    redo = [int(k) for k in np.flatnonzero(suspect) if tensors[k].dtype != torch.float64]
     by_device: dict[torch.device, list[int]] = defaultdict(list)
     for k in redo:
         by_device[tensors[k].device].append(k)
@@ -321,7 +308,7 @@ class StepBuffer:
     def add_grad(self, layer: int, grad: torch.Tensor) -> None:
         """Backward signal: dL/d(one output tensor of the layer)."""
         norms = grad_row_norms(grad.detach(), self.slots)
-        self.add(layer, Field.GRAD_NORM, norms, grad.numel())
+        self.add(layer, Field.SIGNAL_NORM, norms, grad.numel())
 
     def unit_peaks(self) -> dict[int, torch.Tensor | None]:
         """Per layer that can die: its units' maxima over the step's samples [units], or
@@ -387,6 +374,78 @@ class StepBuffer:
         return np.concatenate(pieces)
 
 
+def _read_fields(stat: LayerStatistic) -> tuple[Field, ...]:
+    """The fields a stored statistic reads, by the names its table entry gives."""
+    missing = [name for name in stat.reads if name not in Field.__members__]
+    if missing:
+        raise BackprobeError(
+            f"Statistic {stat.name!r} reads {', '.join(missing)}, which the probe does not "
+            f"gather (fields: {', '.join(Field.__members__)}). Add the field and its device "
+            "reduction in StepBuffer, or read a gathered one."
+        )
+    return tuple(Field[name] for name in stat.reads)
+
+
+#: Every stored per-layer statistic with the fields it reads.
+STATISTIC_FIELDS: tuple[tuple[LayerStatistic, tuple[Field, ...]], ...] = tuple(
+    (stat, _read_fields(stat)) for stat in LAYER_STATISTICS
+)
+#: Fields whose per-(field, layer) totals make the statistics and the loss: under
+#: torch.distributed they are totalled over the ranks; any other entry (time profiles,
+#: user scalars, the loss scale) is read back as it is, from this rank.
+TOTALLED_FIELDS: frozenset[Field] = frozenset(
+    {Field.LOSS, *(f for _, fields in STATISTIC_FIELDS for f in fields)}
+)
+#: Row of each gate statistic in a recurrent layer's [2] gate summary (mean, open).
+_GATE_ROWS = {Combine.GATE_MEAN: 0, Combine.GATE_OPEN: 1}
+
+
+@dataclass(frozen=True)
+class StepTotals:
+    """A recorded step's gathered values totalled per (field, layer), float64 [fields,
+    layers] each: sums, sums of squares, elements summarised (``numel``), non-finite
+    values, and whether the layer gathered the field at all (bool)."""
+
+    total: np.ndarray
+    squares: np.ndarray
+    count: np.ndarray
+    nonfinite: np.ndarray
+    present: np.ndarray
+
+    def combine(self, how: Combine, fields: tuple[Field, ...], unit: float = 1.0) -> np.ndarray:
+        """One statistic per layer [layers]: ``fields`` combined as ``how`` says, values
+        divided by ``unit`` (the loss scale for a scaled field; counts are not), NaN where
+        the layer gathered none of ``fields[0]``. Empty layers divide 0 by 0: call it
+        with numpy's invalid-value warnings off."""
+        first = fields[0]
+        if how is Combine.NONFINITE:
+            return np.where(self.present[first], self.nonfinite[first], np.nan)
+        if how is Combine.MEAN:
+            value = self.total[first] / self.count[first]
+        elif how is Combine.NORM:
+            value = np.sqrt(self.squares[first])
+        elif how is Combine.SPREAD:
+            mean = self.total[first] / self.count[first]
+            second = self.squares[fields[1]] / self.count[first]
+            std = np.sqrt(np.maximum(second - mean * mean, 0.0))
+            value = np.where(np.isfinite(second), std, second)
+        else:
+            raise BackprobeError(f"{how} is not combined from gathered totals.")
+        if unit != 1.0:  # dividing by 1 changes nothing: spared
+            value = value / unit
+        return np.where(self.present[first], value, np.nan)
+
+
+@dataclass(frozen=True)
+class RankTotals(StepTotals):
+    """:class:`StepTotals` over every rank of a torch.distributed job. The signal's
+    squares are already those of the mean of the ranks' losses and the loss is that mean.
+    ``entry_nonfinite`` are the per-entry non-finite counts summed over ranks (None when
+    ranks' entries differ)."""
+
+    entry_nonfinite: np.ndarray | None = None
+
+
 @dataclass(frozen=True)
 class HostStep:
     """A recorded step's gathered values on the host, in the order the hooks fired: entry
@@ -411,12 +470,16 @@ class HostStep:
         start = int(self.lengths[:index].sum())
         return self.values[start : start + int(self.lengths[index])]
 
-    def reduce(self, n_layers: int, params_scaled: bool = False) -> StepStats:
-        """Combine the entries into per-layer statistics (float64, NaN where not measured).
+    def reduce(
+        self, n_layers: int, params_scaled: bool = False, gates: Mapping[int, int] | None = None
+    ) -> StepStats:
+        """Combine the entries into every stored per-layer statistic (float64, NaN where
+        not measured), as :data:`~backprobe.store.statistics.LAYER_STATISTICS` says.
 
         The GradScaler's scale (if one was gathered) is divided out of the backward
         signal, and out of parameter gradients when ``params_scaled`` (the optimizer's
-        gradients were not unscaled yet when the step was recorded).
+        gradients were not unscaled yet when the step was recorded). ``gates`` maps a
+        recurrent layer to the entry of its [2] memory-gate summary (mean, open).
         """
         v = self.values
         n_entries = self.layers.size
@@ -427,59 +490,47 @@ class HostStep:
 
         sums = per_entry(v)
         nonfinite = per_entry(~np.isfinite(v))
-        key = self.fields * n_layers + self.layers
-
-        def table(weights: np.ndarray | None = None) -> np.ndarray:
-            """[fields, layers] totals of a per-entry quantity."""
-            totals = np.bincount(key, weights=weights, minlength=len(Field) * n_layers)
-            return totals.reshape(len(Field), n_layers)
-
-        total, squares, count, bad = (
-            table(sums),
-            table(per_entry(v * v)),
-            table(self.numels),
-            (table(nonfinite)),
-        )
-        present = table() > 0
         ranks = self.ranks
-        if ranks is not None:  # torch.distributed: the same tables, over every rank
-            total, squares, count, bad = ranks.total, ranks.squares, ranks.count, ranks.nonfinite
-            present = ranks.present
+        totals: StepTotals
+        if ranks is None:
+            key = self.fields * n_layers + self.layers
+
+            def table(weights: np.ndarray | None = None) -> np.ndarray:
+                """[fields, layers] totals of a per-entry quantity."""
+                totals = np.bincount(key, weights=weights, minlength=len(Field) * n_layers)
+                return totals.reshape(len(Field), n_layers)
+
+            totals = StepTotals(
+                total=table(sums),
+                squares=table(per_entry(v * v)),
+                count=table(self.numels),
+                nonfinite=table(nonfinite),
+                present=table() > 0,
+            )
+        else:  # torch.distributed: the same tables, over every rank
+            totals = ranks
             if ranks.entry_nonfinite is not None:
                 nonfinite = ranks.entry_nonfinite
-
-        def masked(kind: Field, data: np.ndarray) -> np.ndarray:
-            return np.where(present[kind], data, np.nan)
-
+        scale = self._scalar(Field.SCALE, sums, default=1.0)
+        units = {Field.SIGNAL_NORM: scale, Field.PARAM_GRAD_NORM: scale if params_scaled else 1.0}
+        gate_rows = np.full((len(_GATE_ROWS), n_layers), np.nan)
+        for layer, entry in (gates or {}).items():
+            gate_rows[:, layer] = self.entry(entry)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            mean = total[Field.OUT_SUM] / count[Field.OUT_SUM]
-            second = squares[Field.OUT_NORM] / count[Field.OUT_SUM]
-            std = np.sqrt(np.maximum(second - mean * mean, 0.0))
-            std = np.where(np.isfinite(second), std, second)
-            scale = self._scalar(Field.SCALE, sums, default=1.0)
-            grad_norm = np.sqrt(squares[Field.PARAM_GRAD_NORM])
-            if params_scaled:
-                grad_norm = grad_norm / scale
-            return StepStats(
-                grad_norm=masked(Field.PARAM_GRAD_NORM, grad_norm),
-                weight_norm=masked(Field.PARAM_NORM, np.sqrt(squares[Field.PARAM_NORM])),
-                signal_norm=masked(Field.GRAD_NORM, np.sqrt(squares[Field.GRAD_NORM]) / scale),
-                act_mean=masked(Field.OUT_SUM, mean),
-                act_std=masked(Field.OUT_SUM, std),
-                saturated=masked(
-                    Field.OUT_SATURATED,
-                    total[Field.OUT_SATURATED] / count[Field.OUT_SATURATED],
-                ),
-                dead=masked(Field.DEAD, total[Field.DEAD] / count[Field.DEAD]),
-                nonfinite_out=masked(Field.OUT_SUM, bad[Field.OUT_SUM]),
-                nonfinite_grad=masked(Field.GRAD_NORM, bad[Field.GRAD_NORM]),
-                loss=(
-                    self._scalar(Field.LOSS, sums, default=np.nan)
-                    if ranks is None
-                    else float(masked(Field.LOSS, total[Field.LOSS])[0])
-                ),
-                first_nonfinite=self._first_nonfinite(nonfinite),
-            )
+            per_layer = {
+                stat.name: (
+                    gate_rows[_GATE_ROWS[stat.combine]]
+                    if stat.combine in _GATE_ROWS
+                    else totals.combine(stat.combine, fields, units.get(fields[0], 1.0))
+                )
+                for stat, fields in STATISTIC_FIELDS
+            }
+        loss = (
+            self._scalar(Field.LOSS, sums, default=np.nan)
+            if ranks is None
+            else float(ranks.total[Field.LOSS, 0] if ranks.present[Field.LOSS, 0] else np.nan)
+        )
+        return StepStats(per_layer, loss, self._first_nonfinite(nonfinite))
 
     def _scalar(self, kind: Field, sums: np.ndarray, default: float) -> float:
         hits = np.flatnonzero(self.fields == kind)
@@ -488,44 +539,22 @@ class HostStep:
     def _first_nonfinite(self, nonfinite: np.ndarray) -> tuple[int, int]:
         """(layer, phase) of the first hook call that saw a non-finite value, phase 0 for
         the forward pass and 1 for the backward pass; (-1, -1) when all were finite."""
-        watched = (self.fields == Field.OUT_SUM) | (self.fields == Field.GRAD_NORM)
+        watched = (self.fields == Field.OUT_SUM) | (self.fields == Field.SIGNAL_NORM)
         hits = np.flatnonzero(watched & (nonfinite > 0))
         if not hits.size:
             return (-1, -1)
         first = hits[0]
-        return int(self.layers[first]), int(self.fields[first] == Field.GRAD_NORM)
-
-
-@dataclass(frozen=True)
-class RankTotals:
-    """Totals over every rank of a torch.distributed job, [fields, layers] float64 like the
-    tables of :meth:`HostStep.reduce`: sums, sums of squares, element counts, non-finite
-    counts and presence of each (field, layer). The signal's squares are already those of
-    the mean of the ranks' losses and the loss is that mean. ``entry_nonfinite`` are the
-    per-entry non-finite counts summed over ranks (None when ranks' entries differ)."""
-
-    total: np.ndarray
-    squares: np.ndarray
-    count: np.ndarray
-    nonfinite: np.ndarray
-    present: np.ndarray
-    entry_nonfinite: np.ndarray | None
+        return int(self.layers[first]), int(self.fields[first] == Field.SIGNAL_NORM)
 
 
 @dataclass(frozen=True)
 class StepStats:
-    """Per-layer statistics of one recorded step, float64 arrays [layers] indexed like the
-    probe's hooks (registration order), NaN where a statistic does not apply or the layer
-    did not run. Gradients are unscaled."""
+    """Statistics of one recorded step. ``per_layer``: every stored per-layer statistic by
+    name, float64 [layers] indexed like the probe's hooks (registration order), NaN where
+    it does not apply or the layer did not run; gradients are unscaled. ``loss``: the
+    loss given to ``step()`` (NaN if none). ``first_nonfinite``: see
+    :meth:`HostStep._first_nonfinite`."""
 
-    grad_norm: np.ndarray
-    weight_norm: np.ndarray
-    signal_norm: np.ndarray
-    act_mean: np.ndarray
-    act_std: np.ndarray
-    saturated: np.ndarray
-    dead: np.ndarray
-    nonfinite_out: np.ndarray
-    nonfinite_grad: np.ndarray
+    per_layer: dict[str, np.ndarray]
     loss: float
     first_nonfinite: tuple[int, int]

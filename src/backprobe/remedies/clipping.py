@@ -13,8 +13,9 @@ Three rules, each a thin layer over PyTorch's own ``torch.nn.utils.clip_grad_*``
   threshold has to be tuned.
 
 Each returns a :class:`ClipResult` of 0-d tensors on the gradients' device: the global
-norms are reduced with ``torch._foreach_norm`` per (device, dtype) group and nothing is
-moved to the host, so clipping adds no CPU↔GPU synchronisation to the step. When a
+norms are reduced with ``torch._foreach_norm`` per (device, dtype) group
+(:func:`~backprobe.probe.norms.global_norm`) and nothing is moved to the host, so
+clipping adds no CPU↔GPU synchronisation to the step. When a
 ``probe`` is given, both norms are recorded on it as ``clip/pre_norm`` and
 ``clip/post_norm`` (and the adaptive threshold as ``clip/threshold``), readable afterwards
 with ``probe.history("clip/pre_norm")``.
@@ -39,6 +40,7 @@ import torch
 from torch import nn
 
 from ..errors import RemedyError
+from ..probe.norms import global_norm
 
 __all__ = [
     "AdaptiveClipper",
@@ -72,29 +74,9 @@ def _grads(parameters: Parameters) -> list[torch.Tensor]:
 
 
 def global_grad_norm(parameters: Parameters, *, foreach: bool | None = None) -> torch.Tensor:
-    """The L2 norm of all gradients together, a 0-d float32 tensor (0 if none).
-
-    One ``_foreach_norm`` per (device, dtype) group, combined on the first gradient's
-    device; no host synchronisation.
-    """
-    grads = _grads(parameters)
-    if not grads:
-        return torch.zeros(())
-    device = grads[0].device
-    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-    for g in grads:
-        groups.setdefault((g.device, g.dtype), []).append(g)
-    norms: list[torch.Tensor] = []
-    for (dev, _), gs in groups.items():
-        use_foreach = foreach if foreach is not None else dev.type in ("cuda", "cpu")
-        gs = [g.coalesce().values() if g.is_sparse else g for g in gs]
-        if use_foreach:
-            parts = torch._foreach_norm(gs, 2.0)
-        else:
-            parts = [torch.linalg.vector_norm(g) for g in gs]
-        # float32 on the common device; .to() on another device is asynchronous
-        norms.extend(n.float().to(device, non_blocking=True) for n in parts)
-    return torch.linalg.vector_norm(torch.stack(norms))
+    """The L2 norm of all gradients together, a 0-d float32 tensor on the first
+    gradient's device (0 if none); see :func:`~backprobe.probe.norms.global_norm`."""
+    return global_norm(_grads(parameters), foreach=foreach)
 
 
 def _record(probe: object, result: ClipResult, threshold: bool = False) -> None:
@@ -126,17 +108,19 @@ def clip_grad_norm_(
 ) -> ClipResult:
     """Pascanu's Algorithm 1: rescale all gradients together to global norm ≤ ``max_norm``.
 
-    Uses ``torch.nn.utils.clip_grad_norm_`` (which scales by max_norm/(‖g‖ + 1e-6) when
-    ‖g‖ > max_norm, so the post-clip norm is max_norm within 1e-6 relative) and measures
-    the norm again afterwards. A non-finite pre-clip norm leaves non-finite gradients
-    (nothing can rescue them); check ``result.pre_norm.isfinite()`` to skip such a step.
+    Uses ``torch.nn.utils.clip_grad_norm_``, which measures ‖g‖ (the one norm pass over
+    the gradients, its result is the pre-clip norm) and multiplies every gradient by
+    min(1, max_norm/(‖g‖ + 1e-6)): the post-clip norm is ‖g‖ times that factor, max_norm
+    within 1e-6 relative when clipped. A non-finite pre-clip norm leaves non-finite
+    gradients (nothing can rescue them); check ``result.pre_norm.isfinite()`` to skip
+    such a step.
     """
     _check_positive(max_norm, "max_norm")
-    params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
-    pre = global_grad_norm(params, foreach=foreach)
-    nn.utils.clip_grad_norm_(params, max_norm, foreach=foreach)
-    post = global_grad_norm(params, foreach=foreach)
-    result = ClipResult(pre, post, torch.full_like(pre, float(max_norm)))
+    total = nn.utils.clip_grad_norm_(parameters, max_norm, foreach=foreach)
+    # the factor torch applied, computed as torch computes it
+    factor = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    pre = total.float()
+    result = ClipResult(pre, (total * factor).float(), torch.full_like(pre, float(max_norm)))
     _record(probe, result)
     return result
 
@@ -206,10 +190,11 @@ class AdaptiveClipper:
         params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
         grads = _grads(params)
         pre = global_grad_norm(params, foreach=foreach)
-        if self.steps < self.warmup or self._ema is None:
+        mean = self.mean_norm  # None before the first step
+        if self.steps < self.warmup or mean is None:
             threshold = torch.full_like(pre, float("inf"))
         else:
-            threshold = self.factor * self.mean_norm  # type: ignore[operator]
+            threshold = mean * self.factor
         # scale = min(1, threshold / pre) on device, as torch's clip_grad_norm_ does
         coef = torch.clamp(threshold / (pre + 1e-6), max=1.0)
         if grads:
@@ -219,14 +204,12 @@ class AdaptiveClipper:
             for dev, gs in groups.items():
                 torch._foreach_mul_(gs, coef.to(dev))
         post = global_grad_norm(params, foreach=foreach)
-        if self._ema is None:
-            self._ema = torch.zeros_like(pre)
-            previous = torch.zeros_like(pre)
-        else:
-            previous = self.mean_norm  # type: ignore[assignment]
         # a non-finite step enters the mean as the mean so far, not as inf or nan
-        tracked = torch.where(torch.isfinite(post), post, previous)
-        self._ema = self.beta * self._ema + (1.0 - self.beta) * tracked
+        tracked = torch.where(
+            torch.isfinite(post), post, torch.zeros_like(pre) if mean is None else mean
+        )
+        ema = torch.zeros_like(pre) if self._ema is None else self._ema
+        self._ema = self.beta * ema + (1.0 - self.beta) * tracked
         self.steps += 1
         result = ClipResult(pre, post, threshold)
         _record(probe, result, threshold=True)

@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Protocol, runtime_checkable
 
-import numpy as np
 from torch import nn
 
 from ..errors import ProbeConfigError
-from .view import LayerInfo
+from .view import LayerInfo, StepProfiles, StepSeries
 
 
 @runtime_checkable
@@ -28,16 +27,11 @@ class StepSink(Protocol):
     def set_layers(self, layers: list[LayerInfo]) -> None:
         """The probed layers in input → output order, once the first step has shown it."""
 
-    def append(
-        self,
-        step: int,
-        series: dict[str, np.ndarray],
-        profiles: dict[tuple[str, str], np.ndarray] | None = None,
-    ) -> None:
-        """One recorded step as the run stores it: per-layer series [layers] (input →
-        output order), run-level ones (``loss`` [1], user scalars under ``user:``…), and
-        recurrent time profiles keyed by (sub-layer, kind). Called before the training
-        loop's ``optimizer.step()``: parameters and gradients are those described."""
+    def append(self, step: int, series: StepSeries, profiles: StepProfiles | None = None) -> None:
+        """One recorded step as the run stores it: its ``series`` by stored name and the
+        recurrent layers' time ``profiles`` (see :data:`~backprobe.store.view.StepSeries`
+        and :data:`~backprobe.store.view.StepProfiles`). Called before the training loop's
+        ``optimizer.step()``: parameters and gradients are those described."""
 
     def flush(self) -> None:
         """Write what is buffered."""
@@ -48,9 +42,11 @@ class StepSink(Protocol):
 
 def check_sinks(sinks: Iterable[object]) -> list[StepSink]:
     """The sinks as a list, each checked to be a :class:`StepSink`."""
-    checked = list(sinks)
-    for sink in checked:
-        if not isinstance(sink, StepSink):
+    checked: list[StepSink] = []
+    for sink in sinks:
+        if isinstance(sink, StepSink):
+            checked.append(sink)
+        else:
             hint = (
                 " Wrap a SummaryWriter: sinks=[TensorBoardSink(writer)] "
                 "(from backprobe.integrations.tensorboard)."

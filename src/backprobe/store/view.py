@@ -1,33 +1,21 @@
 """The read API shared by a live :class:`~backprobe.Probe` and a stored run.
 
-Both hold, per recorded step, the stored series below; the derived statistics are
-computed here from them so that nothing is stored twice.
+Both hold, per recorded step, the stored series below (the per-layer ones are listed in
+:mod:`~backprobe.store.statistics`); the derived statistics are computed here from them so
+that nothing is stored twice.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import BackprobeError
+from .statistics import LAYER_SERIES
 
-#: Per-layer series stored for each recorded step, each [layers].
-LAYER_SERIES: tuple[str, ...] = (
-    "grad_norm",  # ||dL/dθ|| over the layer's own trainable parameters
-    "weight_norm",  # ||θ|| over the same parameters
-    "signal_norm",  # ||dL/d output||: the backward signal reaching the layer's output
-    "act_mean",  # mean of the layer's primary output
-    "act_std",  # standard deviation of the primary output
-    "saturated",  # fraction of saturated units (sigmoid / tanh / hard-tanh family)
-    "dead",  # fraction of units zero for the whole batch (ReLU family)
-    "nonfinite_out",  # samples whose output holds a NaN or an infinity
-    "nonfinite_grad",  # samples whose dL/d output holds a NaN or an infinity
-    "gate_mean",  # LSTM / GRU: mean forget / update gate over the time-profile sub-batch
-    "gate_open",  # LSTM / GRU: fraction of those gate values above 0.9 (memory kept)
-)
 #: Run-level series stored for each recorded step.
 STEP_SERIES: tuple[str, ...] = (
     "loss",  # [1] the loss passed to step(), NaN if none
@@ -49,6 +37,13 @@ HORIZON_THRESHOLD = 1e-3
 
 #: Rows stored at some of the recorded steps: (steps int64 [R], one array per row).
 SparseRows = tuple[np.ndarray, list[np.ndarray]]
+#: One recorded step's series by stored name: per-layer ones [layers] in input → output
+#: order, run-level ones (``loss`` [1], ``first_nonfinite`` [2]) and user scalars [1]
+#: (under :data:`USER_PREFIX`).
+StepSeries = Mapping[str, np.ndarray]
+#: One recorded step's time profiles by (recurrent sub-layer name, kind of
+#: :data:`PROFILE_KINDS`), each 1-D.
+StepProfiles = Mapping[tuple[str, str], np.ndarray]
 
 
 def align_rows(steps: np.ndarray, sparse: SparseRows) -> np.ndarray:
@@ -288,16 +283,12 @@ class MemoryRun(RunView):
     def set_layers(self, layers: list[LayerInfo]) -> None:
         self._layers = list(layers)
 
-    def append(
-        self,
-        step: int,
-        series: dict[str, np.ndarray],
-        profiles: dict[tuple[str, str], np.ndarray] | None = None,
-    ) -> None:
-        """One recorded step: built-in and user (:data:`USER_PREFIX`) series, and time
-        profiles keyed by (sub-layer name, kind)."""
+    def append(self, step: int, series: StepSeries, profiles: StepProfiles | None = None) -> None:
+        """Keeps the step (see :meth:`~backprobe.store.sink.StepSink.append`)."""
         self._steps.append(step)
-        sparse = [((stat,), v) for stat, v in series.items() if stat.startswith(USER_PREFIX)]
+        sparse: list[tuple[tuple[str, ...], np.ndarray]] = [
+            ((stat,), v) for stat, v in series.items() if stat.startswith(USER_PREFIX)
+        ]
         sparse += list((profiles or {}).items())
         with np.errstate(over="ignore"):  # beyond float32's range is stored as inf
             for stat, values in series.items():

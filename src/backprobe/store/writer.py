@@ -20,7 +20,7 @@ import numpy as np
 
 from .db import RunDatabase
 from .run import StoredRun
-from .view import LayerInfo, RunView
+from .view import LayerInfo, RunView, StepProfiles, StepSeries
 
 _open_writers: weakref.WeakSet[RunWriter] = weakref.WeakSet()
 
@@ -63,13 +63,8 @@ class RunWriter:
         with self._lock:
             self._pending_layers = list(layers)
 
-    def append(
-        self,
-        step: int,
-        series: dict[str, np.ndarray],
-        profiles: dict[tuple[str, str], np.ndarray] | None = None,
-    ) -> None:
-        """One recorded step: series by statistic, time profiles by (sub-layer, kind)."""
+    def append(self, step: int, series: StepSeries, profiles: StepProfiles | None = None) -> None:
+        """Buffers the step's rows (see :meth:`~backprobe.store.sink.StepSink.append`)."""
         with np.errstate(over="ignore"):  # beyond float32's range is stored as inf
             rows = [
                 (self.run_id, stat, step, np.asarray(values, dtype=np.float32).tobytes())
