@@ -151,9 +151,9 @@ def run_experiment(
     settings: Sequence[str] = (),
     seeds: int = 1,
     first_seed: int = 0,
+    jobs: int = 1,
     variants: Sequence[str] | None = None,
     quick: bool = False,
-    jobs: int = 1,
     db: Path | None = None,
     console: Console | None = None,
 ) -> list[JobResult]:
