@@ -306,7 +306,9 @@ def test_show_run_without_steps(monkeypatch, capsys, tmp_path):
 @pytest.mark.parametrize("run", ["99", "nope"])
 def test_show_unknown_run(monkeypatch, capsys, db, run):
     code, out, err = run_main(monkeypatch, capsys, "show", run, "--db", db)
-    assert_one_line_error(code, err, f"No run '{run}'", "1 (alpha)", "2 (beta)")
+    assert_one_line_error(
+        code, err, f"No run '{run}'", "1 (alpha)", "2 (beta)", "`backprobe runs --db PATH`"
+    )
     assert out == ""
 
 

@@ -20,7 +20,7 @@ from rich.table import Table
 from ._format import compact_number, counted
 from ._version import __version__
 from .diagnose.training import UpdateRule  # numpy only: --help stays quick
-from .errors import BackprobeError, CheckInputError, RunDatabaseError
+from .errors import BackprobeError, CheckInputError, RunDatabaseError, RunNotFoundError
 from .store.db import DB_ENV, DEFAULT_DB
 
 if TYPE_CHECKING:
@@ -344,6 +344,8 @@ def lab_table(
 
 #: Added to run-database errors: the library's messages speak of Python, not of options.
 DB_HINT = f"With the command line, --db PATH or {DB_ENV}=PATH names another run database."
+#: Added to unknown-run errors.
+RUNS_HINT = "`backprobe runs --db PATH` lists the runs."
 
 
 def _usage_error_line(exc: Exception) -> str | None:
@@ -365,7 +367,8 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except BackprobeError as exc:
-        hint = f" {DB_HINT}" if isinstance(exc, RunDatabaseError) else ""
+        hints = {RunDatabaseError: DB_HINT, RunNotFoundError: RUNS_HINT}
+        hint = next((f" {h}" for kind, h in hints.items() if isinstance(exc, kind)), "")
         print(f"backprobe: error: {exc}{hint}", file=sys.stderr)
         sys.exit(1)
     except typer.Exit as exc:

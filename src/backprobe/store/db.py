@@ -397,7 +397,7 @@ class RunDatabase:
             raise RunNotFoundError(
                 f"No run {run!r} in {self.path}. Expected a run id or name; "
                 f"latest runs: {', '.join(known) if known else 'none'} "
-                "(`backprobe runs` lists them)."
+                "(backprobe.store.RunDatabase(path).runs() lists them all)."
             )
         return int(row[0])
 
