@@ -52,8 +52,18 @@ class RemedyError(BackprobeError, ValueError):
 
 
 class LabConfigError(BackprobeError, ValueError):
-    """A lab experiment was asked for by an unknown name, variant or setting, or a setting
-    was given a value of the wrong type."""
+    """A lab experiment was asked for by an unknown name, variant or setting; a setting
+    was given a value of the wrong type or out of its range; or a lab model, task or
+    training run was built with options it cannot use."""
+
+
+class LabDefinitionError(LabConfigError, TypeError):
+    """An experiment is defined with a config that is no dataclass, overrides fields its
+    config lacks, or expects results of variants it does not have."""
+
+
+class DiagnoseError(BackprobeError, ValueError):
+    """A finding, threshold or diagnosis option was given a value it cannot take."""
 
 
 class CheckInputError(BackprobeError, ValueError):

@@ -6,7 +6,7 @@ import pytest
 
 from backprobe.diagnose.finding import KINDS, SEVERITIES, Finding
 from backprobe.diagnose.training import UPDATE_RULES, update_rule
-from backprobe.errors import BackprobeError
+from backprobe.errors import BackprobeError, DiagnoseError
 
 
 def test_kinds_and_severities_are_those_of_the_literals():
@@ -23,10 +23,10 @@ def test_kinds_and_severities_are_those_of_the_literals():
     ],
 )
 def test_an_unknown_kind_or_severity_is_refused_at_construction(kind, severity, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(DiagnoseError, match=message):
         Finding(kind, severity, "summary")  # type: ignore[arg-type]  # the wrong value is the test
     stored = {"kind": kind, "severity": severity, "summary": "from a database"}
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(DiagnoseError, match=message):
         Finding.from_dict(stored)
 
 

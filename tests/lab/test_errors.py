@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from backprobe.errors import BackprobeError, LabConfigError
+from backprobe.errors import BackprobeError, LabConfigError, LabDefinitionError
 from backprobe.lab.experiments import Experiment, RunContext, get_experiment, register
 from backprobe.lab.experiments.training import Loop, build_optimizer, train
 from backprobe.lab.models import DeepMLP, RecurrentModel
@@ -65,3 +65,19 @@ def test_lab_mistakes_are_lab_config_errors(mistake: Callable[[], object], messa
     with pytest.raises(LabConfigError, match=message) as info:
         mistake()
     assert isinstance(info.value, BackprobeError) and isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    "definition",
+    [
+        lambda: _experiment(config=dict),
+        lambda: _experiment(variants={"v": {"stpes": 2}}),
+        lambda: _experiment(expect={"nope": []}),
+    ],
+)
+def test_a_broken_experiment_definition_is_also_a_type_error(
+    definition: Callable[[], object],
+) -> None:
+    with pytest.raises(LabDefinitionError) as info:
+        definition()
+    assert isinstance(info.value, TypeError) and isinstance(info.value, LabConfigError)

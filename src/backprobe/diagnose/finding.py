@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal, get_args
 
+from ..errors import DiagnoseError
+
 Kind = Literal[
     "vanishing",
     "exploding",
@@ -71,9 +73,9 @@ class Finding:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"Expected a finding kind in {KINDS}, but got {self.kind!r}.")
+            raise DiagnoseError(f"Expected a finding kind in {KINDS}, but got {self.kind!r}.")
         if self.severity not in SEVERITIES:
-            raise ValueError(f"Expected a severity in {SEVERITIES}, but got {self.severity!r}.")
+            raise DiagnoseError(f"Expected a severity in {SEVERITIES}, but got {self.severity!r}.")
 
     @property
     def severity_rank(self) -> int:

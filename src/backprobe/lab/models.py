@@ -14,6 +14,7 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
+from ..activations import ActivationKind, activation_kind
 from ..errors import LabConfigError
 from ..probe.recurrent import UnrolledResult, unrolled_forward
 from ..remedies.esn import EchoStateNetwork
@@ -39,11 +40,12 @@ Cell = Literal["rnn", "lstm", "gru", "irnn", "esn"]
 CELLS: tuple[str, ...] = get_args(Cell)
 Readout = Literal["last", "all"]
 
-_ACTIVATION_TYPES: dict[str, type[nn.Module]] = {
-    "sigmoid": nn.Sigmoid,
-    "tanh": nn.Tanh,
-    "relu": nn.ReLU,
-}
+
+def _kind(activation: MLPActivation) -> ActivationKind:
+    """The activation table's record of one of :data:`ACTIVATIONS`."""
+    kind = activation_kind(activation)
+    assert kind is not None and kind.init_gain is not None  # all three are in the table
+    return kind
 
 
 class DeepMLP(nn.Sequential):
@@ -68,7 +70,8 @@ class DeepMLP(nn.Sequential):
     - ``"he"``: He et al. (2015), ``N(0, 2/fan_in)``; the factor 2 makes up for ReLU
       zeroing half of its inputs, so the variance survives any depth on average.
     - ``"orthogonal"``: Saxe et al. (2014), a random orthogonal matrix times the
-      activation's gain from ``nn.init.calculate_gain`` (sigmoid 1, tanh 5/3, ReLU √2):
+      activation's gain from the activation table (sigmoid 1, tanh 5/3, ReLU √2, as
+      ``nn.init.calculate_gain``):
       every singular value equal, so no direction of the signal is shrunk or amplified.
 
     Biases are zero under every init except ``"default"``.
@@ -83,7 +86,7 @@ class DeepMLP(nn.Sequential):
         activation: MLPActivation = "relu",
         init: Init = "default",
     ) -> None:
-        if activation not in _ACTIVATION_TYPES:
+        if activation not in ACTIVATIONS:
             raise LabConfigError(f"Expected activation in {ACTIVATIONS}, got {activation!r}.")
         if init not in INITS:
             raise LabConfigError(f"Expected init in {INITS}, got {init!r}.")
@@ -96,7 +99,7 @@ class DeepMLP(nn.Sequential):
         fan_in = in_features
         for i in range(1, depth + 1):
             layers[f"fc{i}"] = nn.Linear(fan_in, width)
-            layers[f"act{i}"] = _ACTIVATION_TYPES[activation]()
+            layers[f"act{i}"] = _kind(activation).modules[0]()
             fan_in = width
         layers["out"] = nn.Linear(fan_in, out_features)
         super().__init__(layers)
@@ -116,7 +119,7 @@ class DeepMLP(nn.Sequential):
     def reset_parameters(self) -> None:
         """(Re)draw every weight and bias under ``self.init`` from the global torch RNG;
         seed it (``torch.manual_seed``) for a reproducible model."""
-        gain = nn.init.calculate_gain(self.activation)
+        gain = float(_kind(self.activation).init_gain or 1.0)
         for linear in self.linears:
             if self.init == "default":
                 linear.reset_parameters()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..._format import compact_number
-from ...errors import LabConfigError
+from ...errors import LabConfigError, LabDefinitionError
 
 __all__ = [
     "Expectation",
@@ -147,7 +147,7 @@ class Experiment:
 
     def __post_init__(self) -> None:
         if not dataclasses.is_dataclass(self.config):
-            raise LabConfigError(
+            raise LabDefinitionError(
                 f"Experiment {self.name}: expected a dataclass type as config, got "
                 f"{self.config!r}; decorate it with @dataclass(frozen=True)."
             )
@@ -155,14 +155,14 @@ class Experiment:
         for where, overrides in [("quick", self.quick), *self.variants.items()]:
             unknown = set(overrides) - known
             if unknown:
-                raise LabConfigError(
+                raise LabDefinitionError(
                     f"Experiment {self.name}, {where}: expected fields of "
                     f"{self.config.__name__}, got unknown {sorted(unknown)}; add them to the "
                     "config or fix their names."
                 )
         missing = set(self.expect) - set(self.variants)
         if missing:
-            raise LabConfigError(
+            raise LabDefinitionError(
                 f"Experiment {self.name}: expected expectations for its variants "
                 f"({', '.join(self.variants)}), got them for unknown {sorted(missing)}."
             )

@@ -49,11 +49,8 @@ def final_value(series: np.ndarray) -> float:
 
 def collect(db: Path) -> list[LabRun]:
     """Every finished lab run in ``db``, oldest first, with its final metrics."""
-    database = RunDatabase(db)
-    try:
+    with RunDatabase(db, read_only=True) as database:
         infos = database.runs()
-    finally:
-        database.close()
     runs = []
     for info in infos:
         lab = info.config.get("lab") if isinstance(info.config, dict) else None
