@@ -120,6 +120,11 @@ def grad_row_norms(t: torch.Tensor, slots: StatSlots | None = None) -> torch.Ten
     return _per_row(torch.linalg.vector_norm, t, torch.float64, slots)
 
 
+def _float64(dtype: torch.dtype) -> torch.dtype:
+    """Accumulate every norm in float64 (torch.distributed sums the ranks' squares)."""
+    return torch.float64
+
+
 def add_tensor_norms(
     buffer: StepBuffer, items: list[tuple[int, torch.Tensor]], kind: Field
 ) -> list[torch.Tensor]:
@@ -146,10 +151,6 @@ def add_tensor_norms(
         )
         ordered.extend(values[i] for i in positions)
     return ordered
-
-
-def _float64(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64
 
 
 def refine_norms(host: HostStep, kind: Field, tensors: list[torch.Tensor]) -> None:
