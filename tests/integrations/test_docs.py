@@ -75,11 +75,8 @@ def test_torchrun_example(tmp_path):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    db = RunDatabase(tmp_path / "backprobe-runs" / "runs.db")
-    try:
+    with RunDatabase(tmp_path / "backprobe-runs" / "runs.db", read_only=True) as db:
         assert [r.name for r in db.runs()] == ["ddp-example"]  # rank 0 only
-    finally:
-        db.close()
     run = open_run(tmp_path / "backprobe-runs" / "runs.db", "ddp-example")
     assert run.steps.tolist() == [0, 5, 10, 15, 20, 25]
     assert run.layers == ["0", "1", "2", "3", "4"]

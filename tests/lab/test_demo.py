@@ -45,11 +45,8 @@ def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, Cha
 
 def test_three_runs_are_stored(quick_demo: tuple[Path, str, ChapterResult]) -> None:
     db, _, chapter = quick_demo
-    database = RunDatabase(db)
-    try:
+    with RunDatabase(db, read_only=True) as database:
         runs = database.runs()
-    finally:
-        database.close()
     runs = [r for r in runs if r.name.startswith("demo/ch1/")]
     assert [r.name for r in runs] == [
         "demo/ch1/short-sigmoid",

@@ -38,11 +38,8 @@ def db(tmp_path: Path) -> Path:
 
 def test_runs_are_stored_with_their_config_and_metrics(db: Path) -> None:
     m = _run(db, "exploding", ["no-clip", "clip"], settings=["n_test=100"])
-    database = RunDatabase(db)
-    try:
+    with RunDatabase(db, read_only=True) as database:
         infos = database.runs()
-    finally:
-        database.close()
     assert [i.name for i in infos] == ["lab/exploding/no-clip/s0", "lab/exploding/clip/s0"]
     lab = infos[0].config["lab"]
     assert lab["experiment"] == "exploding" and lab["variant"] == "no-clip"

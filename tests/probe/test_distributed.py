@@ -97,12 +97,9 @@ def test_a_nan_on_one_rank_is_seen_by_every_rank(distributed_runs):
 def test_only_rank_0_writes_the_run_database(distributed_runs):
     from backprobe.store import RunDatabase
 
-    db = RunDatabase(distributed_runs / "runs.db")
-    try:
+    with RunDatabase(distributed_runs / "runs.db", read_only=True) as db:
         assert sorted(r.name for r in db.runs()) == ["ddp", "fsdp", "nan"]
         assert all(r.status == "finished" for r in db.runs())
-    finally:
-        db.close()
 
 
 def test_single_process_helpers():

@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..activations import Saturation
 from ..errors import BackprobeError
 from ..store.statistics import LAYER_STATISTICS, Combine, LayerStatistic
 from .distributed import process_group
 from .norms import accumulator, foreach_norms, grouped_norms, local_values
-from .selection import Saturation
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup

@@ -210,7 +210,7 @@ def _recorded_steps(run: RunView) -> np.ndarray:
 def _describe(run: RunView) -> tuple[str, str, str | None]:
     """(title, metadata line, notice) of a Probe or a stored run."""
     name = str(getattr(run, "name", type(run).__name__))
-    run_id = getattr(run, "run_id", None)  # a stored run's or a recording Probe's id
+    run_id = run.run_id
     title = f"run {run_id}: {name}" if run_id is not None else name
     status = getattr(run, "status", None)
     if status is None:  # a live Probe

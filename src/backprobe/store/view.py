@@ -116,6 +116,11 @@ class RunView(ABC):
         """
 
     @property
+    def run_id(self) -> int | None:
+        """Id of the run in its run database; None for a run kept in memory only."""
+        return None
+
+    @property
     def layers(self) -> list[str]:
         """Probed layer names, input → output order."""
         return [layer.name for layer in self.layer_info]
