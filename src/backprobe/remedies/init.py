@@ -215,7 +215,7 @@ def _rnn_nonlinearity(module: nn.Module) -> str | None:
     if isinstance(module, nn.RNNCell):
         return module.nonlinearity
     mode = getattr(module, "mode", None)
-    return {"RNN_TANH": "tanh", "RNN_RELU": "relu"}.get(mode)  # type: ignore[arg-type]
+    return {"RNN_TANH": "tanh", "RNN_RELU": "relu"}.get(mode) if isinstance(mode, str) else None
 
 
 def _init_recurrent(

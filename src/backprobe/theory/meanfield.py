@@ -296,7 +296,7 @@ def gaussian_expectation(f: ArrayFunction, q: float, n: int | None = None) -> fl
 def _number(value: object, what: str) -> float:
     """``value`` as a float, or a TheoryInputError naming the argument."""
     try:
-        return float(value)  # type: ignore[arg-type]
+        return float(value)  # type: ignore[arg-type]  # float() itself checks the type
     except (TypeError, ValueError):
         raise TheoryInputError(
             f"Expected {what} to be a number, but got {value!r}; pass a float"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,7 @@ def reach(sizes: Sequence[int], accuracies: Sequence[float], threshold: float) -
 def reach_rows(
     experiment: str,
     groups: Mapping[str, Sequence[str]],
-    variants: Mapping[str, Mapping[str, object]],
+    variants: Mapping[str, Mapping[str, Any]],  # each variant's config overrides
     results: Mapping[str, Mapping[str, Sequence[float]]],
     *,
     key: str,
@@ -42,7 +43,7 @@ def reach_rows(
         ran = [n for n in names if n in results and "test_accuracy" in results[n]]
         if not ran:
             continue
-        sizes = [int(variants[n][key]) for n in ran]  # type: ignore[call-overload]
+        sizes = [int(variants[n][key]) for n in ran]
         accuracy = [float(np.nanmean(results[n]["test_accuracy"])) for n in ran]
         value = reach(sizes, accuracy, threshold)
         text, verdict = "", ""
