@@ -242,15 +242,24 @@ def _token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 class WordRNN(nn.Module):
-    """The word-language model of pytorch/examples: embedding, dropout, a 2-layer LSTM or
-    GRU, dropout, a linear decoder; encoder and decoder weights U(−0.1, 0.1), decoder bias
-    0, the recurrent layers at PyTorch's default init. Input and output are [T, B]."""
+    """The word-language model of pytorch/examples: embedding, dropout, a 2-layer LSTM,
+    GRU or RNN (``nonlinearity`` "tanh" or "relu"), dropout, a linear decoder; encoder and
+    decoder weights U(−0.1, 0.1), decoder bias 0, the recurrent layers at PyTorch's
+    default init. Input and output are [T, B]."""
 
-    def __init__(self, cell: str, hidden: int = 32, layers: int = 2, dropout: float = 0.2):
+    def __init__(
+        self,
+        cell: str,
+        hidden: int = 32,
+        layers: int = 2,
+        dropout: float = 0.2,
+        nonlinearity: str = "tanh",
+    ):
         super().__init__()
         self.drop = nn.Dropout(dropout)
         self.encoder = nn.Embedding(VOCAB, hidden)
-        self.rnn = getattr(nn, cell)(hidden, hidden, layers, dropout=dropout)
+        extra = {"nonlinearity": nonlinearity} if cell == "RNN" else {}
+        self.rnn = getattr(nn, cell)(hidden, hidden, layers, dropout=dropout, **extra)
         self.decoder = nn.Linear(hidden, VOCAB)
         nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
         nn.init.zeros_(self.decoder.bias)
@@ -410,10 +419,14 @@ def _images(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 class AttentionEncoder(nn.Module):
     """A post-LN encoder written directly on ``nn.MultiheadAttention`` (whose
     ``out_proj`` is a Linear that never runs as a module): embedding, blocks of
-    x = LN(x + MHA(x)), x = LN(x + FFN(x)), mean pooling, a classifier."""
+    x = LN(x + MHA(x)), x = LN(x + FFN(x)), mean pooling, a classifier. Without
+    ``residual`` the blocks are x = LN(MHA(x)), x = LN(FFN(x))."""
 
-    def __init__(self, width: int = 32, heads: int = 2, depth: int = 3, classes: int = 4):
+    def __init__(
+        self, width: int = 32, heads: int = 2, depth: int = 3, classes: int = 4, residual=True
+    ):
         super().__init__()
+        self.residual = residual
         self.embed = nn.Embedding(VOCAB, width)
         self.attn = nn.ModuleList(
             nn.MultiheadAttention(width, heads, batch_first=True) for _ in range(depth)
@@ -431,8 +444,10 @@ class AttentionEncoder(nn.Module):
         for attn, norm1, ffn, norm2 in zip(
             self.attn, self.norm1, self.ffn, self.norm2, strict=True
         ):
-            x = norm1(x + attn(x, x, x, need_weights=False)[0])
-            x = norm2(x + ffn(x))
+            skip = x if self.residual else 0.0
+            x = norm1(skip + attn(x, x, x, need_weights=False)[0])
+            skip = x if self.residual else 0.0
+            x = norm2(skip + ffn(x))
         return self.classifier(x.mean(dim=1))
 
 
