@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -65,9 +66,21 @@ def series_width(stat: str, n_layers: int) -> int:
     return 2 if stat == "first_nonfinite" else 1
 
 
+#: What a probed layer's statistics describe (see :class:`LayerInfo`).
+LayerRole = Literal["layer", "params", "block"]
+
+
 @dataclass(frozen=True)
 class LayerInfo:
-    """One probed layer. ``index`` is its position in input → output order."""
+    """One probed layer. ``index`` is its position in input → output order: the order in
+    which the backward pass of the first recorded step reached the layers, reversed.
+
+    ``role`` says what is measured: ``"layer"``, a module measured by its output (and
+    its own parameters); ``"params"``, parameters used outside a call of their owner
+    (a root module's ``cls_token``, ``nn.MultiheadAttention.out_proj``'s weights):
+    parameter statistics only; ``"block"``, a residual block: the residual stream at its
+    output (backward signal, activation statistics), no parameter statistics.
+    """
 
     index: int
     name: str
@@ -75,6 +88,10 @@ class LayerInfo:
     family: str  # activation family ("sigmoid", "relu", …) or "" for other layers
     n_params: int  # trainable parameters owned by the layer
     frozen: bool  # owns parameters, none of them trainable
+    role: LayerRole = "layer"
+    ran: bool = True  # ran (for "params": got a gradient) at the first recorded step
+    shared_with: str = ""  # another layer holding one of its parameters (tied), or ""
+    block: str = ""  # the residual block this layer is part of, or ""
 
 
 class RunView(ABC):
