@@ -104,4 +104,7 @@ def run_rank(rank: int, world: int, init_file: str, out: str) -> None:
         train(ddp, probe, make_batches(nan=True), rank, world)
         np.savez(Path(out) / f"nan-rank{rank}.npz", **histories(probe))
     finally:
+        # Both ranks leave together: a rank that tears gloo down while the other still
+        # talks to it aborts ("terminate called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
