@@ -372,6 +372,37 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+class VGG(nn.Module):
+    """A small VGG (Simonyan & Zisserman 2015, configuration A's layout, no BatchNorm):
+    3×3 convolutions with ReLU and max pooling, then Linear–ReLU–Dropout twice and a
+    linear classifier; He-normal weights and zero biases."""
+
+    def __init__(self, widths: tuple[int, ...] = (8, "M", 16, "M", 32, 32, "M", 64, 64, "M"),
+                 hidden: int = 64, classes: int = 10) -> None:  # fmt: skip
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for width in widths:
+            if width == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(channels, int(width), 3, padding=1), nn.ReLU()]
+                channels = int(width)
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Linear(channels, hidden), nn.ReLU(), nn.Dropout(0.5),
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(0.5),
+            nn.Linear(hidden, classes),
+        )  # fmt: skip
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d | nn.Linear):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(images), 1))
+
+
 class ViT(nn.Module):
     """A small Vision Transformer (Dosovitskiy et al. 2021): patches by a strided conv, a
     class token and position embeddings owned by the root module, pre-LN
@@ -494,6 +525,13 @@ ARCHITECTURES: dict[str, Architecture] = {
             "vit",
             "Dosovitskiy et al. 2021, timm VisionTransformer layout",
             ViT,
+            _images,
+            F.cross_entropy,
+        ),
+        Architecture(
+            "vgg",
+            "Simonyan & Zisserman 2015, configuration A layout",
+            VGG,
             _images,
             F.cross_entropy,
         ),
