@@ -4,13 +4,16 @@ arguments, and torch functions and classes."""
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 
 import pytest
+from torch import nn
 
 from backprobe.diagnose import advice
 from backprobe.diagnose.finding import Remedy
-from backprobe.remedies import SCHEMES
+from backprobe.errors import DiagnoseError
+from backprobe.remedies import APPLICABLE, SCHEMES
 
 REMEDIES = [v for v in vars(advice).values() if isinstance(v, Remedy)]
 REMEDIES += [advice.lower_lr(), advice.raise_lr()]
@@ -35,8 +38,27 @@ def test_remedy_calls_exist(remedy: Remedy):
     assert remedy.title and remedy.call and remedy.why
     for dotted in re.findall(r"\b((?:backprobe|torch)(?:\.\w+)+)\(", remedy.call):
         assert callable(_resolve(dotted)), dotted
-    for scheme in re.findall(r'init_\(model, "(\w+)"', remedy.call):
-        assert scheme in SCHEMES
+    for name, kwargs in remedy.action:
+        inspect.signature(APPLICABLE[name]).bind(nn.Identity(), **kwargs)  # valid arguments
+        assert kwargs.get("scheme", "he_normal") in SCHEMES
+
+
+def test_model_changing_remedies_carry_an_action_and_loop_advice_does_not():
+    applicable = {r.title for r in REMEDIES if r.applicable}
+    assert {advice.HE_INIT.title, advice.ORTHOGONAL_INIT.title, advice.LEAKY.title} <= applicable
+    assert not {advice.CLIP.title, advice.ADAM.title, advice.RESIDUAL.title} & applicable
+
+
+def test_the_swap_names_the_activations_the_starving_part_has():
+    """A tanh net is offered a swap of tanh, not of sigmoid (which would swap nothing)."""
+    (swap, *_) = advice.vanishing_remedies({"tanh", "linear"})
+    assert swap.action[0] == ("swap_activations_", {"from_": "tanh", "to": "relu"})
+    assert "sigmoid" not in swap.call and "tanh" in swap.title
+    (swap, *_) = advice.vanishing_remedies({"sigmoid", "tanh"})
+    assert swap.action[0][1]["from_"] == ("sigmoid", "tanh")
+    assert advice.vanishing_remedies({"relu"})[0] is advice.HE_INIT
+    with pytest.raises(DiagnoseError, match="bounded activation among"):
+        advice.swap_to_relu({"relu"})
 
 
 def test_every_kind_has_references():

@@ -10,11 +10,12 @@ import pytest
 import torch
 from torch import nn
 
+import backprobe as bp
 from backprobe.errors import RemedyError
 from backprobe.lab.models import DeepMLP
 from backprobe.lab.tasks import classification_task
 from backprobe.remedies import init_, swap_activations_
-from backprobe.theory.meanfield import edge_of_chaos_sigma_w
+from backprobe.theory.meanfield import edge_of_chaos_sigma_w, mean_field
 
 
 def _std(t: torch.Tensor) -> float:
@@ -47,13 +48,39 @@ def test_conv_uses_its_receptive_field_as_fan_in():
     assert _std(model[0].weight) == pytest.approx(math.sqrt(2.0 / (64 * 9)), rel=0.03)
 
 
-@pytest.mark.parametrize(("activation", "gain"), [("tanh", 5.0 / 3.0), ("relu", math.sqrt(2.0))])
-def test_orthogonal_has_every_singular_value_at_the_activation_gain(activation, gain):
+@pytest.mark.parametrize(
+    ("activation", "gain"), [("tanh", 1.0), ("relu", math.sqrt(2.0)), ("gelu", math.sqrt(2.0))]
+)
+def test_orthogonal_has_every_singular_value_at_the_critical_gain(activation, gain):
+    """Tanh 1 (σ_w² = 1, Pennington et al. 2017), ReLU √2; GELU, with no critical σ_w at
+    σ_b = 0, keeps the table's ReLU-like √2."""
     model = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 32))
     init_(model, "orthogonal", activation=activation)
     for layer in (model[0], model[2]):
         s = torch.linalg.svdvals(layer.weight.detach())
-        torch.testing.assert_close(s, torch.full_like(s, gain))
+        torch.testing.assert_close(s, torch.full_like(s, gain), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid", "elu"])
+def test_orthogonal_gain_puts_the_network_at_chi1_of_one(activation):
+    """Mean field's χ1 at the weights' measured σ_w and σ_b = 0 is 1: the edge of chaos,
+    where dynamical isometry is possible (tanh's old gain 5/3 gave χ1 = 1.21, chaotic)."""
+    model = nn.Sequential(nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, 128))
+    init_(model, "orthogonal", activation=activation)
+    sigma_w = float(model[0].weight.detach().double().pow(2).sum(1).mean().sqrt())
+    assert mean_field(activation, sigma_w, 0.0).chi1 == pytest.approx(1.0, abs=1e-3)
+    assert mean_field("tanh", 5.0 / 3.0, 0.0).chi1 == pytest.approx(1.21, abs=0.01)
+
+
+def test_orthogonal_tanh_keeps_a_deep_net_healthy():
+    """64 tanh layers, orthogonal: the first/last gradient ratio within 10× of 1 and no
+    exploding finding (gain 5/3 gave a ratio of ~400, the chaotic phase)."""
+    torch.manual_seed(0)
+    model = DeepMLP(64, 64, 64, 10, activation="tanh")
+    init_(model, "orthogonal")
+    result = bp.check(model, input_shape=(32, 64))
+    assert 0.1 < result.verdict.ratio < 10
+    assert not [f for f in result if f.kind in ("exploding", "vanishing")]
 
 
 def test_recurrent_blocks_forget_bias_and_gains():
@@ -69,7 +96,7 @@ def test_recurrent_blocks_forget_bias_and_gains():
         b_ih, b_hh = getattr(lstm, f"bias_ih_l{layer}"), getattr(lstm, f"bias_hh_l{layer}")
         i, f, g, o = (b_ih + b_hh).detach().chunk(4)
         assert torch.all(f == 1.0) and torch.all(i == 0) and torch.all(g == 0) and torch.all(o == 0)
-    s = torch.linalg.svdvals(rnn.weight_hh_l0.detach())  # tanh RNN: gain 5/3
+    s = torch.linalg.svdvals(rnn.weight_hh_l0.detach())  # tanh RNN: gain 5/3 (driven by input)
     torch.testing.assert_close(s, torch.full_like(s, 5.0 / 3.0))
     init_(lstm, "he_normal", activation="linear", forget_bias=2.0)
     assert torch.all(lstm.bias_ih_l0.detach().chunk(4)[1] == 2.0)

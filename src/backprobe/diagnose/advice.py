@@ -1,36 +1,66 @@
 """What to change, and where it was shown: ranked remedies and references for each finding.
 
 Each remedy names the exact call: a ``backprobe.remedies`` function (applied to the model
-in place, then re-checked with ``bp.check``) or a plain torch call. Remedies are ranked
-most effective first for the cause the rule found.
+in place, then re-checked with ``bp.check``) or a plain torch call. Remedies that change
+the model (initialisation, activation swaps) carry an action, which
+``backprobe.remedies.apply_remedy`` applies and ``bp.prescribe`` measures; the rest are
+advice for the loop or the architecture. Remedies are ranked most effective first for the
+cause the rule found.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from ..errors import DiagnoseError
 from .finding import Remedy
 
-SWAP_TO_RELU = Remedy(
-    "Use ReLU instead of sigmoid/tanh in the hidden layers",
-    "backprobe.remedies.swap_activations_(model, from_=nn.Sigmoid, to=nn.ReLU)",
-    "ReLU's derivative is 1 where it is active instead of at most 1/4 (sigmoid), so the "
-    "chain-rule product stops shrinking layer by layer.",
-)
-HE_INIT = Remedy(
+BOUNDED = ("sigmoid", "tanh", "hardtanh", "hardsigmoid", "softsign")
+
+
+def swap_to_relu(families: Iterable[str]) -> Remedy:
+    """ReLU in place of the bounded activations among ``families`` (the activation
+    table's names of those the model has), then He init for the new activation: the swap
+    alone leaves weights drawn for the old one (χ1 = 1/6 for ReLU at PyTorch's default)."""
+    bounded = tuple(f for f in BOUNDED if f in set(families))
+    if not bounded:
+        raise DiagnoseError(
+            f"Expected a bounded activation among {sorted(families)} to swap for ReLU, but "
+            f"there is none of {BOUNDED}; offer the swap only where the model has one."
+        )
+    return Remedy.applying(
+        f"ReLU + He init instead of {'/'.join(bounded)}",
+        f"ReLU's derivative is 1 where it is active instead of at most "
+        f"{'1/4' if 'sigmoid' in bounded else '1'} ({'/'.join(bounded)}), and He init "
+        "keeps χ1 = 1 for it, so the chain-rule product stops shrinking layer by layer.",
+        (
+            "swap_activations_",
+            {"from_": bounded[0] if len(bounded) == 1 else bounded, "to": "relu"},
+        ),
+        ("init_", {"scheme": "he_normal", "activation": "relu"}),
+    )
+
+
+#: For a finding that does not say which activations the model has: swaps whichever of
+#: the bounded ones it holds (apply_remedy refuses it when it holds none).
+SWAP_TO_RELU = swap_to_relu(BOUNDED)
+HE_INIT = Remedy.applying(
     "He initialisation",
-    'backprobe.remedies.init_(model, "he_normal")',
     "Weights with std √(2/fan_in) keep the signal's variance through ReLU layers: χ1 = 1.",
+    ("init_", {"scheme": "he_normal"}),
 )
-XAVIER_INIT = Remedy(
+XAVIER_INIT = Remedy.applying(
     "Glorot (Xavier) initialisation",
-    'backprobe.remedies.init_(model, "xavier_uniform")',
     "Weights scaled by √(6/(fan_in+fan_out)) keep the gradient's variance roughly flat "
     "through tanh-like layers.",
+    ("init_", {"scheme": "xavier_uniform"}),
 )
-ORTHOGONAL_INIT = Remedy(
+ORTHOGONAL_INIT = Remedy.applying(
     "Orthogonal initialisation",
-    'backprobe.remedies.init_(model, "orthogonal")',
-    "All singular values of each weight matrix equal: no direction of the gradient is "
-    "shrunk or stretched (dynamical isometry).",
+    "All singular values of each weight matrix equal, at the gain where χ1 = 1 (tanh 1, "
+    "ReLU √2): no direction of the gradient is shrunk or stretched (dynamical isometry, "
+    "Pennington et al. 2017).",
+    ("init_", {"scheme": "orthogonal"}),
 )
 CLIP = Remedy(
     "Clip the global gradient norm",
@@ -64,32 +94,32 @@ LSTM = Remedy(
     "The cell state's additive path with a forget gate near 1 carries the gradient over "
     "many steps (Hochreiter & Schmidhuber 1997).",
 )
-RECURRENT_ORTHOGONAL = Remedy(
+RECURRENT_ORTHOGONAL = Remedy.applying(
     "Orthogonal recurrent weights",
-    'backprobe.remedies.init_(model, "orthogonal", activation="linear")',
     "λ1 of W_hh = 1: the recurrence neither shrinks nor stretches the state on average "
     "(LSTM forget-gate bias 1 as well). activation= is the gain of the other layers.",
+    ("init_", {"scheme": "orthogonal", "activation": "linear"}),
 )
 TRUNCATE = Remedy(
     "Truncated back-propagation through time",
     "backprobe.remedies.truncated_bptt(model, inputs, targets, loss_fn, optimizer, k1=20)",
     "Back-propagating over k steps at most bounds the product of Jacobians.",
 )
-LEAKY = Remedy(
+LEAKY = Remedy.applying(
     "LeakyReLU keeps a gradient for negative inputs",
-    "backprobe.remedies.swap_activations_(model, from_=nn.ReLU, to=nn.LeakyReLU)",
     "Units with negative input still pass 1 % of the gradient, so they can recover.",
+    ("swap_activations_", {"from_": "relu", "to": "leaky_relu"}),
 )
 ZERO_BIAS = Remedy(
     "Reset the biases to zero",
     "torch.nn.init.zeros_(layer.bias)  # for the layer before the dead ReLU",
     "A large negative bias pushes every input below 0, where ReLU's gradient is 0.",
 )
-IRNN = Remedy(
-    "Identity recurrent weights with ReLU (IRNN)",
-    'backprobe.remedies.init_(model, "identity", activation="linear")  # ReLU nn.RNN',
+IRNN = Remedy.applying(
+    "Identity recurrent weights (IRNN, for a ReLU nn.RNN)",
     "W_hh = I passes the state unchanged, so the gradient neither vanishes nor explodes "
     "through time at the start (Le et al. 2015).",
+    ("init_", {"scheme": "identity", "activation": "linear"}),
 )
 REGULARISE = Remedy(
     "Pascanu's regulariser on the unrolled layer",
@@ -120,14 +150,11 @@ def raise_lr(factor: str = "10") -> Remedy:
     )
 
 
-BOUNDED = ("sigmoid", "tanh", "hardtanh", "hardsigmoid", "softsign")
-
-
-def vanishing_remedies(families: set[str]) -> tuple[Remedy, ...]:
+def vanishing_remedies(families: Iterable[str]) -> tuple[Remedy, ...]:
     """Ranked for a gradient that shrinks toward the input; ``families`` are the
-    activation families in the starving part of the network."""
-    if families & set(BOUNDED):
-        return (SWAP_TO_RELU, HE_INIT, RESIDUAL, NORMALISE, ADAM)
+    activation families in the starving part of the network (the swap names those)."""
+    if set(families) & set(BOUNDED):
+        return (swap_to_relu(families), HE_INIT, RESIDUAL, NORMALISE, ADAM)
     return (HE_INIT, RESIDUAL, NORMALISE, ORTHOGONAL_INIT, ADAM)
 
 
@@ -143,11 +170,11 @@ LR_REFERENCES = ("Bengio 2012 (Practical recommendations)", "CS231n: update/weig
 INIT_REFERENCES = ("Poole et al. 2016", "Schoenholz et al. 2017", "He et al. 2015")
 TIME_REFERENCES = ("Hochreiter 1991", "Bengio et al. 1994", "Pascanu et al. 2013")
 
-FORGET_BIAS = Remedy(
+FORGET_BIAS = Remedy.applying(
     "Open the LSTM's forget gate at the start",
-    'backprobe.remedies.init_(model, "orthogonal", activation="linear", forget_bias=1.0)',
     "A forget-gate bias of 1 keeps f_t near 0.73 instead of 0.5, so the cell state carries "
     "the gradient over many more steps (Gers et al. 2000; Jozefowicz et al. 2015).",
+    ("init_", {"scheme": "orthogonal", "activation": "linear", "forget_bias": 1.0}),
 )
 
 TIME_VANISHING_REMEDIES = (LSTM, RECURRENT_ORTHOGONAL, IRNN, REGULARISE)

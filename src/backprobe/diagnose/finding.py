@@ -7,8 +7,9 @@ TensorBoard reports read it back after the training process is gone.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from ..errors import DiagnoseError
 
@@ -31,17 +32,118 @@ KINDS: tuple[Kind, ...] = get_args(Kind)
 SEVERITIES: tuple[Severity, ...] = get_args(Severity)
 
 
+#: One call of an action: a ``backprobe.remedies`` function's name and its keyword
+#: arguments after the model (JSON values: strings, numbers, booleans, tuples of them).
+Step = tuple[str, dict[str, Any]]
+
+
+def _literal(value: object) -> str:
+    """``value`` as Python source: strings double-quoted, sequences as tuples."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, tuple | list):
+        items = ", ".join(_literal(v) for v in value)
+        return f"({items},)" if len(value) == 1 else f"({items})"
+    return repr(value)
+
+
+def action_call(action: tuple[Step, ...]) -> str:
+    """The code a user runs for ``action``: one ``backprobe.remedies`` call per step, in
+    order, joined by ``; ``."""
+    return "; ".join(
+        f"backprobe.remedies.{name}(model"
+        + "".join(f", {key}={_literal(value)}" for key, value in kwargs.items())
+        + ")"
+        for name, kwargs in action
+    )
+
+
+def _tuples(value: object) -> object:
+    """JSON arrays back to tuples (a stored action reads as it was written)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def _steps(action: object) -> tuple[Step, ...]:
+    """``action`` as a tuple of (name, kwargs) steps, JSON arrays in the kwargs as tuples."""
+    if not (
+        isinstance(action, tuple | list)
+        and all(
+            isinstance(step, tuple | list)
+            and len(step) == 2
+            and isinstance(step[0], str)
+            and isinstance(step[1], dict)
+            for step in action
+        )
+    ):
+        raise DiagnoseError(
+            f"Expected a remedy action as (function name, keyword arguments) pairs, e.g. "
+            f"(('init_', {{'scheme': 'he_normal'}}),), but got {action!r}."
+        )
+    return tuple((name, {str(k): _tuples(v) for k, v in kwargs.items()}) for name, kwargs in action)
+
+
 @dataclass(frozen=True)
 class Remedy:
     """One change that addresses a finding.
 
     ``call`` is the exact code to run (a backprobe or torch call), ``why`` says in a
-    sentence what it changes about the gradients.
+    sentence what it changes about the gradients. ``action``, when not empty, makes the
+    remedy machine-applicable: ``backprobe.remedies`` calls on the model, in order, as
+    ``(function name, keyword arguments)`` (:func:`backprobe.remedies.apply_remedy`
+    applies them, ``bp.prescribe`` measures them); ``call`` is then derived from it, so
+    that what is shown and what is applied cannot differ. A remedy without an action is
+    advice for the user's loop or architecture (clipping, the optimizer, skip
+    connections).
     """
 
     title: str
-    call: str
+    call: str = ""
     why: str = ""
+    action: tuple[Step, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.action:
+            if not self.call:
+                raise DiagnoseError(
+                    f"Expected a call or an action for remedy {self.title!r}, but got "
+                    "neither; pass the code to run."
+                )
+            return
+        steps = _steps(self.action)
+        call = action_call(steps)
+        if self.call and self.call != call:
+            raise DiagnoseError(
+                f"Expected remedy {self.title!r}'s call to be derived from its action "
+                f"({call!r}), but got {self.call!r}; pass the action alone."
+            )
+        object.__setattr__(self, "action", steps)
+        object.__setattr__(self, "call", call)
+
+    @classmethod
+    def applying(cls, title: str, why: str, *steps: Step) -> Remedy:
+        """A machine-applicable remedy: ``steps`` are its action, its call is derived."""
+        return cls(title, why=why, action=steps)
+
+    @property
+    def applicable(self) -> bool:
+        """Whether :func:`backprobe.remedies.apply_remedy` can apply it to a model."""
+        return bool(self.action)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict; the action, when there is one, as ``[[name, {kwargs}], …]``
+        (the call is kept too, for readers of the stored JSON)."""
+        data: dict[str, Any] = {"title": self.title, "call": self.call, "why": self.why}
+        if self.action:
+            data["action"] = [[name, dict(kwargs)] for name, kwargs in self.action]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Remedy:
+        """Inverse of :meth:`to_dict`; the call of a remedy stored with an action is
+        derived again from the action (the one source of truth)."""
+        action = data.get("action") or ()
+        call = "" if action else data.get("call", "")
+        return cls(data.get("title", ""), call, data.get("why", ""), _steps(action))
 
 
 @dataclass(frozen=True)
@@ -85,7 +187,7 @@ class Finding:
     def to_dict(self) -> dict:
         """A JSON-ready dict (remedies as dicts, tuples as lists)."""
         data = asdict(self)
-        data["remedies"] = [asdict(r) for r in self.remedies]
+        data["remedies"] = [r.to_dict() for r in self.remedies]
         data["references"] = list(self.references)
         return data
 
@@ -99,7 +201,7 @@ class Finding:
             where=dict(data.get("where") or {}),
             evidence=dict(data.get("evidence") or {}),
             cause=data.get("cause", ""),
-            remedies=tuple(Remedy(**r) for r in data.get("remedies") or ()),
+            remedies=tuple(Remedy.from_dict(r) for r in data.get("remedies") or ()),
             references=tuple(data.get("references") or ()),
             step=data.get("step"),
         )

@@ -4,13 +4,15 @@ Initialisation (:func:`init_`), activation swap (:func:`swap_activations_`), cli
 (:func:`clip_grad_norm_`, :func:`clip_grad_value_`, :class:`AdaptiveClipper`), truncated
 BPTT (:func:`truncated_bptt`), Pascanu's regulariser (:func:`pascanu_omega`), echo state
 networks (:class:`EchoStateNetwork`) and optimisers / schedulers built from a short spec
-(:func:`build_optimizer`, :func:`build_scheduler`). Each module's docstring holds a
+(:func:`build_optimizer`, :func:`build_scheduler`). :func:`apply_remedy` applies a
+finding's machine-applicable remedy to a model in place. Each module's docstring holds a
 runnable example; ``tests/remedies/test_docstrings.py`` runs them all.
 """
 
 from __future__ import annotations
 
 from .activations import FunctionalCall, SwapReport, swap_activations_
+from .apply import APPLICABLE, apply_remedy
 from .clipping import (
     AdaptiveClipper,
     ClipResult,
@@ -25,6 +27,7 @@ from .regularizer import omega_terms, pascanu_omega
 from .tbptt import SavedTensorMeter, TBPTTResult, detach_state, truncated_bptt
 
 __all__ = [
+    "APPLICABLE",
     "SCHEMES",
     "AdaptiveClipper",
     "ClipResult",
@@ -35,6 +38,7 @@ __all__ = [
     "SavedTensorMeter",
     "SwapReport",
     "TBPTTResult",
+    "apply_remedy",
     "build_optimizer",
     "build_scheduler",
     "clip_grad_norm_",

@@ -119,10 +119,43 @@ def _find_calls(
     return found
 
 
+def _classes_of(name: str, role: str) -> tuple[type[nn.Module], ...]:
+    """The torch module classes of the activation table's record ``name``."""
+    kind = activation_kind(name)
+    if kind is None or not kind.modules:
+        raise RemedyError(
+            f"Expected {role} to name an activation with a torch module class (sigmoid, "
+            f"tanh, relu, leaky_relu, gelu, …) but got {name!r}; pass the class itself."
+        )
+    return kind.modules
+
+
+def _from_types(from_: object) -> tuple[type[nn.Module], ...]:
+    """``from_`` as a tuple of module classes: names are looked up in the table."""
+    given = tuple(from_) if isinstance(from_, tuple | list) else (from_,)
+    types: list[type[nn.Module]] = []
+    for item in given:
+        if isinstance(item, str):
+            types.extend(_classes_of(item, "from_"))
+        elif isinstance(item, type) and issubclass(item, nn.Module):
+            types.append(item)
+        else:
+            raise RemedyError(
+                f"Expected from_ to be an nn.Module class (e.g. nn.Sigmoid), an activation "
+                f"name ('sigmoid') or a tuple of them but got {from_!r}."
+            )
+    if not types:
+        raise RemedyError("Expected from_ to name at least one activation but got none.")
+    return tuple(types)
+
+
+ActivationClasses = type[nn.Module] | str | tuple[type[nn.Module] | str, ...]
+
+
 def swap_activations_(
     model: nn.Module,
-    from_: type[nn.Module] | tuple[type[nn.Module], ...] = nn.Sigmoid,
-    to: type[nn.Module] | nn.Module | Callable[[], nn.Module] = nn.ReLU,
+    from_: ActivationClasses = nn.Sigmoid,
+    to: type[nn.Module] | nn.Module | Callable[[], nn.Module] | str = nn.ReLU,
     *,
     warn: bool = True,
 ) -> SwapReport:
@@ -131,20 +164,19 @@ def swap_activations_(
     Args:
         model: changed in place (children are re-assigned on their parents).
         from_: a module type (or tuple of types) to replace; matched with ``isinstance``.
-        to: a module class (called without arguments), a factory, or an instance (each
-            replacement gets a deep copy).
+            An activation name (``"tanh"``, as :mod:`backprobe.activations` names them)
+            stands for that activation's torch classes.
+        to: a module class (called without arguments), a factory, an instance (each
+            replacement gets a deep copy), or an activation name (``"relu"``).
         warn: issue a ``UserWarning`` listing functional calls that were not swapped.
 
     Returns:
         :class:`SwapReport`. The model's parameters are untouched: re-initialise for the
         new activation afterwards (``init_(model, "he_normal")`` for ReLU).
     """
-    types = from_ if isinstance(from_, tuple) else (from_,)
-    if not types or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in types):
-        raise RemedyError(
-            f"Expected from_ to be an nn.Module class (e.g. nn.Sigmoid) or a tuple of them "
-            f"but got {from_!r}."
-        )
+    types = _from_types(from_)
+    if isinstance(to, str):
+        to = _classes_of(to, "to")[0]
     if isinstance(model, types):
         raise RemedyError(
             f"Expected a model that contains {types[0].__name__} modules but got one itself; "

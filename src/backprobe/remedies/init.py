@@ -10,7 +10,8 @@ scheme               weights (W of fan-in n_in, fan-out n_out)
 ``xavier_normal``    N(0, gain²·2/(n_in+n_out))
 ``he_uniform``       He et al. 2015: U(±gain·√(3/n)), n = fan-in (``mode="fan_in"``) or fan-out
 ``he_normal``        N(0, gain²/n); with ReLU's gain √2 this is N(0, 2/n)
-``orthogonal``       Saxe et al. 2014: a random orthogonal matrix times the activation's gain
+``orthogonal``       Saxe et al. 2014: a random orthogonal matrix times the gain at which
+                     mean field's χ1 = 1 with zero biases (see below)
 ``identity``         Le et al. 2015 (IRNN): ``nn.RNN`` W_hh = ``identity_scale``·I; every
                      other weight Glorot-uniform
 ``edge_of_chaos``    N(0, σ_w²/n_in) with σ_w from :func:`~backprobe.theory.meanfield.
@@ -37,6 +38,17 @@ Per layer type:
   the ReLU-like GELU, SiLU, ELU and Mish), else ``nn.init.calculate_gain``'s; the
   gain of ``nn.RNN``'s own weights is that of its own nonlinearity (tanh or relu), and of
   LSTM/GRU weights 1 (their gates are sigmoids and tanhs around 0).
+* The gain of an orthogonal weight is the σ_w at which mean field's χ1 = 1 with zero
+  biases (:func:`~backprobe.theory.meanfield.edge_of_chaos_sigma_w` at σ_b = 0):
+  dynamical isometry needs the network at the edge of chaos, which for tanh is σ_w² = 1
+  with small biases (Pennington, Schoenholz & Ganguli 2017), not tanh's forward-variance
+  gain 5/3 (σ_w² = 2.78, χ1 = 1.21: the chaotic phase, whose gradient grows ×418 over 64
+  layers). This gives tanh 1, ReLU √2, ELU 1, erf √π/2, softplus √2 and sigmoid 10.1
+  (its fixed point sits on the tails, where φ' is small); an activation without a
+  critical σ_w at σ_b = 0 (GELU, SiLU jump over χ1 = 1) or without mean-field forms keeps
+  the gain above. ``nn.RNN``'s own weights keep their nonlinearity's gain: the input
+  at every step acts as a bias the size of the state, so σ_b = 0 does not hold there (a
+  T = 50 tanh RNN with orthogonal W_hh at gain 1 forgets after 33 steps, at 5/3 not).
 * ``activation=None`` takes the activation modules found in the model that the table
   gives a gain or mean-field forms (ReLU, Tanh, Sigmoid, GELU, Hugging Face's
   ``GELUActivation``, …); a model with none or with several kinds needs ``activation=``
@@ -70,7 +82,7 @@ import torch
 from torch import nn
 
 from ..activations import ActivationKind, activation_kind
-from ..errors import RemedyError
+from ..errors import RemedyError, TheoryInputError
 
 __all__ = ["SCHEMES", "InitReport", "LSUVLayer", "Scheme", "init_"]
 
@@ -164,6 +176,24 @@ def _gain(activation: str) -> float:
             f"Expected an activation that nn.init.calculate_gain knows (relu, tanh, sigmoid, "
             f"linear, …) but got {activation!r}; pass one of those."
         ) from exc
+
+
+def _orthogonal_gain(activation: str) -> float:
+    """The gain of an orthogonal weight for ``activation``: σ_w at χ1 = 1 with zero biases
+    where mean field has one, else :func:`_gain` (see the module docstring)."""
+    from ..theory.meanfield import edge_of_chaos_sigma_w
+
+    try:
+        return edge_of_chaos_sigma_w(activation, 0.0)
+    except TheoryInputError:  # no mean-field forms, or no critical σ_w at σ_b = 0
+        return _gain(activation)
+
+
+def _scheme_gain(scheme: str, activation: str) -> float:
+    """The gain ``scheme`` draws the weights of layers followed by ``activation`` with."""
+    if scheme in ("lsuv", "xavier_uniform", "xavier_normal"):
+        return 1.0  # LSUV rescales on data; Glorot's derivation has unit gain
+    return _orthogonal_gain(activation) if scheme == "orthogonal" else _gain(activation)
 
 
 def _fans(w: torch.Tensor) -> tuple[int, int]:
@@ -400,16 +430,14 @@ def init_(
             if needs_act:
                 raise
             activation = "linear"  # Glorot and IRNN do not use it
-    gain = _gain(activation) if scheme not in ("lsuv", "xavier_uniform", "xavier_normal") else 1.0
-    if scheme in ("xavier_uniform", "xavier_normal"):
-        gain = 1.0  # Glorot's derivation: unit gain for activations linear around 0
+    gain = _scheme_gain(scheme, activation)
     sigma_w = _edge_sigma_w(activation, sigma_b) if scheme == "edge_of_chaos" else 1.0
 
     for _, module in layers:
         if isinstance(module, _RECURRENT):
             _init_recurrent(module, scheme, mode, sigma_w, sigma_b, identity_scale, forget_bias)
             continue
-        _draw_(module.weight, scheme, 1.0 if scheme == "lsuv" else gain, mode, sigma_w)
+        _draw_(module.weight, scheme, gain, mode, sigma_w)
         if module.bias is not None:
             with torch.no_grad():
                 if scheme == "edge_of_chaos":
