@@ -62,6 +62,7 @@ def probe_one_step(make_probe):
                 value = loss(model(x))
                 value.backward()
             assert probe.step(value)
+        recorder.watch(probe.layers)  # and the residual blocks found at the step
         for x in micro_batches:
             ref = loss(twin(x))
             ref.backward()

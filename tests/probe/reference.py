@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from backprobe.store import LayerInfo
+
 #: Per-layer statistics stored by the probe.
 LAYER_STATS = (
     "grad_norm",
@@ -80,8 +82,22 @@ class Recorder:
         self.events: list[tuple[str, int, bool]] = []  # (layer, phase, all finite)
         self._handles = []
         for n, m in self.modules.items():
-            self._handles.append(m.register_forward_pre_hook(self._pre_hook(n)))
-            self._handles.append(m.register_forward_hook(self._hook(n)))
+            self._watch(n, m)
+
+    def _watch(self, name: str, module: nn.Module) -> None:
+        self._handles.append(module.register_forward_pre_hook(self._pre_hook(name)))
+        self._handles.append(module.register_forward_hook(self._hook(name)))
+
+    def watch(self, names: Sequence[str]) -> None:
+        """Also record ``names`` not watched yet (the residual blocks a probe found at its
+        first step), before the model runs."""
+        for n in names:
+            if n not in self.modules:
+                self.names.append(n)
+                self.modules[n] = module_by_name(self.model, n)
+                for d in (self.inputs, self.outputs, self.grads):
+                    d[n] = []
+                self._watch(n, self.modules[n])
 
     def _pre_hook(self, name: str):
         def hook(module, inputs):
@@ -165,17 +181,28 @@ def dead_fraction(module: nn.Module, outputs: list[torch.Tensor]) -> float:
     return float((rows <= 0).all(dim=0).double().mean())
 
 
-def expected_stats(rec: Recorder, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    """The per-layer statistics of the calls ``rec`` saw, layers in ``names`` order."""
+def expected_stats(
+    rec: Recorder, names: Sequence[str] | None = None, info: Sequence[LayerInfo] = ()
+) -> dict[str, np.ndarray]:
+    """The per-layer statistics of the calls ``rec`` saw, layers in ``names`` order.
+
+    ``info`` (a probe's ``layer_info``) gives roles: a "params" entry has parameter
+    statistics only; a "block" entry is its output stream, without parameter statistics;
+    layers inside a block have no gain (see ``RunView.history("gain")``)."""
     names = list(names if names is not None else rec.names)
+    roles = {layer.name: layer.role for layer in info}
+    inside = {layer.name for layer in info if layer.block}
     out: dict[str, list[float]] = {s: [] for s in LAYER_STATS}
     for n in names:
         m = rec.modules[n]
+        role = roles.get(n, "layer")
         trainable = [p for p in m.parameters(recurse=False) if p.requires_grad]
+        if role == "block":
+            trainable = []
         out["grad_norm"].append(_norm([p.grad for p in trainable if p.grad is not None]))
         out["weight_norm"].append(_norm([p.detach() for p in trainable]))
-        out["signal_norm"].append(_norm(rec.grads[n]))
-        ys = rec.outputs[n]
+        out["signal_norm"].append(_norm(rec.grads[n]) if role != "params" else math.nan)
+        ys = rec.outputs[n] if role != "params" else []
         if ys:
             flat = torch.cat([y.double().reshape(-1) for y in ys]).numpy()
             with np.errstate(invalid="ignore", over="ignore"):
@@ -187,12 +214,13 @@ def expected_stats(rec: Recorder, names: Sequence[str] | None = None) -> dict[st
         out["saturated"].append(saturated_fraction(m, rec.inputs[n]) if ys else math.nan)
         out["dead"].append(dead_fraction(m, ys))
         out["nonfinite_out"].append(_bad_samples(ys))
-        out["nonfinite_grad"].append(_bad_samples(rec.grads[n]))
+        out["nonfinite_grad"].append(_bad_samples(rec.grads[n] if role != "params" else []))
     stats = {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
     with np.errstate(invalid="ignore", divide="ignore"):
         stats["grad_to_weight"] = stats["grad_norm"] / stats["weight_norm"]
         gain = np.full(len(names), np.nan)
-        gain[1:] = stats["signal_norm"][:-1] / stats["signal_norm"][1:]
+        chain = [k for k, n in enumerate(names) if n not in inside and roles.get(n) != "params"]
+        gain[chain[1:]] = stats["signal_norm"][chain[:-1]] / stats["signal_norm"][chain[1:]]
         stats["gain"] = gain
     both = np.stack([stats["nonfinite_out"], stats["nonfinite_grad"]])
     stats["nonfinite"] = np.where(np.isnan(both).all(0), np.nan, np.nansum(both, axis=0))

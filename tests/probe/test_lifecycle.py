@@ -104,7 +104,9 @@ def test_attach_twice_is_idempotent(make_probe):
     loss_fn(model(x)).backward()
     probe.step()
     loss_fn(twin(x)).backward()
-    assert_matches(probe, expected_stats(rec, probe.layers))  # nothing counted twice
+    assert_matches(
+        probe, expected_stats(rec, probe.layers, probe.layer_info)
+    )  # nothing counted twice
 
 
 def test_step_while_detached_raises(make_probe):
@@ -148,7 +150,7 @@ def test_reattached_probe_goes_on_recording(make_probe):
     loss_fn(twin(x)).backward()
 
     np.testing.assert_array_equal(probe.steps, [0, 1])
-    assert_matches(probe, expected_stats(rec, probe.layers), row=1)
+    assert_matches(probe, expected_stats(rec, probe.layers, probe.layer_info), row=1)
 
 
 def test_reading_before_anything_was_recorded(make_probe):
@@ -251,7 +253,7 @@ def test_rows_of_a_sparse_schedule_match_reference(make_probe):
             rec.reset()
             loss_fn(twin(x)).backward()
             if step % 2 == 0:
-                expected.append(expected_stats(rec, probe.layers))
+                expected.append(expected_stats(rec, probe.layers, probe.layer_info))
             model.zero_grad()
             twin.zero_grad()
     for row, exp in enumerate(expected):

@@ -81,7 +81,7 @@ def test_forward_poison_is_located_and_counted(value, at, probe_one_step):
     out = probe.history("nonfinite_out")[0]
     assert out[k] == 2  # two samples, however many of their elements
     assert (out[:k] == 0).all()
-    assert_matches(probe, expected_stats(rec, probe.layers), stats=COUNTS)
+    assert_matches(probe, expected_stats(rec, probe.layers, probe.layer_info), stats=COUNTS)
     assert np.isnan(probe.history("loss")[0])
 
 
@@ -98,7 +98,7 @@ def test_backward_nan_is_located_in_phase_one(at, probe_one_step):
     grad = probe.history("nonfinite_grad")[0]
     assert grad[before] == 3
     assert (grad[k:] == 0).all()  # the poison's own output and everything after are clean
-    assert_matches(probe, expected_stats(rec, probe.layers), stats=COUNTS)
+    assert_matches(probe, expected_stats(rec, probe.layers, probe.layer_info), stats=COUNTS)
     assert np.isfinite(probe.history("loss")[0])
 
 

@@ -81,7 +81,7 @@ def test_leaf_layer_with_structured_output(wrap, probe_one_step):
     assert g_main.shape != g_aux.shape
     expected_signal = (g_main.pow(2).sum() + g_aux.pow(2).sum()).sqrt().item()
     np.testing.assert_allclose(probe.history("signal_norm")[0, col], expected_signal, rtol=1e-6)
-    assert_matches(probe, expected_stats(rec, probe.layers))
+    assert_matches(probe, expected_stats(rec, probe.layers, probe.layer_info))
 
 
 class Reporter(nn.Module):
@@ -110,7 +110,7 @@ def test_whole_model_with_structured_output(as_dataclass, probe_one_step):
 
     assert probe.layers == ["body.0", "body.1", "body.2", "Reporter"]
     assert len(rec.grads["Reporter"]) == 1  # only the logits reach the loss
-    assert_matches(probe, expected_stats(rec, probe.layers))
+    assert_matches(probe, expected_stats(rec, probe.layers, probe.layer_info))
 
 
 class WholeModel(nn.Module):
@@ -137,4 +137,4 @@ def test_root_model_included_by_type(probe_one_step):
     assert probe.layers == ["lin", "WholeModel"]
     # the detached third output needs no gradient: only the second one is a signal
     assert len(rec.grads["WholeModel"]) == 1
-    assert_matches(probe, expected_stats(rec, probe.layers))
+    assert_matches(probe, expected_stats(rec, probe.layers, probe.layer_info))

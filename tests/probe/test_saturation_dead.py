@@ -75,7 +75,7 @@ def test_saturated_matches_derivative_definition(act, probe_one_step):
     x = 10 * torch.randn(16, 8, dtype=torch.float64)
     probe, rec, _ = probe_one_step(model, [x])
 
-    expected = expected_stats(rec, probe.layers)
+    expected = expected_stats(rec, probe.layers, probe.layer_info)
     assert 0.05 < expected["saturated"][1] < 0.95  # both kinds of unit are present
     assert_matches(probe, expected)
 
@@ -133,6 +133,6 @@ def test_dead_units_match_reference_on_random_relu_net(probe_one_step):
         model[0].bias.sub_(1.0)  # push some units to death
     probe, rec, _ = probe_one_step(model, [torch.randn(6, 4, dtype=torch.float64)])
 
-    expected = expected_stats(rec, probe.layers)
+    expected = expected_stats(rec, probe.layers, probe.layer_info)
     assert 0.1 < expected["dead"][1] < 0.9
     assert_matches(probe, expected)

@@ -74,7 +74,7 @@ def test_statistics_of_selected_layers_match_reference(probe_one_step):
     )
     assert probe.layers == ["encoder.0", "encoder.2", "decoder.0", "head"]
     # gain now spans what lies between two probed Linear layers
-    assert_matches(probe, expected_stats(rec, probe.layers))
+    assert_matches(probe, expected_stats(rec, probe.layers, probe.layer_info))
 
 
 def test_container_layer_statistics_match_reference(probe_one_step):
@@ -87,7 +87,7 @@ def test_container_layer_statistics_match_reference(probe_one_step):
     )
     assert probe.layers == ["encoder", "head"]
     assert np.isnan(probe.history("grad_norm")[0, 0])  # owns no parameter directly
-    assert_matches(probe, expected_stats(rec, probe.layers))
+    assert_matches(probe, expected_stats(rec, probe.layers, probe.layer_info))
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ def test_accumulated_micro_batches_match_reference(kind, probe_one_step):
     batches = [make_input(kind, batch=b) for b in (5, 3, 2)]  # unequal micro-batches
     probe, rec, _ = probe_one_step(model, batches)
 
-    assert_matches(probe, expected_stats(rec, probe.layers))
+    assert_matches(probe, expected_stats(rec, probe.layers, probe.layer_info))
 
 
 def test_accumulation_pools_signal_and_activations_over_micro_batches(probe_one_step):
@@ -108,7 +108,7 @@ def test_frozen_first_layer(probe_one_step):
     # nothing before the frozen input layer needs a gradient: no backward signal there
     assert np.isnan(probe.history("signal_norm")[0, :2]).all()
     assert np.isfinite(probe.history("act_mean")[0]).all()
-    assert_matches(probe, expected_stats(rec, probe.layers))
+    assert_matches(probe, expected_stats(rec, probe.layers, probe.layer_info))
 
 
 def test_frozen_middle_layer_still_passes_signal(probe_one_step):
@@ -119,7 +119,7 @@ def test_frozen_middle_layer_still_passes_signal(probe_one_step):
     assert [i.frozen for i in probe.layer_info] == [False, False, True, False, False]
     assert np.isnan(probe.history("grad_norm")[0, 2])
     assert np.isfinite(probe.history("signal_norm")[0]).all()
-    assert_matches(probe, expected_stats(rec, probe.layers))
+    assert_matches(probe, expected_stats(rec, probe.layers, probe.layer_info))
 
 
 def test_partially_frozen_layer_counts_trainable_parameters_only(probe_one_step):
@@ -135,7 +135,7 @@ def test_partially_frozen_layer_counts_trainable_parameters_only(probe_one_step)
     np.testing.assert_allclose(
         probe.history("weight_norm")[0, 2], model[2].bias.norm().item(), rtol=1e-6
     )
-    assert_matches(probe, expected_stats(rec, probe.layers))
+    assert_matches(probe, expected_stats(rec, probe.layers, probe.layer_info))
 
 
 def test_layer_frozen_during_training_loses_its_gradient_norm(make_probe):
@@ -182,7 +182,7 @@ def test_grad_scaler_statistics_equal_unscaled_run(unscale_first, growth_interva
 
             rec.reset()
             loss_fn(twin(x)).backward()
-            expected.append(expected_stats(rec, probe.layers))
+            expected.append(expected_stats(rec, probe.layers, probe.layer_info))
             twin_opt.step()
             twin_opt.zero_grad()
 
@@ -210,7 +210,7 @@ def test_bfloat16_autocast_matches_reference(make_probe):
     loss_fn(ref.float()).backward()
 
     assert rec.outputs["0"][0].dtype == torch.bfloat16
-    assert_matches(probe, expected_stats(rec, probe.layers), rtol=1e-4, atol=1e-6)
+    assert_matches(probe, expected_stats(rec, probe.layers, probe.layer_info), rtol=1e-4, atol=1e-6)
 
 
 # -- forwards under no_grad ------------------------------------------------------------------
@@ -234,7 +234,7 @@ def test_forward_without_grad_does_not_pollute_statistics(context, make_probe):
             probe.step()
             rec.reset()
             loss_fn(twin(x)).backward()
-            expected = expected_stats(rec, probe.layers)
+            expected = expected_stats(rec, probe.layers, probe.layer_info)
             model.zero_grad()
             twin.zero_grad()
     assert_matches(probe, expected, row=1)

@@ -65,7 +65,9 @@ def test_deep_sigmoid_net_vanishes_and_says_how_far(make_probe):
     assert v.status == "vanishing"
     assert probe.layers[v.layer] == reach
     np.testing.assert_allclose(v.ratio, relative[0], rtol=1e-4)
-    assert f"({reach})" in v.message
+    # the line is the vanishing finding's, which spans the layers up to the reach
+    assert v.finding is not None and v.finding.kind == "vanishing"
+    assert v.message.startswith(v.finding.summary) and f" {reach} (" in v.message
 
 
 class SteepSine(nn.Module):

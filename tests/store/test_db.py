@@ -18,7 +18,7 @@ import backprobe as bp
 from backprobe.diagnose.storage import save_findings
 from backprobe.errors import BackprobeError, RunDatabaseError, RunNotFoundError
 from backprobe.report.text import print_summary
-from backprobe.store import ALL_SERIES, RunDatabase, open_run
+from backprobe.store import ALL_SERIES, LayerInfo, RunDatabase, open_run
 from backprobe.store.db import APPLICATION_ID, SCHEMA_VERSION
 from backprobe.store.writer import RunWriter
 
@@ -483,3 +483,42 @@ def _roundtrip_run(db):
             loss = model(torch.ones(1, 2)).sum()
             loss.backward()
             probe.step(loss)
+
+
+def test_layer_roles_round_trip_through_the_run_database(tmp_path):
+    """role, ran, shared_with and block are stored with the layers and read back."""
+    layers = [
+        LayerInfo(0, "wte", "Embedding", "", 8, False, shared_with="head"),
+        LayerInfo(1, "blocks.0.fc", "Linear", "", 4, False, block="blocks.0"),
+        LayerInfo(2, "blocks.0", "Block", "", 0, False, role="block"),
+        LayerInfo(3, "attn.out_proj", "Linear", "", 4, False, role="params", ran=False),
+        LayerInfo(4, "head", "Linear", "", 8, False, shared_with="wte"),
+    ]
+    db = tmp_path / "runs.db"
+    writer = RunWriter(db, "roles", {}, {})
+    writer.set_layers(layers)
+    writer.append(0, {"loss": np.array([1.0]), "signal_norm": np.ones(5)})
+    writer.close("finished")
+    assert open_run(db, "roles").layer_info == layers
+
+
+def test_schema_2_files_get_layer_roles_with_their_defaults(tmp_path):
+    """Schema 2 had no role columns: a reader upgrades the file in place, and the old
+    runs' layers read as plain layers that ran, untied, outside any block."""
+    db = tmp_path / "runs.db"
+    _roundtrip_run(db)
+    conn = sqlite3.connect(db)
+    for column in ("role", "ran", "shared_with", "block"):
+        conn.execute(f"ALTER TABLE layers DROP COLUMN {column}")
+    conn.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+    conn.commit()
+    conn.close()
+    run = open_run(db, "old")
+    assert [(x.role, x.ran, x.shared_with, x.block) for x in run.layer_info] == [
+        ("layer", True, "", "")
+    ] * 2
+    with RunDatabase(db, read_only=True) as database:
+        version = database.conn.execute(
+            "SELECT value FROM meta WHERE key='schema_version'"
+        ).fetchone()[0]
+    assert version == str(SCHEMA_VERSION) == "3"

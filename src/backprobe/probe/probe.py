@@ -13,12 +13,16 @@
 On a recorded step, forward hooks summarise each probed layer's output and register a
 tensor hook on it for the backward signal; ``step()`` adds the parameter norms, moves
 everything to the host in one transfer and appends one row per statistic to the run.
-On other steps the hooks return at once. The hooks never change a value: training with
+Residual blocks (:mod:`~backprobe.probe.blocks`) are probed too, by the residual stream
+at their output. The first recorded step also decides each layer's role and the layers'
+order from the graph it ran (:meth:`Probe._fix_layer_order`). On other steps the hooks
+return at once. The hooks never change a value: training with
 the probe attached is bitwise identical to training without it.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 import weakref
@@ -36,6 +40,7 @@ from ..errors import ProbeConfigError, UnsupportedModuleError
 from ..store import DEFAULT_DB, LayerInfo, MemoryRun, RunView, RunWriter
 from ..store.sink import StepSink, check_sinks
 from ..store.view import ALL_SERIES, USER_PREFIX, SparseRows
+from .blocks import block_candidates, is_block_call
 from .distributed import is_primary, process_group, unwrap
 from .outputs import floating_tensors
 from .schedule import Schedule, make_schedule
@@ -44,7 +49,9 @@ from .selection import (
     LayerFilter,
     UnsupportedMode,
     activation_family,
+    filter_matches,
     is_unsupported,
+    owns_parameters,
     select_layers,
 )
 from .stats import Field, StatSlots, StepBuffer, StepStats, add_tensor_norms, refine_norms
@@ -71,11 +78,18 @@ def _in_backward() -> bool:
     return torch._C._current_graph_task_id() != -1
 
 
+#: What a probed entry's forward did in the step in progress (see Probe._on_forward).
+_RAN_WITHOUT_GRAD = 0  # it ran, but only without gradient: nothing measured yet
+_MEASURED = 1  # a grad-enabled forward was measured
+
+
 class _ForwardHook:
     """A module forward hook that calls back into its probe.
 
     It holds the probe weakly, and a deep copy or a pickle of the model (an EMA copy, a
     saved checkpoint) gets an inert hook: a copy must not record into the original's run.
+    A block candidate's hook is registered with ``with_kwargs=True`` (its input decides
+    whether it is a residual block).
     """
 
     __slots__ = ("_probe", "index")
@@ -84,16 +98,40 @@ class _ForwardHook:
         self._probe = None if probe is None else weakref.ref(probe)
         self.index = index
 
-    def __call__(self, module: nn.Module, inputs: object, output: object) -> None:
+    def __call__(self, module: nn.Module, args: tuple, *rest: object) -> None:
         probe = None if self._probe is None else self._probe()
         if probe is not None:
-            probe._on_forward(self.index, module, output)
+            kwargs = rest[0] if len(rest) == 2 and isinstance(rest[0], dict) else {}
+            probe._on_forward(self.index, module, rest[-1], args, kwargs)
 
     def __deepcopy__(self, memo: dict) -> _ForwardHook:
         return _ForwardHook(None, self.index)
 
     def __reduce__(self) -> tuple:
         return (_ForwardHook, (None, self.index))
+
+
+class _ParamHook:
+    """A parameter's gradient hook for the first recorded step: when the backward pass
+    reached a layer's parameters (how a layer measured by its parameters is placed).
+    Weak and inert in copies, like :class:`_ForwardHook`."""
+
+    __slots__ = ("_probe", "index")
+
+    def __init__(self, probe: Probe | None, index: int) -> None:
+        self._probe = None if probe is None else weakref.ref(probe)
+        self.index = index
+
+    def __call__(self, grad: torch.Tensor | None) -> None:
+        probe = None if self._probe is None else self._probe()
+        if probe is not None and grad is not None:
+            probe._param_events.setdefault(self.index, next(probe._clock))
+
+    def __deepcopy__(self, memo: dict) -> _ParamHook:
+        return _ParamHook(None, self.index)
+
+    def __reduce__(self) -> tuple:
+        return (_ParamHook, (None, self.index))
 
 
 class Probe(RunView):
@@ -169,6 +207,19 @@ class Probe(RunView):
             self._names.append(layer_name)
         if not self._modules:
             raise ProbeConfigError("No selected module can be probed (all are unsupported).")
+        self._n_layers = len(self._modules)  # entries 0…n-1: layers; then block candidates
+        chosen = {id(m) for m in self._modules}
+        for block_name, module in block_candidates(unwrap(model)):
+            if (
+                id(module) not in chosen
+                and not is_unsupported(module)
+                and (include is None or filter_matches(block_name, module, include))
+                and not filter_matches(block_name, module, exclude)
+            ):
+                self._modules.append(module)
+                self._names.append(block_name)
+        self._inside = self._probed_descendants()
+        self._owns = [owns_parameters(m) for m in self._modules]
         self._families = [activation_family(m) for m in self._modules]
         self._time_schedule = None if time_every is None else make_schedule(time_every)
         settings = TimeSettings(batch=time_batch)
@@ -180,10 +231,15 @@ class Probe(RunView):
         self._scalars: dict[str, torch.Tensor] = {}
         # (layer, parameter) pairs for the parameter norms, in registration order
         self._params = [
-            (i, p) for i, m in enumerate(self._modules) for p in m.parameters(recurse=False)
+            (i, p)
+            for i, m in enumerate(self._modules[: self._n_layers])
+            for p in m.parameters(recurse=False)
         ]
         self._warned: set[int] = set()
+        self._warned_missing: set[str] = set()
+        self._warned_no_gradient = False
         self._handles: list[RemovableHandle] = []
+        self._candidate_handles: dict[int, RemovableHandle] = {}  # block candidates' hooks
         self._sink: RunWriter | MemoryRun | None = None
         self._closed = False
         self._step = 0  # index of the step in progress
@@ -191,8 +247,20 @@ class Probe(RunView):
         self._recording = False
         self._slots = StatSlots()
         self._buffer = self._fresh_buffer()
+        self._ran: dict[int, int] = {}  # entry → _RAN_WITHOUT_GRAD or _MEASURED, this step
+        # the first recorded step's graph: forward finish and backward event order
         self._first_call: dict[int, int] = {}
+        self._backward: dict[int, int] = {}  # entry → its output's first gradient event
+        self._param_events: dict[int, int] = {}  # entry → its parameters' first gradient
+        self._clock = itertools.count()
+        self._last_grad: torch.Tensor | None = None  # the last output gradient seen, and
+        self._last_event = -1  # its event (first recorded step only)
+        self._param_handles: list[RemovableHandle] = []
+        self._containers: set[int] = set()  # layers whose probed children ran inside them
+        self._blocks: dict[int, bool] = {}  # block candidate → is a residual block
+        self._measured = np.ones(len(self._modules), bool)  # entries measured by output
         self._order: np.ndarray | None = None  # hook index of each layer, input → output
+        self._position = np.full(len(self._modules), -1, np.int64)  # entry → its index
         self._layer_info: list[LayerInfo] | None = None
         self._reader: RunView | None = None  # cached until the next recorded step
 
@@ -211,12 +279,20 @@ class Probe(RunView):
         if self._sink is None:
             self._sink = self._open_sink()
         for i, module in enumerate(self._modules):
-            self._handles.append(module.register_forward_hook(_ForwardHook(self, i)))
+            hook = _ForwardHook(self, i)
+            if i < self._n_layers:
+                self._handles.append(module.register_forward_hook(hook))
+            elif self._order is None or self._measured[i]:
+                handle = module.register_forward_hook(hook, with_kwargs=True)
+                self._handles.append(handle)
+                self._candidate_handles[i] = handle
         for sink in self._extra_sinks:
-            sink.watch(dict(zip(self._names, self._modules, strict=True)))
+            n = self._n_layers
+            sink.watch(dict(zip(self._names[:n], self._modules[:n], strict=True)))
         for i, watch in self._watches.items():
-            hook = watch.hook()
-            self._handles.append(self._modules[i].register_forward_hook(hook, with_kwargs=True))
+            self._handles.append(
+                self._modules[i].register_forward_hook(watch.hook(), with_kwargs=True)
+            )
         self._begin_step()
         return self
 
@@ -235,12 +311,26 @@ class Probe(RunView):
         for watch in self._watches.values():
             watch.start(timed)
         self._scalars = {}
+        self._ran = {}
+        if self._recording and self._order is None and not self._param_handles:
+            self._param_handles = [
+                p.register_hook(_ParamHook(self, i))
+                for i, p in self._params
+                if p.requires_grad and not is_lazy(p)
+            ]
+
+    def _remove_param_hooks(self) -> None:
+        for handle in self._param_handles:
+            handle.remove()
+        self._param_handles.clear()
 
     def detach(self) -> None:
         """Remove every hook and flush; safe to call twice. The run stays open."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._candidate_handles.clear()
+        self._remove_param_hooks()
         self._epoch += 1
         self._buffer = self._fresh_buffer()
         for watch in self._watches.values():
@@ -308,8 +398,25 @@ class Probe(RunView):
         if self.unsupported == "warn":
             warnings.warn(message, stacklevel=3)
 
-    def _on_forward(self, i: int, module: nn.Module, output: object) -> None:
-        if not self._recording or not torch.is_grad_enabled() or _in_backward():
+    def _on_forward(
+        self, i: int, module: nn.Module, output: object, args: tuple, kwargs: dict
+    ) -> None:
+        """Measure one forward call of entry ``i``, at most once per step per call of the
+        model: the grad-enabled call, or (reentrant checkpointing, whose first forward runs
+        without gradient) its recompute inside the backward pass; a recompute of a call
+        that was measured already (non-reentrant checkpointing) is skipped."""
+        if not self._recording or not self._measured[i]:
+            return
+        if not torch.is_grad_enabled():
+            self._ran.setdefault(i, _RAN_WITHOUT_GRAD)
+            self._note_forward(i)
+            return
+        if _in_backward():
+            if self._ran.get(i) != _RAN_WITHOUT_GRAD:
+                return
+        else:
+            self._ran[i] = _MEASURED
+        if self._order is None and not self._first_step_role(i, args, kwargs, output):
             return
         tensors = floating_tensors(output)
         if not tensors:
@@ -319,8 +426,6 @@ class Probe(RunView):
                     self._names[i], module, "its output holds no floating-point tensor"
                 )
             return
-        if self._order is None:  # only the first recorded step decides the layer order
-            self._first_call.setdefault(i, len(self._first_call))
         family = self._families[i]
         self._buffer.add_output(
             i,
@@ -329,13 +434,50 @@ class Probe(RunView):
             family.can_die if family else False,
         )
         on_grad = partial(self._on_grad, i, self._epoch)
-        for t in tensors:
+        for t in tensors[:1] if i >= self._n_layers else tensors:  # a block: its stream
             if t.requires_grad:
                 t.register_hook(on_grad)
 
-    def _on_grad(self, i: int, epoch: int, grad: torch.Tensor) -> None:
-        if epoch == self._epoch:
+    def _note_forward(self, i: int) -> None:
+        """At the first recorded step: when entry ``i``'s forward first finished."""
+        if self._order is None and not _in_backward():
+            self._first_call.setdefault(i, len(self._first_call))
+
+    def _first_step_role(self, i: int, args: tuple, kwargs: dict, output: object) -> bool:
+        """At the first recorded step: whether entry ``i`` is measured by this output. A
+        layer whose probed descendants already ran inside it is a container (a root that
+        owns a ``cls_token``: its output is not a layer's); a block candidate is measured
+        once a grad-enabled call has shown it is a residual block."""
+        if i >= self._n_layers:
+            if i not in self._blocks:
+                self._blocks[i] = is_block_call(args, kwargs, output)
+            if not self._blocks[i]:
+                return False
+        elif self._owns[i] and any(j in self._first_call for j in self._inside[i]):
+            self._containers.add(i)
+            return False
+        self._note_forward(i)
+        return True
+
+    def _on_grad(self, i: int, epoch: int, grad: torch.Tensor | None) -> None:
+        # None reaches a hook when the output did not affect the loss (the attention
+        # weights nn.MultiheadAttention returns and the model discards)
+        if epoch == self._epoch and grad is not None:
+            if self._order is None and i not in self._backward:
+                # layers sharing one output tensor (a root returning its last layer's
+                # output) share one event: forward order places them
+                if grad is not self._last_grad:
+                    self._last_grad, self._last_event = grad, next(self._clock)
+                self._backward[i] = self._last_event
             self._buffer.add_grad(i, grad)
+
+    def _probed_descendants(self) -> list[set[int]]:
+        """Per entry, the layer entries whose modules lie inside its module."""
+        index = {id(m): j for j, m in enumerate(self._modules[: self._n_layers])}
+        return [
+            {index[id(sub)] for sub in module.modules() if sub is not module and id(sub) in index}
+            for module in self._modules
+        ]
 
     # -- recording ------------------------------------------------------------------------
 
@@ -387,11 +529,10 @@ class Probe(RunView):
         weights = add_tensor_norms(
             buffer, [(i, p.detach()) for i, p in trainable], Field.PARAM_NORM
         )
-        grads = add_tensor_norms(
-            buffer,
-            [(i, p.grad) for i, p in trainable if p.grad is not None],
-            Field.PARAM_GRAD_NORM,
-        )
+        with_grad = [(i, p.grad) for i, p in trainable if p.grad is not None]
+        grads = add_tensor_norms(buffer, with_grad, Field.PARAM_GRAD_NORM)
+        gradients = len({id(g) for _, g in with_grad})
+        self._check_gradients(gradients, buffer)
         if loss is not None:
             value = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(loss)
             buffer.add(0, Field.LOSS, value.reshape(1).float())
@@ -415,6 +556,8 @@ class Probe(RunView):
             self._fix_layer_order()
         assert self._sink is not None and self._layer_info is not None
         series = self._series(stats)
+        series["gradients"] = np.array([float(gradients)])
+        self._warn_unmeasured()
         series.update({USER_PREFIX + name: host.entry(e) for name, e in scalars.items()})
         profiles = {
             (name, kind): host.entry(entry)
@@ -440,19 +583,125 @@ class Probe(RunView):
         unscaled = torch.amp.grad_scaler.OptState.UNSCALED
         return not any(state.get("stage") is unscaled for state in states.values())
 
-    def _fix_layer_order(self) -> None:
-        """Layers in the order their forwards finished at the first recorded step (input →
-        output for feed-forward nets); layers that did not run keep registration order."""
-        n = len(self._modules)
-        self._order = np.asarray(
-            sorted(range(n), key=lambda i: (self._first_call.get(i, math.inf), i)), np.int64
+    def _check_gradients(self, gradients: int, buffer: StepBuffer) -> None:
+        """Warn once when a recorded step saw no gradient at all: ``step()`` before
+        ``loss.backward()``, or a loss that does not depend on the probed layers."""
+        signals = any(f == Field.SIGNAL_NORM for f in buffer.fields)
+        if gradients or signals or self._warned_no_gradient:
+            return
+        self._warned_no_gradient = True
+        warnings.warn(
+            f"no gradient reached the probed layers at step {self._step} — call "
+            "loss.backward() before probe.step(). The step is recorded with NaN gradients "
+            "(its 'gradients' series is 0).",
+            UserWarning,
+            stacklevel=4,
         )
-        self._layer_info = []
-        for position, i in enumerate(self._order):
+
+    def _warn_unmeasured(self) -> None:
+        """Warn once per layer that ran at this step only without gradient (under
+        ``torch.no_grad()``, or in a reentrant checkpoint whose recompute did not run)."""
+        missing = [
+            self._names[i]
+            for i, state in self._ran.items()
+            if state == _RAN_WITHOUT_GRAD and self._position[i] >= 0 and self._measured[i]
+        ]
+        new = [name for name in missing if name not in self._warned_missing]
+        if not new:
+            return
+        self._warned_missing.update(new)
+        shown = ", ".join(new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
+        warnings.warn(
+            f"backprobe measured no activation or backward-signal statistics of {shown} at "
+            f"step {self._step}: their forward ran only without gradient (torch.no_grad(), "
+            "or a reentrant checkpoint whose recompute did not run), so those statistics "
+            "are NaN; their parameter statistics are recorded.",
+            UserWarning,
+            stacklevel=4,
+        )
+
+    def _roles(self) -> dict[int, str]:
+        """Role of each kept entry, from the first recorded step: a layer whose forward
+        never ran or that is a container is measured by its parameters ("params"); a
+        residual block not inside another one is a "block"; other layers are "layer"."""
+        roles: dict[int, str] = {}
+        for i, module in enumerate(self._modules[: self._n_layers]):
+            ran = i in self._first_call or i in self._containers
+            own = owns_parameters(module)
+            roles[i] = "params" if own and (i in self._containers or not ran) else "layer"
+        blocks = [i for i, is_block in self._blocks.items() if is_block]
+        for i in blocks:
+            if not any(self._nested(i, j) for j in blocks if j != i):
+                roles[i] = "block"
+        return roles
+
+    def _nested(self, inner: int, outer: int) -> bool:
+        """Whether block candidate ``inner``'s module lies inside ``outer``'s."""
+        module, container = self._modules[inner], self._modules[outer]
+        return module is not container and any(sub is module for sub in container.modules())
+
+    def _fix_layer_order(self) -> None:
+        """Decide each layer's role and the input → output order from the first recorded
+        step's graph, then store the layers.
+
+        The order is that of the backward pass, reversed: the layer whose backward event
+        came first is nearest the loss, and last. A layer's (and a residual block's)
+        backward event is the first gradient reaching its output; a layer measured by its
+        parameters (``role="params"``: a module that never ran as a module, such as
+        ``nn.MultiheadAttention.out_proj``, or a root owning a ``cls_token``) is placed
+        by the first gradient reaching its parameters, where they are used. Layers without
+        a backward event (frozen, outputs not needing gradient, never ran) keep their
+        place in forward order (when each forward finished; registration order after
+        every layer that ran); the others fill the remaining places in backward order.
+        """
+        self._remove_param_hooks()
+        self._last_grad = None
+        roles = self._roles()
+        kept = list(roles)
+        forward = sorted(kept, key=lambda i: (self._first_call.get(i, math.inf), i))
+
+        def event(i: int) -> int | None:
+            return (self._param_events if roles[i] == "params" else self._backward).get(i)
+
+        places = [k for k, i in enumerate(forward) if event(i) is not None]
+        evented = sorted((forward[k] for k in places), key=lambda i: -(event(i) or 0))
+        order = list(forward)
+        for place, i in zip(places, evented, strict=True):
+            order[place] = i
+        self._order = np.asarray(order, np.int64)
+        self._measured[:] = False
+        for i, role in roles.items():
+            self._measured[i] = role != "params"
+        self._position[self._order] = np.arange(len(order))
+        self._layer_info = self._describe(order, roles)
+        for i, is_block in self._blocks.items():  # nested blocks: their outer block
+            if is_block and i not in roles:
+                outer = next(j for j in roles if roles[j] == "block" and self._nested(i, j))
+                self._position[i] = self._position[outer]
+        self._drop_candidate_hooks()
+        assert self._sink is not None
+        self._sink.set_layers(self._layer_info)
+        for sink in self._extra_sinks:
+            sink.set_layers(self._layer_info)
+
+    def _describe(self, order: list[int], roles: dict[int, str]) -> list[LayerInfo]:
+        """The LayerInfo of each kept entry, input → output."""
+        owners: dict[int, list[int]] = {}
+        for i, p in self._params:
+            owners.setdefault(id(p), [])
+            if i not in owners[id(p)]:
+                owners[id(p)].append(i)
+        blocks = [i for i in order if roles[i] == "block"]
+        infos = []
+        for position, i in enumerate(order):
             module = self._modules[i]
-            own = list(module.parameters(recurse=False))
+            own = list(module.parameters(recurse=False)) if i < self._n_layers else []
             family = self._families[i]
-            self._layer_info.append(
+            tied = [j for p in own for j in owners[id(p)] if j != i]
+            outer = [b for b in blocks if b != i and i in self._inside[b]]
+            role = roles[i]
+            ran = i in self._first_call or i in self._containers
+            infos.append(
                 LayerInfo(
                     index=position,
                     name=self._names[i],
@@ -460,21 +709,28 @@ class Probe(RunView):
                     family=family.name if family else "",
                     n_params=sum(p.numel() for p in own if p.requires_grad),
                     frozen=bool(own) and not any(p.requires_grad for p in own),
+                    role=role,  # type: ignore[arg-type]  # one of LayerRole, set in _roles
+                    ran=i in self._param_events if role == "params" else ran,
+                    shared_with=self._names[tied[0]] if tied else "",
+                    block=self._names[outer[0]] if outer else "",
                 )
             )
-        assert self._sink is not None
-        self._sink.set_layers(self._layer_info)
-        for sink in self._extra_sinks:
-            sink.set_layers(self._layer_info)
+        return infos
+
+    def _drop_candidate_hooks(self) -> None:
+        """Block candidates that are not blocks need no hook from now on."""
+        for i, handle in list(self._candidate_handles.items()):
+            if not self._measured[i]:
+                handle.remove()
+                self._handles.remove(handle)
+                del self._candidate_handles[i]
 
     def _series(self, stats: StepStats) -> dict[str, np.ndarray]:
         """The step's stored series, per-layer ones in input → output order."""
         order = self._order
         assert order is not None
-        position = np.empty_like(order)
-        position[order] = np.arange(order.size)
         layer, phase = stats.first_nonfinite
-        first = (int(position[layer]), phase) if layer >= 0 else (-1, -1)
+        first = (int(self._position[layer]), phase) if layer >= 0 else (-1, -1)
         return {
             **{name: values[order] for name, values in stats.per_layer.items()},
             "loss": np.array([stats.loss]),
@@ -500,7 +756,7 @@ class Probe(RunView):
         """Probed layer names, input → output order (registration order until the first
         recorded step has shown the execution order)."""
         if self._layer_info is None:
-            return list(self._names)
+            return self._names[: self._n_layers]
         return [layer.name for layer in self._layer_info]
 
     @property
@@ -532,6 +788,6 @@ class Probe(RunView):
     def __repr__(self) -> str:
         state = "attached" if self.attached else ("closed" if self._closed else "detached")
         return (
-            f"Probe({type(self.model).__name__}, layers={len(self._modules)}, "
+            f"Probe({type(self.model).__name__}, layers={len(self.layers)}, "
             f"step={self._step}, {state})"
         )

@@ -108,6 +108,11 @@ def _matches(name: str, module: nn.Module, patterns: list[str], types: list[type
     return any(fnmatch.fnmatchcase(name, p) for p in patterns) or isinstance(module, tuple(types))
 
 
+def filter_matches(name: str, module: nn.Module, spec: LayerFilter) -> bool:
+    """Whether a module matches an ``include``/``exclude`` filter (``None`` matches none)."""
+    return _matches(name, module, *_as_filters(spec))
+
+
 def select_layers(
     model: nn.Module, include: LayerFilter = None, exclude: LayerFilter = None
 ) -> list[tuple[str, nn.Module]]:

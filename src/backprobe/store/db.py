@@ -27,7 +27,7 @@ from ..errors import RunDatabaseError, RunNotFoundError
 DEFAULT_DB = Path("backprobe-runs") / "runs.db"
 #: Environment variable naming the run database for the CLI.
 DB_ENV = "BACKPROBE_DB"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: SQLite header field identifying our files (ASCII "BPRB").
 APPLICATION_ID = 0x42505242
 BUSY_TIMEOUT_S = 30.0
@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS layers (
     run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
     idx INTEGER NOT NULL, name TEXT NOT NULL, type TEXT NOT NULL, family TEXT NOT NULL,
     n_params INTEGER NOT NULL, frozen INTEGER NOT NULL,
+    -- what is measured (layer | params | block), whether it ran, a layer tied to it,
+    -- the residual block it is part of (see store.view.LayerInfo)
+    role TEXT NOT NULL DEFAULT 'layer', ran INTEGER NOT NULL DEFAULT 1,
+    shared_with TEXT NOT NULL DEFAULT '', block TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (run_id, idx)
 );
 -- one row per recorded step and statistic, data = float32 values over layers
@@ -75,6 +79,14 @@ CREATE TABLE IF NOT EXISTS findings (
     payload TEXT NOT NULL               -- JSON: where, evidence, cause, remedies, references
 );
 """
+
+#: Columns schema 3 added to the layers table, with the defaults older layers read as.
+_LAYER_COLUMNS_3 = {
+    "role": "TEXT NOT NULL DEFAULT 'layer'",
+    "ran": "INTEGER NOT NULL DEFAULT 1",
+    "shared_with": "TEXT NOT NULL DEFAULT ''",
+    "block": "TEXT NOT NULL DEFAULT ''",
+}
 
 
 @dataclass(frozen=True)
@@ -225,7 +237,7 @@ class RunDatabase:
         else:
             with self._writing():
                 self._create_schema()
-        c.execute("PRAGMA foreign_keys=ON")
+        self.conn.execute("PRAGMA foreign_keys=ON")  # a reader that upgraded reconnected
 
     def _refuse(self, why: str) -> None:
         self.conn.close()
@@ -247,7 +259,7 @@ class RunDatabase:
                 self._upgrade_then_reopen()
             else:
                 with self._writing():
-                    self._upgrade_from_1()
+                    self._upgrade()
         elif version > SCHEMA_VERSION:
             self.conn.close()
             raise RunDatabaseError(
@@ -261,8 +273,8 @@ class RunDatabase:
         RunDatabase(self.path).close()
         self.conn = self._connect()
 
-    def _upgrade_from_1(self) -> None:
-        """Bring a schema-1 file up to date in one transaction (the runs are kept)."""
+    def _upgrade(self) -> None:
+        """Bring an older file up to date in one transaction (the runs are kept)."""
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
@@ -270,12 +282,18 @@ class RunDatabase:
             if int(row[0]) == SCHEMA_VERSION:  # another process upgraded it meanwhile
                 c.execute("COMMIT")
                 return
-            # Schema 1 had a time_profiles table keyed by layer index that no release
-            # wrote to; schema 2 keys profiles by sub-layer name and kind.
-            c.execute("DROP TABLE IF EXISTS time_profiles")
+            if int(row[0]) < 2:
+                # Schema 1 had a time_profiles table keyed by layer index that no release
+                # wrote to; schema 2 keys profiles by sub-layer name and kind.
+                c.execute("DROP TABLE IF EXISTS time_profiles")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     c.execute(statement)
+            # Schema 3 describes each layer's role; older layers get the defaults.
+            columns = {r[1] for r in c.execute("PRAGMA table_info(layers)")}
+            for column, declaration in _LAYER_COLUMNS_3.items():
+                if column not in columns:
+                    c.execute(f"ALTER TABLE layers ADD COLUMN {column} {declaration}")
             c.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
             c.execute("COMMIT")
         except BaseException:

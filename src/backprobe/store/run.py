@@ -19,11 +19,14 @@ class StoredRun(RunView):
             self.id = self._db.resolve(run)
             self.info: RunInfo = next(r for r in self._db.runs() if r.id == self.id)
             rows = self._db.conn.execute(
-                "SELECT idx, name, type, family, n_params, frozen FROM layers "
-                "WHERE run_id=? ORDER BY idx",
+                "SELECT idx, name, type, family, n_params, frozen, role, ran, shared_with, "
+                "block FROM layers WHERE run_id=? ORDER BY idx",
                 (self.id,),
             ).fetchall()
-            self._layers = [LayerInfo(i, n, t, f, p, bool(z)) for i, n, t, f, p, z in rows]
+            self._layers = [
+                LayerInfo(i, n, t, f, p, bool(z), role, bool(ran), tied, block)
+                for i, n, t, f, p, z, role, ran, tied, block in rows
+            ]
             self._series = self._load_series()
             self._profiles = self._load_profiles()
 

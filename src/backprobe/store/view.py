@@ -21,6 +21,9 @@ from .statistics import LAYER_SERIES
 STEP_SERIES: tuple[str, ...] = (
     "loss",  # [1] the loss passed to step(), NaN if none
     "first_nonfinite",  # [2] (layer index, phase 0 forward / 1 backward), -1 if none
+    # [1] probed trainable parameters that had a gradient at step(): 0 when step() came
+    # before loss.backward() (NaN in runs recorded before it was stored)
+    "gradients",
 )
 #: Statistics computed from the stored ones.
 DERIVED_SERIES: tuple[str, ...] = ("grad_to_weight", "gain", "nonfinite")
@@ -150,6 +153,11 @@ class RunView(ABC):
         without one); ``"first_nonfinite"`` is [S, 2] (layer index, phase).
         ``"gain"`` is ||dL/d a_{l-1}|| / ||dL/d a_l||: how much the backward signal grows
         (> 1) or shrinks (< 1) on its way back through layer l; NaN for the first layer.
+        In a model with residual blocks (``role="block"``) the chain is that of the layers
+        outside every block: a block's gain is that of the residual stream from the entry
+        before it (the previous block) to its output, and layers inside a block's residual
+        branch get NaN (their signals do not form a chain). Layers measured by their
+        parameters only (``role="params"``) have no signal: NaN, skipped by the chain.
         """
         if stat not in ALL_SERIES:
             if stat in self.scalar_names:
@@ -160,10 +168,7 @@ class RunView(ABC):
             if stat == "grad_to_weight":
                 return self._stored("grad_norm") / self._stored("weight_norm")
             if stat == "gain":
-                signal = self._stored("signal_norm")
-                gain = np.full_like(signal, np.nan)
-                gain[:, 1:] = signal[:, :-1] / signal[:, 1:]
-                return gain
+                return self._gain()
         if stat == "nonfinite":
             out, grad = self._stored("nonfinite_out"), self._stored("nonfinite_grad")
             total = np.nansum(np.stack([out, grad]), axis=0)
@@ -171,6 +176,22 @@ class RunView(ABC):
         if stat == "loss":
             return self._stored("loss")[:, 0]
         return self._stored(stat)
+
+    def _gain(self) -> np.ndarray:
+        """float64 [S, layers]: see :meth:`history` ("gain"); call it with numpy's
+        invalid-value and divide warnings off."""
+        signal = self._stored("signal_norm")
+        gain = np.full_like(signal, np.nan)
+        chain = [
+            layer.index
+            for layer in self.layer_info
+            if not layer.block and layer.role != "params"  # parameters have no signal
+        ]
+        if len(chain) == signal.shape[1]:  # no blocks: every layer
+            gain[:, 1:] = signal[:, :-1] / signal[:, 1:]
+        elif len(chain) > 1:
+            gain[:, chain[1:]] = signal[:, chain[:-1]] / signal[:, chain[1:]]
+        return gain
 
     def _in_layer_order(self, names: Iterable[str]) -> list[str]:
         """Recurrent sub-layer names ordered like their modules in :attr:`layers`."""

@@ -90,7 +90,8 @@ class RunWriter:
                 if self._pending_layers is not None:
                     conn.executemany(
                         "INSERT OR REPLACE INTO layers(run_id, idx, name, type, family, "
-                        "n_params, frozen) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        "n_params, frozen, role, ran, shared_with, block) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [
                             (
                                 self.run_id,
@@ -100,6 +101,10 @@ class RunWriter:
                                 lay.family,
                                 lay.n_params,
                                 int(lay.frozen),
+                                lay.role,
+                                int(lay.ran),
+                                lay.shared_with,
+                                lay.block,
                             )
                             for lay in self._pending_layers
                         ],
