@@ -132,12 +132,19 @@ def growing(n: int, factor: float) -> list[dict]:
 def test_first_nonfinite_after_a_blow_up():
     bad = step_series(grad_norm=[NAN, NAN, NAN, NAN, NAN], first_nonfinite=np.array([2.0, 1.0]))
     after = step_series(first_nonfinite=np.array([0.0, 0.0]))
-    (f,) = diagnose(make_run([*growing(4, 10.0), bad, after]))
+    found = diagnose(make_run([*growing(4, 10.0), bad, after]))
+    assert kinds(found) == ["nonfinite", "exploding"]
+    f, blowup = found
     assert (f.kind, f.severity, f.step) == ("nonfinite", "error", 4)
     assert f.where == {"layers": ["fc1"], "step": 4}
     assert f.evidence["phase"] == "backward"
     assert f.evidence["growth_per_step"] == pytest.approx(10.0, rel=1e-9)
-    assert "grew" in f.summary and f.remedies[0].title == "Lower the learning rate"
+    assert f.evidence["overflow"] is True
+    assert "an overflow" in f.summary and f.remedies[0].title == "Lower the learning rate"
+    # the blow-up itself, dated by the step where the growth began
+    assert (blowup.severity, blowup.step, blowup.evidence["nonfinite_step"]) == ("error", 0, 4)
+    assert blowup.evidence["growth"] == pytest.approx(1e3)
+    assert "turned non-finite at step 4" in blowup.summary
 
 
 def test_sudden_nonfinite_in_a_forward_output():
@@ -203,7 +210,7 @@ def test_through_time_from_profiles():
     profiles = [
         {
             ("rnn", "decay"): decay,
-            ("rnn", "signal"): np.ones(t),
+            ("rnn", "signal"): decay[::-1],  # a loss at the end only: ||dL/dh_t|| decays too
             ("rnn", "theory"): np.array([0.5, 1.0]),
         }
     ] * 2

@@ -22,8 +22,9 @@ from torch import nn
 import backprobe as bp
 from backprobe._format import compact_number
 from backprobe.cli import main
+from backprobe.diagnose.depth import first_to_last_ratio
 from backprobe.diagnose.finding import Finding, Remedy
-from backprobe.diagnose.verdict import verdict
+from backprobe.diagnose.verdict import verdict, verdict_of
 from backprobe.errors import BackprobeError
 from backprobe.report.html import render_report, write_report
 from backprobe.store.view import MemoryRun
@@ -49,11 +50,13 @@ def test_report_of_a_planted_run_shows_verdict_findings_table_and_figures():
     run = planted_run()
     page = render_report(run, findings=FINDINGS)
     assert page.startswith("<!DOCTYPE html>")
-    expected = verdict(run)
-    assert expected.status == "vanishing"
+    # the banner is the verdict of the findings the page shows
+    expected = verdict_of(FINDINGS, int(run.steps[-1]), run.layers, first_to_last_ratio(run))
+    assert expected.status == "vanishing" and expected.finding in FINDINGS
     # the verdict comes first, before findings, table and figures
-    at = page.index(html.escape(f"verdict: {expected.message}", quote=False))
-    assert at < page.index("Findings") < page.index("Layers at step 45") < page.index("Figures")
+    text = html.unescape(page)
+    at = text.index(f"verdict: {expected.message}")
+    assert at < text.index("Findings") < text.index("Layers at step 45") < text.index("Figures")
     # findings: most severe first, with evidence, cause, remedy code and references
     assert page.index("the first layer receives") < page.index("sigmoids saturate")
     for text in (

@@ -38,11 +38,12 @@ from ..store.view import RunView
 from ..theory.jacobian import IsometrySummary, isometry_summary, jacobian_singular_values
 from ..theory.meanfield import MeanField
 from ._series import fmt
+from .depth import first_to_last_ratio
 from .finding import Finding
 from .model_rules import mean_field_finding, mlp_stack, recurrent_theory_findings
 from .rules import diagnose, sort_findings
 from .thresholds import DiagnoseThresholds
-from .verdict import Verdict, verdict
+from .verdict import Verdict, verdict_of
 
 #: All singular values of the Jacobian when the output has at most this many units (one
 #: backward pass of that many copies of an example); above, the top ``JACOBIAN_TOP_K``.
@@ -333,9 +334,10 @@ def check(
     findings = [_with_jacobian(f, jac) for f in findings]
     if jac is not None and jac.verdict == "ill-conditioned":
         findings.append(_ill_conditioned(jac))
+    findings = sort_findings(findings)
     return CheckResult(
-        sort_findings(findings),
-        verdict(probe),
+        findings,
+        verdict_of(findings, int(probe.steps[-1]), probe.layers, first_to_last_ratio(probe)),
         probe,
         mf,
         jac,

@@ -20,32 +20,87 @@ from .finding import Finding
 from .thresholds import DiagnoseThresholds
 
 
-def _reference(values: np.ndarray, ran: np.ndarray) -> int | None:
-    """Index of the last layer with a measured value that ran forward (act_mean finite),
-    else of the last layer with a measured value; None when nothing is measured."""
+def _candidates(run: RunView) -> tuple[np.ndarray, np.ndarray]:
+    """Which layers may be the reference, best first, bool [layers] each: those that ran
+    and are not a ``"params"`` entry (parameters used outside their owner's call) and
+    recorded an output; else any that ran and are not a ``"params"`` entry."""
+    output = np.isfinite(typical(run.history("act_mean")))
+    usable = np.asarray(
+        [layer.ran and layer.role != "params" for layer in run.layer_info], dtype=bool
+    )
+    return usable & output, usable
+
+
+def _reference(values: np.ndarray, candidates: tuple[np.ndarray, ...]) -> int | None:
+    """Index of the layer nearest the loss with a measured (finite, positive) value
+    among the first of ``candidates`` that has one; None when none has."""
     measured = np.isfinite(values) & (values > 0)
-    both = np.flatnonzero(measured & ran)
-    if both.size:
-        return int(both[-1])
-    anyone = np.flatnonzero(measured)
-    return int(anyone[-1]) if anyone.size else None
+    for allowed in candidates:
+        hits = np.flatnonzero(measured & allowed)
+        if hits.size:
+            return int(hits[-1])
+    return None
+
+
+def compared_grad_norms(run: RunView) -> np.ndarray:
+    """Parameter-gradient norms [S, layers] as the depth comparison reads them: NaN for a
+    tied layer (``shared_with``), whose gradient is the shared parameter's, summed over
+    both ends; such a layer is compared by its backward signal only."""
+    grad = run.history("grad_norm").copy()
+    tied = [layer.index for layer in run.layer_info if layer.shared_with]
+    grad[:, tied] = np.nan
+    return grad
 
 
 def relative_profiles(run: RunView) -> dict[str, np.ndarray]:
-    """log10 of each layer's parameter-gradient norm (``"grad"``) and backward signal
-    (``"signal"``) relative to the last layer's, per recorded step: [S, layers] each,
-    NaN where not measured. The reference is the last layer that has the statistic and
-    whose forward ran."""
-    ran = np.isfinite(typical(run.history("act_mean")))
+    """log10 of each layer's parameter-gradient norm (``"grad"``, tied layers excluded,
+    see :func:`compared_grad_norms`) and backward signal (``"signal"``) relative to the
+    reference's, per recorded step: [S, layers] each, NaN where not measured. The
+    reference is the layer nearest the loss that has the statistic, ran and is not a
+    ``"params"`` entry."""
+    candidates = _candidates(run)
     out = {}
-    for key, stat in (("grad", "grad_norm"), ("signal", "signal_norm")):
-        values = run.history(stat)
-        ref = _reference(typical(values), ran)
+    for key, values in (("grad", compared_grad_norms(run)), ("signal", run.history("signal_norm"))):
+        ref = _reference(typical(values), candidates)
         if ref is None:
             out[key] = np.full_like(values, np.nan)
         else:
             out[key] = log_ratio(values, values[:, ref : ref + 1])
     return out
+
+
+def chain(run: RunView) -> np.ndarray:
+    """The layers judged as a chain, bool [layers]: all of them, or, when the run has
+    residual blocks (role ``"block"``), the residual stream: the blocks and the layers
+    outside any block; per-layer gains inside a residual branch are not a chain."""
+    info = run.layer_info
+    if not any(layer.role == "block" for layer in info):
+        return np.ones(len(info), dtype=bool)
+    return np.asarray([layer.role == "block" or not layer.block for layer in info], dtype=bool)
+
+
+def _depth_profile(run: RunView) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Typical log10 ratios to the reference of the gradient and of the signal of each
+    layer of the :func:`chain` (NaN for the others), and the per-step profiles."""
+    profiles = relative_profiles(run)
+    off = ~chain(run)
+    grad, signal = typical(profiles["grad"]), typical(profiles["signal"])
+    grad[off] = np.nan
+    signal[off] = np.nan
+    return grad, signal, profiles
+
+
+def first_to_last_ratio(run: RunView) -> float | None:
+    """The verdict's first / last gradient ratio: at the input end of the depth chain,
+    the parameter gradient against the reference's (the backward signal where the first
+    layer has no comparable parameter gradient), median over the recorded steps; None
+    when fewer than two layers are measured."""
+    grad, signal, _ = _depth_profile(run)
+    measured = np.flatnonzero(~np.isnan(grad) | ~np.isnan(signal))
+    if measured.size < 2:
+        return None
+    first = measured[0]
+    return float(10 ** (signal[first] if np.isnan(grad[first]) else grad[first]))
 
 
 def _first_step(run: RunView, series: np.ndarray, bad) -> int | None:
@@ -59,8 +114,7 @@ def depth_findings(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
     """Vanishing or exploding across depth: the unbroken run of layers from the input
     whose gradient norm or backward signal is below ``vanishing_warning`` (above
     ``exploding_warning``) of the last layer's."""
-    profiles = relative_profiles(run)
-    grad, signal = typical(profiles["grad"]), typical(profiles["signal"])
+    grad, signal, profiles = _depth_profile(run)
     with np.errstate(invalid="ignore"):
         low = np.fmin(grad, signal)
         high = np.fmax(grad, signal)
@@ -96,7 +150,12 @@ def _depth_finding(
 ) -> Finding:
     names = run.layers
     info = run.layer_info
-    where = [names[i] for i in layers]
+    blocks = {names[i] for i in layers if info[i].role == "block"}
+    where = [
+        layer.name
+        for layer in info
+        if layer.index in set(layers.tolist()) or (layer.block and layer.block in blocks)
+    ]
     first = int(layers[0])
     grad_ratio = 10 ** grad[first] if not np.isnan(grad[first]) else float("nan")
     signal_ratio = 10 ** signal[first] if not np.isnan(signal[first]) else float("nan")
@@ -119,7 +178,7 @@ def _depth_finding(
     evidence = {
         "first_to_last_grad_ratio": clean(grad_ratio),
         "first_to_last_signal_ratio": clean(signal_ratio),
-        "layers_affected": int(layers.size),
+        "layers_affected": len(where),
         "layers_total": len(names),
         "mean_gain_per_layer": clean(mean_gain),
         "saturated_fraction": clean(sat),
@@ -159,10 +218,13 @@ def _depth_finding(
             )
         remedies = advice.vanishing_remedies(families)
     else:
-        summary = (
-            f"exploding gradient: the gradient reaching layers {reach} is {fmt(shown)} times "
-            f"the last layer's"
-            + (f"; the backward signal grows ×{fmt(mean_gain)} per layer" if gains.size else "")
+        size = (
+            f"overflows float32 (beyond {fmt(float(np.finfo(np.float32).max))})"
+            if np.isinf(shown)
+            else f"is {fmt(shown)} times the last layer's"
+        )
+        summary = f"exploding gradient: the gradient reaching layers {reach} {size}" + (
+            f"; the backward signal grows ×{fmt(mean_gain)} per layer" if gains.size else ""
         )
         cause = (
             "Each layer multiplies the backward signal by more than 1 (weights too large for "

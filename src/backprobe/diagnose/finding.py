@@ -21,6 +21,7 @@ Kind = Literal[
     "saturation",
     "dead_units",
     "nonfinite",
+    "no_gradient",
     "learning_rate",
     "initialisation",
     "plateau",

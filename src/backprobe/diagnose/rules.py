@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from ..store.view import RunView
 from ._head import RunHead
+from .blowup import blowup_findings, find_blowup
 from .depth import dead_findings, depth_findings, saturation_findings
 from .finding import Finding
+from .misuse import no_gradient_findings
 from .thresholds import DiagnoseThresholds
 from .training import (
     UpdateRule,
     first_nonfinite_row,
+    growth_before,
     learning_rate_findings,
     nonfinite_findings,
     plateau_findings,
@@ -38,16 +41,24 @@ def diagnose(
     ``lr`` (and ``optimizer``, ``"sgd"`` or ``"adam"``) let the learning-rate rule
     estimate the update size; see :mod:`backprobe.diagnose.training`. A run with no
     recorded step has no finding. After the first non-finite step only the
-    non-finite and learning-rate rules look further; the others read the steps before it.
+    non-finite and learning-rate rules look further; after a blow-up of the gradient norm
+    (see :mod:`backprobe.diagnose.blowup`) the other rules read only the steps up to where
+    its growth began; steps without any gradient are named (``no_gradient``), not judged.
     """
     t = thresholds or DiagnoseThresholds()
     if run.steps.size == 0:
         return []
     from .through_time import through_time_findings
 
-    findings: list[Finding] = nonfinite_findings(run, t)
+    findings: list[Finding] = no_gradient_findings(run)
+    findings += nonfinite_findings(run, t)
     findings += learning_rate_findings(run, t, lr=lr, optimizer=optimizer)
     stop = first_nonfinite_row(run)
+    growth = None if stop is None else growth_before(run, stop, t.growth_window)[0]
+    blowup = find_blowup(run, t, stop, growth)
+    findings += blowup_findings(run, t, blowup, None if stop is None else int(run.steps[stop]))
+    if blowup is not None:
+        stop = blowup.began + 1
     finite = run if stop is None else RunHead(run, stop)
     if finite.steps.size:
         findings += depth_findings(finite, t)

@@ -51,7 +51,11 @@ class DiagnoseThresholds:
 
     Through time. ||dh_T/dh_(T−lag)|| at the longest measured lag below
     ``time_vanishing`` is vanishing (``time_vanishing_error`` error), above
-    ``time_exploding`` exploding (``time_exploding_error`` error).
+    ``time_exploding`` exploding (``time_exploding_error`` error). When the gradient
+    that reaches the first state, ||dL/dh_0||, is still at least ``time_vanishing`` of
+    the last state's (a loss at every step keeps it flat), vanishing through time is at
+    most a warning, and a warning only with a memory horizon below
+    ``time_memory_warning`` steps; else info (see :mod:`backprobe.diagnose.through_time`).
     """
 
     vanishing_warning: float = 1e-3
@@ -76,6 +80,7 @@ class DiagnoseThresholds:
     time_vanishing_error: float = 1e-6
     time_exploding: float = 1e3
     time_exploding_error: float = 1e6
+    time_memory_warning: int = 10
 
     def __post_init__(self) -> None:
         pairs = (

@@ -5,6 +5,19 @@ Reads, per recurrent (sub-)layer of the run (``run.recurrent_layers``), the deca
 the BPTT gradient ``||dL/dh_t||`` over the time steps, and λ1 of W_hh with γ = max |σ'|
 for the bound ``(γ·λ1)^lag``; each summarised by its median over the recorded steps that
 have a profile. Runs recorded without time profiles have no such finding.
+
+Severity weighs how the loss depends on time. The Jacobian decay says how much of a
+change of an early state reaches the end; whether that starves learning depends on where
+the loss is. With a loss only at the end, ||dL/dh_t|| decays like the Jacobian toward
+the start, and the early states get no gradient: the Jacobian's decay sets the severity
+(``time_vanishing`` warning, ``time_vanishing_error`` error). With a loss at every step
+(a language model), every state gets a gradient from its own loss, so ||dL/dh_t|| stays
+roughly flat even when the Jacobian decays: what is lost is only credit for
+dependencies longer than the memory horizon. When ||dL/dh_0|| is still at least
+``time_vanishing`` of ||dL/dh_(T−1)||, a vanishing Jacobian is therefore a warning only
+when the memory horizon is shorter than ``time_memory_warning`` steps (a forget gate
+closed shut), else info (PyTorch's default LSTM/GRU at T = 35 remembers ~19 steps).
+Exploding through time keeps the Jacobian's severity: growth hurts wherever the loss is.
 """
 
 from __future__ import annotations
@@ -14,13 +27,21 @@ import numpy as np
 from ..store.view import RunView
 from . import advice
 from ._series import clean, fmt, typical
-from .finding import Finding, Kind
+from .finding import Finding, Kind, Severity
 from .thresholds import DiagnoseThresholds
 
 
 def _last_finite(values: np.ndarray) -> int | None:
     idx = np.flatnonzero(np.isfinite(values))
     return int(idx[-1]) if idx.size else None
+
+
+def _last_horizon(run: RunView, name: str) -> float:
+    """The memory horizon at the last recorded step with a profile (the one the terminal
+    and the report show), NaN without one."""
+    horizons = run.memory_horizon(name)
+    measured = horizons[~np.isnan(horizons)]
+    return float(measured[-1]) if measured.size else float("nan")
 
 
 def through_time_findings(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
@@ -51,7 +72,7 @@ def _finding(
     vanishing: bool,
     t: DiagnoseThresholds,
 ) -> Finding:
-    horizon = float(typical(run.memory_horizon(name).reshape(-1, 1))[0])
+    horizon = _last_horizon(run, name)
     profile = typical(run.time_profile(name))
     ends = _last_finite(profile)
     signal_ratio = (
@@ -59,6 +80,8 @@ def _finding(
         if ends is not None and ends > 0 and profile[ends] > 0
         else float("nan")
     )
+    # a loss at every step: the gradient reaching the first state did not vanish
+    every_step = vanishing and signal_ratio >= t.time_vanishing
     lam, gamma = typical(run.recurrent_theory(name))
     eta = lam * gamma
     per_step = relative ** (1.0 / lag) if relative > 0 else 0.0
@@ -66,6 +89,9 @@ def _finding(
     kind: Kind = "vanishing_through_time" if vanishing else "exploding_through_time"
     limit = t.time_vanishing_error if vanishing else t.time_exploding_error
     severe = relative < limit if vanishing else relative > limit
+    severity: Severity = "error" if severe else "warning"
+    if every_step:
+        severity = "warning" if horizon < t.time_memory_warning else "info"
     layer = run.layer_index(module) if module in run.layers else None
     gate = float(typical(run.history("gate_mean"))[layer]) if layer is not None else float("nan")
     evidence = {
@@ -79,6 +105,7 @@ def _finding(
         "eta": clean(eta),
         "pascanu_bound_at_longest_lag": clean(eta**lag) if np.isfinite(eta) else None,
         "memory_gate_mean": clean(gate),
+        "loss_at_every_step": every_step,
     }
     theory = (
         f" λ1(W_hh) = {fmt(lam)} and γ = {fmt(gamma)} give η = γ·λ1 = {fmt(eta)}"
@@ -90,8 +117,14 @@ def _finding(
     if vanishing:
         summary = (
             f"vanishing through time in {name}: a change of the state {lag} steps back "
-            f"reaches the end scaled by {fmt(relative)} (×{fmt(per_step)} per step); memory "
-            f"horizon {'beyond the sequence' if np.isinf(horizon) else f'{horizon:.0f} steps'}"
+            f"reaches the end scaled by {fmt(relative)} (×{fmt(per_step)} per step); the memory "
+            f"reaches {'beyond the sequence' if np.isinf(horizon) else f'{horizon:.0f} steps back'}"
+            + (
+                f"; ||dL/dh_t|| stays flat (first/last {fmt(signal_ratio)}): a loss at every "
+                "step reaches every state, only longer dependencies are out of reach"
+                if every_step
+                else ""
+            )
         )
         cause = (
             "Back-propagation through time multiplies one step Jacobian ∂h_t/∂h_(t−1) per "
@@ -115,7 +148,7 @@ def _finding(
         remedies = advice.TIME_EXPLODING_REMEDIES
     return Finding(
         kind=kind,
-        severity="error" if severe else "warning",
+        severity=severity,
         summary=summary,
         where={"layers": [module], "recurrent": name, "time_steps": [0, lag]},
         evidence=evidence,

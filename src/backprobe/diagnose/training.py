@@ -26,6 +26,7 @@ from ..errors import BackprobeError
 from ..store.view import RunView
 from . import advice
 from ._series import clean, fmt, leading_run, span, typical
+from ._steps import no_gradient_rows, param_layers, total_grad_norms
 from .depth import relative_profiles
 from .finding import Finding
 from .thresholds import DiagnoseThresholds
@@ -36,21 +37,18 @@ UpdateRule = Literal["sgd", "adam"]
 UPDATE_RULES: tuple[UpdateRule, ...] = get_args(UpdateRule)
 
 
-def _param_layers(run: RunView) -> np.ndarray:
-    """Indices of layers with trainable parameters."""
-    return np.asarray([i.index for i in run.layer_info if i.n_params > 0], dtype=np.int64)
-
-
 def first_nonfinite_row(run: RunView) -> int | None:
     """Row of the first recorded step with a NaN/inf in a layer's output or gradient, in a
-    parameter gradient, or in the loss; None when every step was finite."""
+    parameter gradient, or in the loss; None when every step was finite. A step without
+    any gradient (see :func:`~backprobe.diagnose._steps.no_gradient_rows`) is a misuse,
+    not a non-finite value."""
     first = run.history("first_nonfinite")[:, 0]
-    grad = run.history("grad_norm")[:, _param_layers(run)]
+    grad = run.history("grad_norm")[:, param_layers(run)]
     loss = run.history("loss")
     seen_loss = np.cumsum(np.isfinite(loss)) > 0
     bad = (
         (first >= 0)
-        | np.isnan(grad).any(axis=1)
+        | (np.isnan(grad).any(axis=1) & ~no_gradient_rows(run))
         | np.isinf(loss)
         | (np.isnan(loss) & np.concatenate(([False], seen_loss[:-1])))
     )
@@ -58,17 +56,17 @@ def first_nonfinite_row(run: RunView) -> int | None:
     return int(hits[0]) if hits.size else None
 
 
-def _growth(run: RunView, row: int, window: int) -> tuple[float | None, list[float], list[int]]:
+def growth_before(
+    run: RunView, row: int, window: int
+) -> tuple[float | None, list[float], list[int]]:
     """Growth per step of the total parameter-gradient norm over the last ``window``
     recorded steps before ``row`` (a least-squares fit of its log against the step), the
     norms and their steps; growth None with fewer than two usable steps."""
-    grad = run.history("grad_norm")[:, _param_layers(run)]
+    total = total_grad_norms(run)
     start = max(0, row - window)
-    with np.errstate(over="ignore", invalid="ignore"):
-        total = np.sqrt(np.nansum(np.where(np.isfinite(grad), grad, np.nan) ** 2, axis=1))
     steps = run.steps[start:row]
     norms = total[start:row]
-    ok = np.isfinite(norms) & (norms > 0)
+    ok = np.isfinite(norms) & (norms > 0)  # an overflow (inf) has no log to fit
     steps, norms = steps[ok], norms[ok]
     if steps.size < 2:
         return None, norms.tolist(), steps.tolist()
@@ -87,11 +85,11 @@ def nonfinite_findings(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
     if layer >= 0:
         name = names[layer]
         part = "forward output" if phase == 0 else "gradient"
-        place = f"in layer {name}: first NaN/inf in its {part}"
+        place = f"in layer {layer} ({name}): first NaN/inf in its {part}"
         where = {"layers": [name], "step": step}
     else:
         grad = run.history("grad_norm")[row]
-        bad = [i for i in _param_layers(run) if not np.isfinite(grad[i])]
+        bad = [i for i in param_layers(run) if not np.isfinite(grad[i])]
         if bad:
             name = names[bad[0]]
             place = f"in the parameter gradient of layer {name}"
@@ -100,12 +98,12 @@ def nonfinite_findings(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
             name = None
             place = "in the loss"
             where = {"step": step}
-    growth, norms, steps = _growth(run, row, t.growth_window)
+    growth, norms, steps = growth_before(run, row, t.growth_window)
     loss = run.history("loss")[max(0, row - t.growth_window) : row]
     if growth is not None and growth >= t.nonfinite_growth:  # the gradient blew up
         summary = (
-            f"non-finite at step {step} {place}, after the gradient norm grew ×{fmt(growth)} "
-            f"per step"
+            f"non-finite at step {step} {place}: an overflow, after the gradient norm grew "
+            f"×{fmt(growth)} per step"
         )
         cause = (
             f"The gradient norm grew by a factor {fmt(growth)} per step before step {step} "
@@ -151,6 +149,7 @@ def nonfinite_findings(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
                 "layer_index": layer if layer >= 0 else None,
                 "phase": None if layer < 0 else ("forward" if phase == 0 else "backward"),
                 "growth_per_step": clean(growth) if growth is not None else None,
+                "overflow": growth is not None and growth >= t.nonfinite_growth,
                 "grad_norms_before": norms,
                 "steps_before": steps,
                 "losses_before": [clean(v) for v in loss],
@@ -194,7 +193,7 @@ def update_ratios(
 ) -> tuple[np.ndarray, str]:
     """Update-to-weight ratio per recorded step (or interval) and parameter layer,
     [rows, param layers], and how it was estimated (``"lr"`` or ``"weight_change"``)."""
-    layers = _param_layers(run)
+    layers = param_layers(run)
     weight = run.history("weight_norm")[:, layers]
     if lr is not None:
         rate = np.broadcast_to(np.asarray(lr, dtype=np.float64).reshape(-1, 1), weight.shape)
@@ -219,7 +218,7 @@ def learning_rate_findings(
     ``lr_too_large``) or, when the learning rate is known, too small (every layer below
     ``lr_too_small``). Only steps before the first non-finite one count."""
     optimizer = update_rule(optimizer)
-    layers = _param_layers(run)
+    layers = param_layers(run)
     if layers.size == 0 or run.steps.size == 0:
         return []
     rate = lr if lr is not None else _run_lr(run)

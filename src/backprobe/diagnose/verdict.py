@@ -1,121 +1,146 @@
-"""A one-line verdict on a recorded step: healthy, vanishing, exploding or non-finite.
+"""The one-line verdict on a run: the diagnosis' most severe finding, in one line.
 
-It compares the parameter-gradient norm of each layer with that of the layer nearest the
-output: the chain rule multiplies local derivatives on the way back (the seeds'
-``d1 · d2 · …``), so a product of small factors starves the early layers and a product
-of large ones blows them up.
+One function, :func:`verdict_of`, turns a list of findings into the verdict; every
+place that shows a verdict (``backprobe show`` and ``check``, ``bp.check``'s
+``CheckResult.verdict``, the HTML report's banner, the terminal summary) calls it on the
+findings it shows, so a verdict never contradicts them. It is ``healthy`` only when no
+warning or error stands; otherwise it names the most severe finding by its status and
+summary, with the numbers that finding shows, formatted by the same function.
+
+Each finding kind maps to one status (:data:`STATUS_OF_KIND`):
+
+========================================================  =================
+finding kinds                                             status
+========================================================  =================
+``no_gradient`` (nothing was measured to judge)           ``unknown``
+``exploding``, ``exploding_through_time``                 ``exploding``
+``nonfinite``                                             ``nonfinite``
+``vanishing``, ``vanishing_through_time``, ``plateau``,   ``vanishing``
+``saturation``, ``dead_units`` (they starve gradients)
+``learning_rate``, ``initialisation`` (a setting is off)  ``misconfigured``
+========================================================  =================
+
+Among findings of equal severity, the table's order decides: a run that overflowed and
+then underflowed is called exploding, not vanishing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
-
-from .._format import compact_number
+from .._format import counted
 from ..store.view import RunView
+from ._head import RunHead
+from ._series import fmt
+from .depth import first_to_last_ratio
+from .finding import Finding, Kind
+from .rules import diagnose
+from .thresholds import DiagnoseThresholds
 
-Status = Literal["healthy", "vanishing", "exploding", "nonfinite", "unknown"]
+Status = Literal["healthy", "vanishing", "exploding", "nonfinite", "misconfigured", "unknown"]
 
+#: The verdict's status for each finding kind; the order ranks findings of equal severity.
+STATUS_OF_KIND: dict[Kind, Status] = {
+    "no_gradient": "unknown",
+    "exploding": "exploding",
+    "exploding_through_time": "exploding",
+    "nonfinite": "nonfinite",
+    "vanishing": "vanishing",
+    "vanishing_through_time": "vanishing",
+    "plateau": "vanishing",
+    "saturation": "vanishing",
+    "dead_units": "vanishing",
+    "learning_rate": "misconfigured",
+    "initialisation": "misconfigured",
+}
+_PRIORITY = {kind: rank for rank, kind in enumerate(STATUS_OF_KIND)}
 
-@dataclass(frozen=True)
-class Thresholds:
-    """When the verdict calls a gradient profile unhealthy.
-
-    A layer *starves* when its gradient norm is below ``vanishing_ratio`` times that of
-    the last layer, and *explodes* when above ``exploding_ratio`` times it; the network
-    is vanishing (exploding) when its first layer does.
-    """
-
-    vanishing_ratio: float = 1e-3
-    exploding_ratio: float = 1e3
+#: Ratios span dozens of decades: ``3e-9``, ``0.42``, ``0 (underflow)`` (the findings' format).
+format_ratio = fmt
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """The verdict on one step. ``layer`` is where the problem reaches up to (vanishing,
-    exploding) or starts (non-finite); ``ratio`` is first / last layer gradient norm."""
+    """The verdict on one step.
+
+    ``finding`` is the finding it names (None when healthy or unknown); ``layer`` the
+    index of the last layer that finding names (where a vanishing or exploding gradient
+    reaches up to, where a NaN appeared); ``ratio`` the first / last gradient ratio of
+    the depth profile (the input end against the layer nearest the loss, median over the
+    recorded steps up to ``step``; None when fewer than two layers are measured).
+    """
 
     status: Status
     step: int
     message: str
     layer: int | None = None
     ratio: float | None = None
+    finding: Finding | None = None
 
     def __str__(self) -> str:
         return self.message
 
 
-def format_ratio(ratio: float) -> str:
-    """Ratios span dozens of decades: ``3e-9``, ``0.42``, ``0 (underflow)``."""
-    if ratio == 0:
-        return "0 (underflow)"
-    return compact_number(ratio, significant=2, exponent_decimals=0)
+def most_severe(findings: Sequence[Finding]) -> Finding | None:
+    """The finding a verdict names: a warning or error, most severe first, then by the
+    order of :data:`STATUS_OF_KIND`; None when only info (or nothing) stands."""
+    standing = [f for f in findings if f.severity != "info"]
+    if not standing:
+        return None
+    return min(standing, key=lambda f: (-f.severity_rank, _PRIORITY[f.kind]))
 
 
-def verdict(run: RunView, step: int | None = None, thresholds: Thresholds | None = None) -> Verdict:
-    """The verdict on a recorded step of ``run`` (a Probe or a stored run); default: the
-    last recorded step."""
-    t = thresholds or Thresholds()
-    row = run.step_index(step)
-    at = int(run.steps[row])
-    names = run.layers
-    layer, phase = (int(v) for v in run.history("first_nonfinite")[row])
-    grad = run.history("grad_norm")[row]
-    if layer >= 0:
-        where = "forward output" if phase == 0 else "gradient"
-        return Verdict(
-            "nonfinite",
-            at,
-            f"non-finite at step {at} in layer {layer} "
-            f"({names[layer]}): first NaN/inf in its {where}",
-            layer=layer,
-        )
-    overflow = np.flatnonzero(np.isinf(grad))
-    if overflow.size:
-        # The hooks saw only finite values, yet a norm overflowed float32: the gradient
-        # is finite but beyond 1e19 per element, which is exploding by any standard.
-        first = int(overflow[0])
-        return Verdict(
-            "exploding",
-            at,
-            f"exploding at step {at}: the gradient norm of layer {first} ({names[first]}) "
-            "overflows float32",
-            layer=first,
-        )
-    measured = np.flatnonzero(np.isfinite(grad))
-    if measured.size < 2:
-        return Verdict(
-            "unknown",
-            at,
-            f"step {at}: fewer than two layers with parameter gradients; nothing to compare",
-        )
-    reference = grad[measured[-1]]
-    if reference <= 0:
-        return Verdict(
-            "unknown", at, f"step {at}: the last layer's gradient is zero (is the loss constant?)"
-        )
-    relative = grad[measured] / reference
-    ratio = float(relative[0])
-    checks: tuple[tuple[Status, np.ndarray], ...] = (
-        ("vanishing", relative < t.vanishing_ratio),
-        ("exploding", relative > t.exploding_ratio),
-    )
-    for status, bad in checks:
-        if bad[0]:
-            # the last layer of the unbroken run of bad layers that starts at the input
-            run_length = bad.size if bad.all() else int(np.argmin(bad))
-            reach = int(measured[run_length - 1])
-            direction = "down" if status == "vanishing" else "down, growing toward the input"
+def verdict_of(
+    findings: Sequence[Finding],
+    step: int,
+    layers: Sequence[str] = (),
+    ratio: float | None = None,
+) -> Verdict:
+    """The verdict at ``step`` from the diagnosis ``findings`` of the steps up to it.
+
+    ``layers`` (the run's layer names) turn the named layer into an index; ``ratio`` is
+    the first / last gradient ratio the healthy line shows (see
+    :func:`~backprobe.diagnose.depth.first_to_last_ratio`)."""
+    top = most_severe(findings)
+    if top is None:
+        if ratio is None:
             return Verdict(
-                status,
-                at,
-                f"{status} from layer {reach} ({names[reach]}) "
-                f"{direction}: first/last gradient ratio {format_ratio(ratio)}",
-                layer=reach,
-                ratio=ratio,
+                "unknown",
+                step,
+                f"step {step}: no warning or error, but fewer than two layers with "
+                "gradients: nothing to compare",
             )
+        return Verdict(
+            "healthy",
+            step,
+            f"healthy: first/last gradient ratio {fmt(ratio)}, no warning or error",
+            ratio=ratio,
+        )
+    status = STATUS_OF_KIND[top.kind]
+    named = [n for n in top.where.get("layers", ()) if n in layers]
+    message = top.summary if top.summary.startswith(status) else f"{status}: {top.summary}"
+    others = sum(f.severity != "info" for f in findings) - 1
+    if others:
+        message += f" (and {counted(others, 'more warning or error', 'more warnings or errors')})"
     return Verdict(
-        "healthy", at, f"healthy: first/last gradient ratio {format_ratio(ratio)}", ratio=ratio
+        status,
+        step,
+        message,
+        layer=list(layers).index(named[-1]) if named else None,
+        ratio=ratio,
+        finding=top,
+    )
+
+
+def verdict(
+    run: RunView, step: int | None = None, thresholds: DiagnoseThresholds | None = None
+) -> Verdict:
+    """The verdict on ``run`` (a Probe or a stored run) at a recorded step (default: the
+    last one): :func:`verdict_of` over the diagnosis of the steps up to it."""
+    row = run.step_index(step)
+    head = run if row == run.steps.size - 1 else RunHead(run, row + 1)
+    return verdict_of(
+        diagnose(head, thresholds), int(run.steps[row]), run.layers, first_to_last_ratio(head)
     )

@@ -245,7 +245,8 @@ def run_context(
 ) -> dict[str, Any]:
     """Everything the template shows about one run, as plain strings and numbers.
     ``findings``: shown instead of the run's own diagnosis (:func:`diagnose`)."""
-    from ..diagnose.verdict import verdict
+    from ..diagnose.depth import first_to_last_ratio
+    from ..diagnose.verdict import verdict_of
     from .figures import run_figures
 
     title, meta, notice = _describe(run)
@@ -268,7 +269,7 @@ def run_context(
     if not recorded:
         context.update(verdict="no recorded step yet: nothing to judge", verdict_status="unknown")
         return context
-    v = verdict(run)
+    v = verdict_of(findings or (), int(run.steps[-1]), run.layers, first_to_last_ratio(run))
     context.update(verdict=v.message, verdict_status=v.status)
     row = run.steps.size - 1
     table, top, decades = _layer_rows(run, row)

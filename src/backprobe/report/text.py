@@ -26,6 +26,7 @@ _STYLE = {
     "healthy": "green",
     "vanishing": "yellow",
     "exploding": "yellow",
+    "misconfigured": "yellow",
     "nonfinite": "bold red",
     "unknown": "dim",
 }
