@@ -53,6 +53,12 @@ SKIP_PATH_NODES: frozenset[str] = frozenset(
         "SiluBackward",
     }
 )
+#: The node of a reentrant ``torch.utils.checkpoint`` segment (Hugging Face's
+#: ``gradient_checkpointing_enable(use_reentrant=True)`` wraps each layer's forward in one,
+#: with the module's hooks outside): its inside runs without a graph until the backward
+#: pass, so it cannot be walked. A candidate whose output is such a segment fed directly
+#: by its input is taken as a block: same shape in and out, checkpointed as a unit.
+OPAQUE_SEGMENT = "CheckpointFunctionBackward"
 #: Autograd nodes a skip-path search visits at most: a block's skip path is a handful of
 #: nodes from its output; the search stops at the first weight on each branch.
 SKIP_PATH_LIMIT = 64
@@ -88,6 +94,13 @@ def _node_name(node: object) -> str:
     return type(node).__name__.rstrip("0123456789")
 
 
+def _is_source(node: object, target: object, source: torch.Tensor) -> bool:
+    """Whether ``node`` is the source's: its ``grad_fn``, or a leaf's accumulator."""
+    if target is not None:
+        return node is target
+    return getattr(node, "variable", None) is source
+
+
 def has_skip_path(output: torch.Tensor, source: torch.Tensor) -> bool:
     """Whether ``output`` depends on ``source`` through at least one addition along a path
     of :data:`SKIP_PATH_NODES` only (at most :data:`SKIP_PATH_LIMIT` nodes visited).
@@ -106,15 +119,13 @@ def has_skip_path(output: torch.Tensor, source: torch.Tensor) -> bool:
         if (id(node), added) in seen:
             continue
         seen.add((id(node), added))
-        if target is not None and node is target:
-            if added:
-                return True
-            continue
-        if target is None and getattr(node, "variable", None) is source:
+        if _is_source(node, target, source):
             if added:
                 return True
             continue
         name = _node_name(node)
+        if name == OPAQUE_SEGMENT:
+            return any(_is_source(parent, target, source) for parent, _ in node.next_functions)  # type: ignore[attr-defined]  # autograd Node
         if name not in SKIP_PATH_NODES:
             continue
         through_add = added or name == "AddBackward"

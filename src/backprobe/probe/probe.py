@@ -81,6 +81,7 @@ def _in_backward() -> bool:
 #: What a probed entry's forward did in the step in progress (see Probe._on_forward).
 _RAN_WITHOUT_GRAD = 0  # it ran, but only without gradient: nothing measured yet
 _MEASURED = 1  # a grad-enabled forward was measured
+_RECOMPUTED = 2  # it ran without gradient, and its recompute inside backward was measured
 
 
 class _ForwardHook:
@@ -412,8 +413,9 @@ class Probe(RunView):
             self._note_forward(i)
             return
         if _in_backward():
-            if self._ran.get(i) != _RAN_WITHOUT_GRAD:
+            if self._ran.get(i) not in (_RAN_WITHOUT_GRAD, _RECOMPUTED):
                 return
+            self._ran[i] = _RECOMPUTED
         else:
             self._ran[i] = _MEASURED
         if self._order is None and not self._first_step_role(i, args, kwargs, output):

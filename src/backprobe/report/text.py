@@ -17,7 +17,7 @@ from rich.text import Text
 
 from .._format import compact_number
 from ..diagnose.verdict import Verdict, verdict
-from ..store.view import RunView
+from ..store.view import LayerInfo, RunView
 from .console import output_console
 from .through_time import horizon_line
 
@@ -116,7 +116,7 @@ def summary_table(run: RunView, step: int | None = None, params_only: bool = Fal
         if params_only and np.isnan(stats["grad_norm"][i]):
             continue
         label = Text(layer.name)
-        label.append(f" {layer.type}" + (" frozen" if layer.frozen else ""), style="dim")
+        label.append(f" {layer.type}" + _role_marks(layer), style="dim")
         fraction = (
             stats["saturated"][i]
             if layer.family and not np.isnan(stats["saturated"][i])
@@ -139,6 +139,21 @@ def summary_table(run: RunView, step: int | None = None, params_only: bool = Fal
 
 def verdict_text(v: Verdict) -> Text:
     return Text(f"verdict: {v.message}", style=_STYLE[v.status])
+
+
+def _role_marks(layer: LayerInfo) -> str:
+    """What the table's name column adds after a layer's type: frozen, a residual block
+    (its stream), parameters only, did not run, tied to another layer."""
+    marks = [" frozen"] if layer.frozen else []
+    if layer.role == "block":
+        marks.append(" [block]")
+    elif layer.role == "params":
+        marks.append(" [params]")
+    if not layer.ran:
+        marks.append(" did not run")
+    if layer.shared_with:
+        marks.append(f" tied to {layer.shared_with}")
+    return "".join(marks)
 
 
 def print_summary(
