@@ -398,3 +398,39 @@ def test_counts_of_one_are_singular(tmp_path):
     diagnosed = invoke("diagnose", "once", "--db", path)
     assert diagnosed.exit_code == 0, diagnosed.output
     assert "1 findings" not in diagnosed.output and "1 recorded steps" not in diagnosed.output
+
+
+PRESCRIBED = """
+import torch
+from backprobe.lab.models import DeepMLP
+
+def deep_sigmoid():
+    torch.manual_seed(0)
+    return DeepMLP(16, 32, 50, 4, activation="sigmoid")
+"""
+
+
+def test_check_prescribe_prints_the_measured_table(monkeypatch, capsys, tmp_path):
+    (tmp_path / "prescribed_models.py").write_text(PRESCRIBED)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for key, value in WIDE.items():
+        monkeypatch.setenv(key, value)
+    args = ["check", "prescribed_models:deep_sigmoid", "--input-shape", "32,16"]
+    main([*args, "--prescribe"])
+    out = capsys.readouterr().out
+    table = out[out.index("measured prescriptions") :]
+    assert out.index("[error] vanishing") < out.index("measured prescriptions")
+    rows = [line.split() for line in table.splitlines() if "→" in line]
+    assert rows[0][:6] == ["ReLU", "+", "He", "init", "instead", "of"]
+    assert rows[0][-1] == "yes" and "0.999" in rows[0] and rows[-1][-1] == "no"
+    assert 'best: backprobe.remedies.swap_activations_(model, from_="sigmoid"' in table
+    main(args)
+    assert "measured prescriptions" not in capsys.readouterr().out  # only when asked
+
+
+def test_check_prescribe_with_a_wrong_shape_is_one_line(monkeypatch, capsys, tmp_path):
+    (tmp_path / "prescribed_models.py").write_text(PRESCRIBED)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check", "prescribed_models:deep_sigmoid", "--input-shape", "4,15", "--prescribe"])
+    assert_one_line_error(exit_info.value.code, capsys.readouterr().err, "(4, 15)")

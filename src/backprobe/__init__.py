@@ -23,6 +23,7 @@ from .errors import BackprobeError
 if TYPE_CHECKING:
     from .diagnose.check import check
     from .diagnose.finding import Finding, Remedy
+    from .diagnose.prescribe import Prescription, prescribe
     from .diagnose.rules import diagnose as findings
     from .diagnose.verdict import Verdict, verdict
     from .probe import Probe
@@ -35,6 +36,8 @@ _LAZY: dict[str, str | tuple[str, str]] = {
     "Finding": ".diagnose.finding",
     "Remedy": ".diagnose.finding",
     "findings": (".diagnose.rules", "diagnose"),
+    "Prescription": ".diagnose.prescribe",
+    "prescribe": ".diagnose.prescribe",
     "Probe": ".probe",
     "write_report": ".report.html",
     "summary": (".report.text", "print_summary"),
@@ -46,6 +49,7 @@ _LAZY: dict[str, str | tuple[str, str]] = {
 __all__ = [
     "BackprobeError",
     "Finding",
+    "Prescription",
     "Probe",
     "Remedy",
     "Verdict",
@@ -53,6 +57,7 @@ __all__ = [
     "check",
     "findings",
     "open_run",
+    "prescribe",
     "summary",
     "verdict",
     "write_report",

@@ -24,6 +24,7 @@ from .errors import BackprobeError, CheckInputError, RunDatabaseError, RunNotFou
 from .store.db import DB_ENV, DEFAULT_DB
 
 if TYPE_CHECKING:
+    from .diagnose.prescribe import Prescriptions
     from .store.run import StoredRun
 
 app = typer.Typer(
@@ -206,10 +207,18 @@ def check(
         str,
         typer.Option(help="Exit 2 when a finding is at least this severe: warning, error, none."),
     ] = "none",
+    prescribe: Annotated[
+        bool,
+        typer.Option(
+            "--prescribe",
+            help="Apply each remedy that changes the model to a copy, check it again on "
+            "the same batch, and print the measured effect, best first.",
+        ),
+    ] = False,
 ) -> None:
     """Before training: will this model's gradients vanish or explode? One forward and
     backward pass on a random batch at initialisation; prints the verdict, the mean-field
-    and Jacobian predictions, and findings with remedies."""
+    and Jacobian predictions, and findings with remedies (--prescribe: measured too)."""
     from .diagnose.check import build_model, check, parse_shape
     from .diagnose.finding import SEVERITIES
     from .report.console import output_console
@@ -218,7 +227,8 @@ def check(
     if fail_on not in (*SEVERITIES, "none"):
         raise CheckInputError(f"Expected --fail-on warning, error or none, but got {fail_on!r}.")
     shape = parse_shape(input_shape)
-    result = check(build_model(factory), input_shape=shape, seed=seed)
+    model = build_model(factory)
+    result = check(model, input_shape=shape, seed=seed)
     console = output_console()
     console.print(f"[bold]{escape(factory)}[/bold] at initialisation, input {shape}")
     console.print(f"verdict: {escape(result.verdict.message)}")
@@ -232,9 +242,53 @@ def check(
         )
     print_findings(list(result), console)
     console.print(f"[dim]checked in {result.seconds:.1f} s[/dim]")
+    if prescribe:
+        from .diagnose.prescribe import prescribe as measure
+
+        _print_prescriptions(measure(model, input_shape=shape, seed=seed), console)
     worst = SEVERITIES.index(result.worst) if result else -1
     if fail_on != "none" and worst >= SEVERITIES.index(fail_on):
         sys.exit(2)  # not typer.Exit: main() runs click with standalone_mode=False
+
+
+def _print_prescriptions(prescriptions: Prescriptions, console: Console) -> None:
+    """The measured remedies as a table, best first, and those that do not apply."""
+    from .diagnose.prescribe import ratio_text
+
+    if not prescriptions:
+        console.print(
+            "no remedy that changes the model to measure: the findings' remedies are advice"
+        )
+    else:
+        table = Table(
+            title="measured prescriptions (each applied to a copy, checked on the same batch)",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+        )
+        for header in ("remedy", "first/last ratio", "χ1", "worst finding", "helps"):
+            table.add_column(header, overflow="fold" if header == "remedy" else "ellipsis")
+        for p in prescriptions:
+            chi = (
+                f"{p.before.chi1:.3g} → {p.after.chi1:.3g}"
+                if p.before.chi1 is not None and p.after.chi1 is not None
+                else ""
+            )
+            table.add_row(
+                escape(p.remedy.title),
+                f"{ratio_text(p.before.ratio)} → {ratio_text(p.after.ratio)}",
+                chi,
+                f"{p.before.worst_text} → {p.after.worst_text}",
+                "yes" if p.helps else "no",
+            )
+        console.print(table)
+        console.print(
+            f"best: {escape(prescriptions[0].remedy.call)}"
+            if prescriptions[0].helps
+            else "no remedy helps this model"
+        )
+    for remedy, why in prescriptions.skipped:
+        console.print(f"[dim]not applicable: {escape(remedy.title)}: {escape(why)}[/dim]")
 
 
 @app.command()
@@ -361,11 +415,12 @@ def _usage_error_line(exc: Exception) -> str | None:
     return f"backprobe: error: {text} (see `{where} --help`)"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console entry point: a user's error (a run database, a value, a usage error such as
-    an unknown option) becomes one line on stderr and exit status 1, no traceback."""
+    an unknown option) becomes one line on stderr and exit status 1, no traceback.
+    ``argv``: the arguments after ``backprobe`` (default: the command line's)."""
     try:
-        app(standalone_mode=False)
+        app(args=argv, standalone_mode=False)
     except BackprobeError as exc:
         hints = {RunDatabaseError: DB_HINT, RunNotFoundError: RUNS_HINT}
         hint = next((f" {h}" for kind, h in hints.items() if isinstance(exc, kind)), "")
