@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test test-slow lint bench results clean
+.PHONY: demo test test-slow lint bench results zoo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/overhead.py --workload lstm
 	$(BIN)/python benchmarks/esn_vs_reservoirpy.py
+
+# The diagnosis over the external zoo of real architectures: docs/zoo.md.
+zoo: $(VENV)/.installed-dev
+	$(BIN)/python -m tests.zoo.table --out docs/zoo.md
 
 # The lab's full experiments (hours on a laptop CPU), then docs/results.md from their runs.
 # RESULTS="adding copy" reruns only those; RESULTS= rewrites the page from stored runs.
