@@ -203,9 +203,11 @@ def test_writing_to_read_only_storage_is_one_line_naming_the_path(
     (folder / "runs.db").write_bytes(db.read_bytes())
     with read_only_folder(folder) as read_only:
         path = read_only / "runs.db"
-        code, _, err = run_main(monkeypatch, capsys, "diagnose", "alpha", "--db", path)
+        code, out, err = run_main(monkeypatch, capsys, "diagnose", "alpha", "--db", path)
     line = assert_one_line_error(code, err, "Cannot write the run database", "read-only")
     assert str(path) in line and "--db PATH" in line
+    # the diagnosis itself is shown before saving it fails: nothing the user asked is lost
+    assert "run 1 alpha" in out and "verdict:" in out and "saved" not in out
 
 
 def test_runs_on_a_missing_database(monkeypatch, capsys, tmp_path):

@@ -177,18 +177,25 @@ def diagnose(
 ) -> None:
     """Diagnose a stored run (also a crashed or interrupted one): findings with their
     evidence, cause and remedies, saved in the run database for `backprobe show`."""
+    from .diagnose.depth import first_to_last_ratio
     from .diagnose.rules import diagnose as diagnose_run
     from .diagnose.storage import save_findings
+    from .diagnose.verdict import verdict_of
     from .report.console import output_console
-    from .report.text import print_findings
+    from .report.text import print_findings, verdict_text
     from .store.run import open_run
 
     stored = open_run(db, run)
     findings = diagnose_run(stored, lr=lr, optimizer=optimizer)
-    save_findings(db, stored.id, findings)
     console = output_console()
     console.print(_run_heading(stored))
     print_findings(findings, console)
+    if stored.steps.size:
+        last = int(stored.steps[-1])
+        ratio = first_to_last_ratio(stored)
+        console.print(verdict_text(verdict_of(findings, last, stored.layers, ratio)))
+    # shown before they are saved: on read-only storage the user still sees them
+    save_findings(db, stored.id, findings)
     saved = counted(len(findings), "finding")
     console.print(f"[dim]saved {saved} to run {stored.id} in {escape(str(db))}[/dim]")
 

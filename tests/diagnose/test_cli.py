@@ -143,6 +143,11 @@ def test_diagnose_a_crashed_run_then_show_lists_the_findings(monkeypatch, capsys
     code, out, _ = run_main(monkeypatch, capsys, "show", "crashed", "--db", db)
     assert code == 0 and "findings (1, stored by backprobe diagnose)" in out
     assert "[error] nonfinite" in out
+    # one judgment: diagnose and show print the same verdict line for the same run
+    diagnosed = run_main(monkeypatch, capsys, "diagnose", "crashed", "--db", db)[1]
+    verdicts = [line for line in diagnosed.splitlines() if line.startswith("verdict:")]
+    assert len(verdicts) == 1 and "nonfinite" in verdicts[0]
+    assert verdicts[0] in out.splitlines()
 
 
 def test_show_without_findings_says_how_to_get_them(monkeypatch, capsys, tmp_path: Path):
