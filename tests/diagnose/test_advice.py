@@ -8,11 +8,14 @@ import inspect
 import re
 
 import pytest
+import torch
 from torch import nn
 
+import backprobe as bp
 from backprobe.diagnose import advice
 from backprobe.diagnose.finding import Remedy
 from backprobe.errors import DiagnoseError
+from backprobe.lab.models import DeepMLP
 from backprobe.remedies import APPLICABLE, SCHEMES
 
 REMEDIES = [v for v in vars(advice).values() if isinstance(v, Remedy)]
@@ -72,3 +75,28 @@ def test_every_kind_has_references():
         advice.TIME_REFERENCES,
     ):
         assert refs and all(isinstance(r, str) and r for r in refs)
+
+
+def _swaps(finding) -> list[Remedy]:
+    return [r for r in finding.remedies if any(name == "swap_activations_" for name, _ in r.action)]
+
+
+def test_saturated_tanh_is_offered_the_swap_of_tanh_only():
+    torch.manual_seed(0)
+    model = DeepMLP(16, 32, 6, 4, activation="tanh", init="xavier")
+    with torch.no_grad():
+        for linear in model.linears:
+            linear.weight.mul_(8.0)  # inputs deep on tanh's flat tails
+    (saturation,) = [f for f in bp.check(model, input_shape=(64, 16)) if f.kind == "saturation"]
+    (swap,) = _swaps(saturation)
+    assert swap.title == "ReLU + He init instead of tanh"
+
+
+def test_a_relu_stack_off_the_edge_of_chaos_is_offered_no_swap():
+    torch.manual_seed(0)
+    model = DeepMLP(16, 32, 30, 4, activation="relu", init="he")
+    with torch.no_grad():
+        for linear in model.linears:
+            linear.weight.mul_(0.5)  # χ1 = 1/4 per layer
+    found = [f for f in bp.check(model, input_shape=(64, 16)) if f.kind == "initialisation"]
+    assert found and not any(_swaps(f) for f in found)

@@ -77,13 +77,13 @@ def test_remedies_that_do_not_apply_are_skipped_with_the_reason():
 
 
 def test_remedies_with_the_same_effect_are_listed_once():
-    """The generic swap (any bounded activation) does on a tanh net what the swap of tanh
+    """The swap of every bounded activation does on a tanh net what the swap of tanh
     does: one prescription."""
     finding = bp.Finding(
         "vanishing",
         "error",
         "given",
-        remedies=(advice.swap_to_relu({"tanh"}), advice.SWAP_TO_RELU),
+        remedies=(advice.swap_to_relu({"tanh"}), advice.swap_to_relu(advice.BOUNDED)),
     )
     (only,) = bp.prescribe(_net("tanh", 16), _batch(), findings=[finding])
     assert only.remedy.title == "ReLU + He init instead of tanh"

@@ -41,9 +41,6 @@ def swap_to_relu(families: Iterable[str]) -> Remedy:
     )
 
 
-#: For a finding that does not say which activations the model has: swaps whichever of
-#: the bounded ones it holds (apply_remedy refuses it when it holds none).
-SWAP_TO_RELU = swap_to_relu(BOUNDED)
 HE_INIT = Remedy.applying(
     "He initialisation",
     "Weights with std √(2/fan_in) keep the signal's variance through ReLU layers: χ1 = 1.",

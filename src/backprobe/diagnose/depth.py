@@ -316,7 +316,12 @@ def saturation_findings(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
                 "too large, inputs not normalised, or a top sigmoid layer driven to 0 early "
                 "in training (Glorot & Bengio 2010)."
             ),
-            remedies=(advice.XAVIER_INIT, advice.NORMALISE, advice.SWAP_TO_RELU, advice.lower_lr()),
+            remedies=(
+                advice.XAVIER_INIT,
+                advice.NORMALISE,
+                advice.swap_to_relu(families),
+                advice.lower_lr(),
+            ),
             references=advice.SATURATION_REFERENCES,
             step=crowded.since,
         )

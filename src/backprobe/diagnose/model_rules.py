@@ -123,13 +123,15 @@ def mean_field_finding(
     vanishing = mf.chi1 < 1
     direction = "shrinks" if vanishing else "grows"
     target = f"σ_w = {edge:.3g} (χ1 = 1 for σ_b = {stack.sigma_b:.2g})" if edge else "χ1 = 1"
-    remedies = (
-        (advice.HE_INIT, advice.SWAP_TO_RELU, advice.ORTHOGONAL_INIT)
-        if stack.activation == "relu" or not vanishing
-        else (advice.SWAP_TO_RELU, advice.HE_INIT, advice.XAVIER_INIT)
-    )
+    # a swap to ReLU only for a bounded activation the stack has: swapping ReLU for ReLU
+    # or the identity for ReLU changes nothing the finding is about
+    swap = (advice.swap_to_relu({stack.activation}),) if stack.activation in advice.BOUNDED else ()
     if stack.activation in ("tanh", "linear"):
-        remedies = (advice.ORTHOGONAL_INIT, advice.XAVIER_INIT, advice.SWAP_TO_RELU)
+        remedies = (advice.ORTHOGONAL_INIT, advice.XAVIER_INIT, *swap)
+    elif stack.activation == "relu" or not vanishing:
+        remedies = (advice.HE_INIT, *swap, advice.ORTHOGONAL_INIT)
+    else:
+        remedies = (*swap, advice.HE_INIT, advice.XAVIER_INIT)
     finding = Finding(
         kind="initialisation",
         severity="error" if severe else "warning",
