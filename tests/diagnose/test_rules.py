@@ -224,6 +224,32 @@ def test_through_time_from_profiles():
     assert (g.kind, g.severity) == ("exploding_through_time", "warning")
 
 
+def test_a_through_time_finding_states_the_numbers_the_time_view_prints():
+    """λ1 drifts while training: the finding's λ1, γ and horizon are the last profiled
+    step's, as `backprobe show --time` prints them, not a median beside them."""
+    from rich.console import Console
+
+    from backprobe.report.through_time import time_table
+
+    t = 20
+    profiles = [
+        {
+            ("rnn", "decay"): base ** np.arange(t),
+            ("rnn", "signal"): (base ** np.arange(t))[::-1],
+            ("rnn", "theory"): np.array([lam, 1.0]),
+        }
+        for base, lam in ((0.5, 0.50), (0.6, 0.62), (0.7, 0.74))
+    ]
+    run = make_run([step_series()] * 3, profiles)
+    (f,) = diagnose(run)
+    assert f.evidence["lambda1_W_hh"] == pytest.approx(0.74, rel=1e-6)
+    assert f.evidence["memory_horizon"] == run.memory_horizon("rnn")[-1]
+    assert "λ1(W_hh) = 0.74" in f.cause or "λ1(W_hh) = 0.74" in f.summary
+    console = Console(record=True, width=200)
+    console.print(time_table(run, "rnn"))
+    assert "λ1 = 0.74" in console.export_text()
+
+
 def test_thresholds_are_checked():
     with pytest.raises(BackprobeError, match="vanishing_error"):
         DiagnoseThresholds(vanishing_warning=1e-9)

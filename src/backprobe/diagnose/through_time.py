@@ -3,8 +3,11 @@
 Reads, per recurrent (sub-)layer of the run (``run.recurrent_layers``), the decay of
 ``||dh_T/dh_(T−lag)||`` over the lag (Pascanu et al. 2013, eq. 5), its memory horizon,
 the BPTT gradient ``||dL/dh_t||`` over the time steps, and λ1 of W_hh with γ = max |σ'|
-for the bound ``(γ·λ1)^lag``; each summarised by its median over the recorded steps that
-have a profile. Runs recorded without time profiles have no such finding.
+for the bound ``(γ·λ1)^lag``. The decay and ||dL/dh_t|| are judged by their median over
+the recorded steps that have a profile (one odd batch decides nothing); the memory
+horizon, λ1 and γ a finding states are those of the last profiled step, the numbers
+``backprobe show --time`` and the report print. Runs recorded without time profiles have
+no such finding.
 
 Severity weighs how the loss depends on time. The Jacobian decay says how much of a
 change of an early state reaches the end; whether that starves learning depends on where
@@ -36,12 +39,12 @@ def _last_finite(values: np.ndarray) -> int | None:
     return int(idx[-1]) if idx.size else None
 
 
-def _last_horizon(run: RunView, name: str) -> float:
-    """The memory horizon at the last recorded step with a profile (the one the terminal
-    and the report show), NaN without one."""
-    horizons = run.memory_horizon(name)
-    measured = horizons[~np.isnan(horizons)]
-    return float(measured[-1]) if measured.size else float("nan")
+def _last_measured(rows: np.ndarray) -> np.ndarray:
+    """The last row of ``rows`` [S, ...] that is not all NaN: what the terminal and the
+    report show for the last recorded step with a profile (NaN without one)."""
+    measured = ~np.isnan(rows.reshape(rows.shape[0], -1)).all(axis=1)
+    index = np.flatnonzero(measured)
+    return rows[index[-1]] if index.size else np.full(rows.shape[1:], np.nan)
 
 
 def through_time_findings(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
@@ -72,7 +75,9 @@ def _finding(
     vanishing: bool,
     t: DiagnoseThresholds,
 ) -> Finding:
-    horizon = _last_horizon(run, name)
+    # the numbers the terminal and the report show: those of the last profiled step
+    horizon = float(_last_measured(run.memory_horizon(name)))
+    lam, gamma = _last_measured(run.recurrent_theory(name))
     profile = typical(run.time_profile(name))
     ends = _last_finite(profile)
     signal_ratio = (
@@ -82,7 +87,6 @@ def _finding(
     )
     # a loss at every step: the gradient reaching the first state did not vanish
     every_step = vanishing and signal_ratio >= t.time_vanishing
-    lam, gamma = typical(run.recurrent_theory(name))
     eta = lam * gamma
     per_step = relative ** (1.0 / lag) if relative > 0 else 0.0
     module = name.split("[")[0]
