@@ -13,6 +13,8 @@ import pytest
     [
         ("lightning", ("lightning.pytorch", "pytorch_lightning"), "needs Lightning"),
         ("transformers", ("transformers",), "needs transformers"),
+        ("wandb", ("wandb",), "needs wandb"),
+        ("mlflow", ("mlflow", "mlflow.entities", "mlflow.tracking"), "needs MLflow"),
     ],
 )
 def test_an_integration_without_its_framework_says_what_to_install(

@@ -9,8 +9,8 @@ from torch import nn
 
 from backprobe import Probe, open_run
 from backprobe.errors import ProbeConfigError
+from backprobe.integrations.scalars import SCALAR_STATS
 from backprobe.integrations.tensorboard import (
-    SCALAR_STATS,
     TensorBoardSink,
     device_histograms,
     write_run,

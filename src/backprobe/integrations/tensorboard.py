@@ -31,34 +31,11 @@ from torch import nn
 from ..errors import ProbeConfigError
 from ..probe.norms import local_values
 from ..probe.schedule import Schedule, make_schedule
-from ..store.statistics import LAYER_SERIES
-from ..store.view import LayerInfo, MemoryRun, RunView, StepProfiles, StepSeries
+from ..store.view import RunView, StepProfiles, StepSeries
+from .scalars import StepScalars
 
-#: Per-layer statistics written as scalars: the stored ones and the derived ratios.
-SCALAR_STATS: tuple[str, ...] = (*LAYER_SERIES, "grad_to_weight", "gain")
 #: Histogram summary columns computed on the device, then ``bins`` bucket counts.
 _SUMMARY = 5  # min, max, count, sum, sum of squares (finite values only)
-
-
-def _write_scalars(writer: Any, prefix: str, run: RunView) -> int:
-    """Every recorded step of ``run`` as scalars; NaN values are not written. Returns the
-    number of steps."""
-    layers, steps = run.layers, run.steps
-    per_layer = {stat: run.history(stat) for stat in SCALAR_STATS}
-    per_step = {name: run.history(name) for name in ("loss", *run.scalar_names)}
-    recurrent = {name: run.memory_horizon(name) for name in run.recurrent_layers}
-    for row, step in enumerate(steps.tolist()):
-        for stat, history in per_layer.items():
-            for layer, value in zip(layers, history[row].tolist(), strict=True):
-                if not math.isnan(value):
-                    writer.add_scalar(f"{prefix}/{stat}/{layer}", value, step)
-        for name, history in per_step.items():
-            if not math.isnan(history[row]):
-                writer.add_scalar(f"{prefix}/{name}", float(history[row]), step)
-        for name, horizon in recurrent.items():
-            if math.isfinite(horizon[row]):
-                writer.add_scalar(f"{prefix}/memory_horizon/{name}", float(horizon[row]), step)
-    return int(steps.size)
 
 
 def device_histograms(tensors: list[torch.Tensor], bins: int) -> torch.Tensor:
@@ -85,7 +62,7 @@ def device_histograms(tensors: list[torch.Tensor], bins: int) -> torch.Tensor:
     return torch.stack(rows)
 
 
-class TensorBoardSink:
+class TensorBoardSink(StepScalars):
     """Writes a probe's recorded steps to a TensorBoard ``SummaryWriter``.
 
     Args:
@@ -114,39 +91,31 @@ class TensorBoardSink:
             )
         if not (isinstance(bins, int) and bins >= 1):
             raise ProbeConfigError(f"Expected bins to be a positive int, got {bins!r}.")
+        super().__init__(prefix)
         self.writer = writer
-        self.prefix = prefix
         self.bins = bins
         self.histogram_schedule = (
             None if histogram_every is None else make_schedule(histogram_every)
         )
         self._modules: dict[str, nn.Module] = {}
-        self._layers: list[LayerInfo] = []
 
     # -- the StepSink interface -----------------------------------------------------------
 
     def watch(self, modules: Mapping[str, nn.Module]) -> None:
         self._modules = dict(modules)
 
-    def set_layers(self, layers: list[LayerInfo]) -> None:
-        self._layers = list(layers)
+    def write(self, step: int, values: dict[str, float]) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
 
     def append(self, step: int, series: StepSeries, profiles: StepProfiles | None = None) -> None:
         """Writes the step's scalars, and its histograms when scheduled (see
         :meth:`~backprobe.store.sink.StepSink.append`)."""
-        # The step read back through the run API, so that derived statistics (gain,
-        # memory horizon, …) are the ones every reader computes.
-        row = MemoryRun()
-        row.set_layers(self._layers)
-        row.append(step, series, profiles)
-        _write_scalars(self.writer, self.prefix, row)
+        super().append(step, series, profiles)
         if self.histogram_schedule is not None and self.histogram_schedule(step):
             self.write_histograms(step)
 
     def flush(self) -> None:
-        self.writer.flush()
-
-    def close(self, status: str, error: str | None = None) -> None:
         self.writer.flush()
 
     # -- histograms -----------------------------------------------------------------------
@@ -196,6 +165,4 @@ class TensorBoardSink:
 def write_run(run: RunView, writer: Any, prefix: str = "backprobe") -> int:
     """Write every recorded step of a run (stored or live) to ``writer`` as scalars, e.g.
     a run read back with ``bp.open_run``. Returns the number of steps written."""
-    written = _write_scalars(writer, prefix, run)
-    writer.flush()
-    return written
+    return TensorBoardSink(writer, prefix=prefix).write_run(run)
