@@ -8,12 +8,14 @@ import warnings
 
 import pytest
 import torch
+from rich.console import Console
 from torch import nn
 
 import backprobe as bp
 import backprobe.diagnose.prescribe as prescribe_module
 from backprobe.diagnose import advice
 from backprobe.lab.models import DeepMLP
+from backprobe.report.text import print_findings
 
 from ..zoo.architectures import ARCHITECTURES
 from ..zoo.plants import PLANTED
@@ -110,3 +112,36 @@ def test_every_prescription_shown_as_helping_on_the_zoo_helps_when_applied(case)
 def test_the_module_example_runs():
     failed, attempted = doctest.testmod(prescribe_module)
     assert attempted > 0 and failed == 0
+
+
+def test_findings_of_a_training_run_carry_the_measured_effect(tmp_path):
+    """A probe's findings, measured on a copy of the model with the batch at hand: each
+    applicable remedy says what it did, in the terminal, the report and the stored JSON."""
+    torch.manual_seed(0)
+    model = DeepMLP(16, 32, 20, 4, activation="sigmoid")
+    x, y = torch.randn(64, 16), torch.randint(0, 4, (64,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    probe = bp.Probe(model, db=None)
+    with probe:
+        for _ in range(5):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            probe.step(loss)
+            opt.step()
+            opt.zero_grad()
+    findings = bp.findings(probe)
+    prescriptions = bp.prescribe(
+        model, (x, y), torch.nn.functional.cross_entropy, findings=findings
+    )
+    annotated = prescriptions.annotate(findings)
+    (vanishing,) = [f for f in annotated if f.kind == "vanishing"]
+    swap = next(r for r in vanishing.remedies if r.title.startswith("ReLU + He init"))
+    best = next(p for p in prescriptions if p.remedy.call == swap.call)
+    assert best.helps and swap.effect == best.effect and "→" in swap.effect
+    assert all(not r.effect for r in vanishing.remedies if not r.applicable)
+    assert bp.Finding.from_dict(vanishing.to_dict()) == vanishing
+    page = bp.write_report(probe, tmp_path / "r.html", findings=annotated).read_text()
+    assert "measured on a copy: first/last ratio" in page
+    console = Console(record=True, width=200)
+    print_findings(annotated, console)
+    assert f"measured on a copy: {swap.effect}" in console.export_text()

@@ -94,13 +94,16 @@ class Remedy:
     applies them, ``bp.prescribe`` measures them); ``call`` is then derived from it, so
     that what is shown and what is applied cannot differ. A remedy without an action is
     advice for the user's loop or architecture (clipping, the optimizer, skip
-    connections).
+    connections). ``effect`` is what the remedy did to a copy of the model, measured by
+    :meth:`backprobe.diagnose.prescribe.Prescriptions.annotate` ("first/last ratio 1e-41
+    → 0.54, …"); empty when it was not measured.
     """
 
     title: str
     call: str = ""
     why: str = ""
     action: tuple[Step, ...] = ()
+    effect: str = ""
 
     def __post_init__(self) -> None:
         if not self.action:
@@ -136,6 +139,8 @@ class Remedy:
         data: dict[str, Any] = {"title": self.title, "call": self.call, "why": self.why}
         if self.action:
             data["action"] = [[name, dict(kwargs)] for name, kwargs in self.action]
+        if self.effect:
+            data["effect"] = self.effect
         return data
 
     @classmethod
@@ -144,7 +149,9 @@ class Remedy:
         derived again from the action (the one source of truth)."""
         action = data.get("action") or ()
         call = "" if action else data.get("call", "")
-        return cls(data.get("title", ""), call, data.get("why", ""), _steps(action))
+        return cls(
+            data.get("title", ""), call, data.get("why", ""), _steps(action), data.get("effect", "")
+        )
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Iterable
@@ -116,7 +117,10 @@ class Prescription:
         (the global random state is left as it was)."""
         _apply_seeded(model, self.remedy, self.seed)
 
-    def __str__(self) -> str:
+    @property
+    def effect(self) -> str:
+        """The measured effect in one line: ``first/last ratio 3e-43 → 0.54, χ1 0.0199 →
+        0.999, worst error vanishing → warning dead_units`` (and whether it does not help)."""
         parts = [
             f"first/last ratio {ratio_text(self.before.ratio)} → {ratio_text(self.after.ratio)}"
         ]
@@ -124,7 +128,10 @@ class Prescription:
             parts.append(f"χ1 {self.before.chi1:.3g} → {self.after.chi1:.3g}")
         parts.append(f"worst {self.before.worst_text} → {self.after.worst_text}")
         mark = "" if self.helps else " (does not help)"
-        return f"{self.remedy.title}: {', '.join(parts)}{mark}"
+        return f"{', '.join(parts)}{mark}"
+
+    def __str__(self) -> str:
+        return f"{self.remedy.title}: {self.effect}"
 
 
 class Prescriptions(list[Prescription]):
@@ -141,6 +148,24 @@ class Prescriptions(list[Prescription]):
         super().__init__(prescriptions)
         self.before = before
         self.skipped = skipped
+
+    def annotate(self, findings: Iterable[Finding]) -> list[Finding]:
+        """``findings`` (e.g. ``bp.findings(probe)`` of a training run, the ones these
+        prescriptions were measured for) with each remedy carrying its measured effect:
+        the prescription's :attr:`~Prescription.effect`, or why it does not apply to this
+        model. Remedies measured as the same effect as another are left unannotated."""
+        effects = {p.remedy.call: p.effect for p in self}
+        effects.update({r.call: f"does not apply to this model: {why}" for r, why in self.skipped})
+        return [
+            dataclasses.replace(
+                f,
+                remedies=tuple(
+                    dataclasses.replace(r, effect=effects[r.call]) if r.call in effects else r
+                    for r in f.remedies
+                ),
+            )
+            for f in findings
+        ]
 
 
 def _apply_seeded(model: nn.Module, remedy: Remedy, seed: int) -> None:

@@ -128,7 +128,9 @@ def _finding_entry(f: Finding) -> dict[str, Any]:
         "evidence": [
             (str(k), text) for k, v in (f.evidence or {}).items() if (text := _evidence_value(v))
         ],
-        "remedies": [{"title": m.title, "call": m.call, "why": m.why} for m in f.remedies],
+        "remedies": [
+            {"title": m.title, "call": m.call, "why": m.why, "effect": m.effect} for m in f.remedies
+        ],
         "references": list(f.references),
     }
 

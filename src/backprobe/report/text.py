@@ -222,6 +222,8 @@ def print_findings(findings: list, console: Console | None = None, verbose: bool
             console.print(Text(f"    evidence: {', '.join(shown)}", style="dim"))
         for rank, remedy in enumerate(f.remedies, 1):
             console.print(Text(f"    {rank}. {remedy.title}: ", style="cyan").append(remedy.call))
+            if remedy.effect:
+                console.print(Text(f"       measured on a copy: {remedy.effect}", style="green"))
         if f.references:
             console.print(Text(f"    see: {'; '.join(f.references)}", style="dim"))
     if verbose and any(r.call.startswith("backprobe.") for f in findings for r in f.remedies):
