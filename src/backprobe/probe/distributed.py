@@ -57,10 +57,15 @@ def is_primary() -> bool:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The user's model inside ``DistributedDataParallel`` / ``DataParallel``, whose layer
-    names then read as in a single process (``0.weight``, not ``module.0.weight``)."""
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
+    """The user's model inside ``DistributedDataParallel`` / ``DataParallel`` and inside
+    ``torch.compile(model)``, whose layer names then read as in a single eager process
+    (``0.weight``, not ``module.0.weight`` or ``_orig_mod.0.weight``)."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    while isinstance(
+        model, (nn.parallel.DistributedDataParallel, nn.DataParallel, OptimizedModule)
+    ):
+        model = model.module if not isinstance(model, OptimizedModule) else model._orig_mod
     return model
 
 

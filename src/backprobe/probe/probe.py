@@ -41,6 +41,7 @@ from ..store import DEFAULT_DB, LayerInfo, MemoryRun, RunView, RunWriter
 from ..store.sink import StepSink, check_sinks
 from ..store.view import ALL_SERIES, USER_PREFIX, SparseRows
 from .blocks import block_candidates, is_block_call
+from .compiled import MEASURED_BY, EagerSteps, tracing
 from .distributed import is_primary, process_group, unwrap
 from .outputs import floating_tensors
 from .schedule import Schedule, make_schedule
@@ -100,6 +101,8 @@ class _ForwardHook:
         self.index = index
 
     def __call__(self, module: nn.Module, args: tuple, *rest: object) -> None:
+        if tracing():  # compiled graphs carry no probe work (see probe.compiled)
+            return
         probe = None if self._probe is None else self._probe()
         if probe is not None:
             kwargs = rest[0] if len(rest) == 2 and isinstance(rest[0], dict) else {}
@@ -191,7 +194,7 @@ class Probe(RunView):
         self.unsupported = unsupported
         self.scaler = scaler
         self.db = None if db is None else Path(db)
-        self.name = name or type(model).__name__
+        self.name = name or type(unwrap(model)).__name__
         self.flush_every = flush_every
         self._user_config = dict(config or {})
         self._filters = (include, exclude)
@@ -224,6 +227,7 @@ class Probe(RunView):
         self._families = [activation_family(m) for m in self._modules]
         self._time_schedule = None if time_every is None else make_schedule(time_every)
         settings = TimeSettings(batch=time_batch)
+        self._time_batch = time_batch
         self._watches = {
             i: make_watch(self._names[i], m, settings)
             for i, m in enumerate(self._modules)
@@ -246,6 +250,7 @@ class Probe(RunView):
         self._step = 0  # index of the step in progress
         self._epoch = 0  # bumped at every step: late tensor hooks from an old step are ignored
         self._recording = False
+        self._eager = EagerSteps()  # recorded steps of a compiled model run eagerly
         self._slots = StatSlots()
         self._buffer = self._fresh_buffer()
         self._ran: dict[int, int] = {}  # entry → _RAN_WITHOUT_GRAD or _MEASURED, this step
@@ -306,6 +311,7 @@ class Probe(RunView):
     def _begin_step(self) -> None:
         """Decide whether the step now starting is recorded, and tell the watches."""
         self._recording = bool(self.schedule(self._step))
+        self._eager.run_eagerly(self._recording)
         timed = self._recording and (
             self._time_schedule is None or bool(self._time_schedule(self._step))
         )
@@ -332,6 +338,7 @@ class Probe(RunView):
         self._handles.clear()
         self._candidate_handles.clear()
         self._remove_param_hooks()
+        self._eager.run_eagerly(False)
         self._epoch += 1
         self._buffer = self._fresh_buffer()
         for watch in self._watches.values():
@@ -372,13 +379,14 @@ class Probe(RunView):
                 "exclude": repr(exclude),
                 "unsupported": self.unsupported,
                 "amp": self.scaler is not None,
+                "measured": self._how_measured(),
             },
             **self._user_config,
         }
         params = list(self.model.parameters())
         ready = [p for p in params if not is_lazy(p)]  # lazy modules: shapes come later
         model = {
-            "class": type(self.model).__name__,
+            "class": type(unwrap(self.model)).__name__,
             "parameters": sum(p.numel() for p in ready),
             "trainable": sum(p.numel() for p in ready if p.requires_grad),
             "uninitialized": len(params) - len(ready),
@@ -386,6 +394,18 @@ class Probe(RunView):
             "dtype": str(params[0].dtype),
         }
         return RunWriter(self.db, self.name, config, model, flush_every=self.flush_every)
+
+    def _how_measured(self) -> dict[str, str]:
+        """How each kind of statistic is measured (stored with the run, shown by ``show``
+        and the report): per-layer statistics on the full batch, time profiles on a
+        sub-batch."""
+        measured = {"layer statistics": MEASURED_BY}
+        if self._watches:
+            n = self._time_batch
+            measured["time profiles"] = (
+                f"sub-batch of {n} sequences, replayed eagerly and unrolled at timed steps"
+            )
+        return measured
 
     # -- hooks ----------------------------------------------------------------------------
 
@@ -790,6 +810,6 @@ class Probe(RunView):
     def __repr__(self) -> str:
         state = "attached" if self.attached else ("closed" if self._closed else "detached")
         return (
-            f"Probe({type(self.model).__name__}, layers={len(self.layers)}, "
+            f"Probe({type(unwrap(self.model)).__name__}, layers={len(self.layers)}, "
             f"step={self._step}, {state})"
         )

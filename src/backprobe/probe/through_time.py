@@ -52,6 +52,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from ..errors import ProbeConfigError
 from ..theory.bounds import activation_gamma
 from .bptt import backward, recurrence
+from .compiled import tracing
 from .decay import memory_decay
 from .recurrent import StepParams, UnrolledResult, layer_params, real_steps, unrolled_forward
 from .stats import StepBuffer
@@ -144,6 +145,8 @@ class _WatchHook:
         self._watch = None if watch is None else weakref.ref(watch)
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+        if tracing():  # compiled graphs carry no probe work (see probe.compiled)
+            return
         watch = None if self._watch is None else self._watch()
         if watch is not None:
             watch.on_forward(args, kwargs, output)
