@@ -320,6 +320,28 @@ def report(
     typer.echo(f"wrote {path}")
 
 
+@app.command()
+def export(
+    run: Annotated[str, typer.Argument(help="Run id, or name (the newest run of that name).")],
+    to: Annotated[
+        str, typer.Option("--to", help="Where to: tensorboard, wandb or mlflow.")
+    ] = "tensorboard",
+    out: Annotated[Path, typer.Option(help="Folder for TensorBoard and W&B files.")] = Path(
+        "exported"
+    ),
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI (default: MLflow's own).")
+    ] = None,
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """Write a stored run's statistics to TensorBoard, W&B or MLflow, on its own step
+    axis; also a run whose process died (what was flushed)."""
+    from .integrations.export import export_run
+    from .store.run import open_run
+
+    typer.echo(f"wrote {export_run(open_run(db, run), to, out=out, tracking_uri=tracking_uri)}")
+
+
 lab_app = typer.Typer(
     help=(
         "The lab: the seeds' examples and the classic experiments (adding, copy, temporal "

@@ -255,3 +255,76 @@ def test_a_stored_run_is_written_after_the_fact(tmp_path, mlflow_server, mlflow_
     sink = MLflowSink(run.info.run_id, tracking_uri=mlflow_server)
     assert sink.write_run(open_run(tmp_path / "runs.db", "later")) == 3
     assert_logged_equal_history(mlflow_history(mlflow_server, run.info.run_id), probe)
+
+
+# -- backprobe export -------------------------------------------------------------------
+
+
+def crashed_run(db: Path) -> Probe:
+    """A stored run whose training raised after three recorded steps: marked failed."""
+    probe = Probe(tanh_net(), db=db, name="crashed")
+    with pytest.raises(RuntimeError, match="out of memory"), probe:
+        train_steps(probe, 3)
+        raise RuntimeError("out of memory")
+    assert open_run(db, "crashed").status == "failed"
+    return probe
+
+
+def train_steps(probe: Probe, steps: int) -> None:
+    opt = torch.optim.SGD(probe.model.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        x = torch.randn(16, 4, generator=gen)
+        loss = (probe.model(x) - x.sum(1, keepdim=True)).pow(2).mean()
+        loss.backward()
+        probe.step(loss)
+        opt.step()
+        opt.zero_grad()
+
+
+def export(*args: str) -> None:
+    from backprobe.cli import main
+
+    main(["export", *args])
+
+
+def test_export_a_crashed_run_to_mlflow(tmp_path, mlflow_server, mlflow_env, capsys):
+    from mlflow.tracking import MlflowClient
+
+    probe = crashed_run(tmp_path / "runs.db")
+    export("crashed", "--to", "mlflow", "--tracking-uri", mlflow_server,
+           "--db", str(tmp_path / "runs.db"))  # fmt: skip
+    run_id = capsys.readouterr().out.split("MLflow run ")[1].split()[0]
+    tracked = MlflowClient(mlflow_server).get_run(run_id)
+    assert (tracked.info.run_name, tracked.info.status) == ("crashed", "FAILED")
+    assert_logged_equal_history(mlflow_history(mlflow_server, run_id), probe)
+
+
+def test_export_a_crashed_run_to_wandb(tmp_path, offline_wandb):
+    probe = crashed_run(tmp_path / "runs.db")
+    export("crashed", "--to", "wandb", "--out", str(tmp_path), "--db", str(tmp_path / "runs.db"))
+    assert_logged_equal_history(wandb_history(tmp_path), probe)
+
+
+def test_export_a_crashed_run_to_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    probe = crashed_run(tmp_path / "runs.db")
+    export("crashed", "--to", "tensorboard", "--out", str(tmp_path / "tb"),
+           "--db", str(tmp_path / "runs.db"))  # fmt: skip
+    (logdir,) = (tmp_path / "tb").iterdir()
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    logged = {
+        tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]
+    }
+    assert_logged_equal_history(logged, probe)
+
+
+def test_export_to_an_unknown_tracker_names_the_known_ones(tmp_path, capsys):
+    crashed_run(tmp_path / "runs.db")
+    with pytest.raises(SystemExit) as done:
+        export("crashed", "--to", "neptune", "--db", str(tmp_path / "runs.db"))
+    assert done.value.code == 1
+    assert "among tensorboard, wandb, mlflow, got 'neptune'" in capsys.readouterr().err
