@@ -147,3 +147,40 @@ def test_callback_under_ddp_records_the_global_batch(tmp_path):
         np.testing.assert_allclose(
             run.history(stat), expected.history(stat), rtol=1e-6, err_msg=stat
         )
+
+
+class LossKeeping(Tiny):
+    """Tiny that keeps each loss it returns, as a float."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.losses: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.losses.append(float(loss.detach()))
+        return loss
+
+
+def test_the_stored_loss_is_unscaled_under_a_grad_scaler(tmp_path):
+    """fp16 mixed precision with a GradScaler (on the CPU, at a scale of 1024): the loss
+    Lightning back-propagates is multiplied by the scale; the stored one is not."""
+    from lightning.pytorch.plugins import MixedPrecision
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    callback = BackprobeCallback(db=None)
+    trainer = L.Trainer(
+        callbacks=[callback],
+        max_steps=STEPS,
+        accelerator="cpu",
+        devices=1,
+        plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    module = LossKeeping()
+    trainer.fit(module, DataLoader(data(STEPS), batch_size=5, shuffle=False))
+    np.testing.assert_allclose(callback.probe.history("loss"), module.losses, rtol=1e-6)

@@ -14,7 +14,8 @@ The probe watches the ``LightningModule`` and records at ``on_before_optimizer_s
 after backward (of every accumulated micro-batch) and after Lightning has unscaled
 mixed-precision gradients, before the optimizer step and ``zero_grad``. The loss stored
 with a step is the one Lightning back-propagated (divided by ``accumulate_grad_batches``
-and summed over the micro-batches, i.e. their mean). Under DDP every rank runs the
+and summed over the micro-batches, i.e. their mean), with a GradScaler's loss scale
+divided out. Under DDP every rank runs the
 callback, the statistics are global and rank 0 writes the run.
 """
 
@@ -50,13 +51,22 @@ class BackprobeCallback(DriverCallback, Callback):
     After ``fit``, ``callback.probe`` reads the run (``history``, ``summary``, …).
     """
 
+    #: the GradScaler of mixed-precision training, while training runs
+    _scaler: torch.amp.GradScaler | None = None
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         scaler = getattr(trainer.precision_plugin, "scaler", None)
-        self._driver.start(pl_module, scaler if isinstance(scaler, torch.amp.GradScaler) else None)
+        self._scaler = scaler if isinstance(scaler, torch.amp.GradScaler) else None
+        self._driver.start(pl_module, self._scaler)
 
     def on_before_backward(
         self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor
     ) -> None:
+        # Lightning hands over the loss it back-propagates: multiplied by the loss scale
+        # under a GradScaler. Its scale as a device tensor: get_scale() would synchronise.
+        scaler = self._scaler
+        if scaler is not None and scaler.is_enabled() and scaler._scale is not None:
+            loss = loss.detach() / scaler._scale
         self._driver.add_loss(loss)
 
     def on_before_optimizer_step(
