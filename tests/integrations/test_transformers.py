@@ -127,3 +127,44 @@ def test_trainer_callback_records_what_a_plain_loop_records(tmp_path, accumulate
         if stat == "signal_norm" and accumulate > 1:
             actual, wanted = np.delete(actual, shared, 1), np.delete(wanted, shared, 1)
         np.testing.assert_allclose(actual, wanted, rtol=1e-5, atol=1e-7, err_msg=stat)
+
+
+class Failing(transformers.TrainerCallback):
+    """Raises at the given optimizer step of the first train() only."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.armed = at, True
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.armed and state.global_step == self.at:
+            self.armed = False
+            raise RuntimeError("interrupted on purpose")
+
+
+def test_a_caught_exception_fails_the_run_and_a_second_train_starts_clean(tmp_path):
+    callback = BackprobeTrainerCallback(db=tmp_path / "runs.db", name="hf")
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=BATCH,
+        max_steps=STEPS,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    model = tiny_gpt2()
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=dataset(BATCH), callbacks=[callback, Failing(1)]
+    )
+    with pytest.raises(RuntimeError, match="on purpose"):
+        trainer.train()
+    first = callback.probe
+    trainer.train()
+    assert not first.attached
+    assert open_run(tmp_path / "runs.db", first.run_id).status == "failed"
+    assert callback.probe is not first and callback.probe.steps.tolist() == list(range(STEPS))
+    assert not model._forward_hooks  # every hook is gone after train()
+    # one loss per forward (a random model's is near ln 64), not two hooks adding it twice
+    assert callback.probe.history("loss").max() < 1.5 * np.log(64)

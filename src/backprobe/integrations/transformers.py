@@ -55,6 +55,10 @@ class BackprobeTrainerCallback(DriverCallback, TrainerCallback):
     _normalised = False
 
     def on_train_begin(self, args, state, control, model: nn.Module | None = None, **kwargs):
+        # The Trainer tells no callback about an exception: a run still open here is one
+        # whose train() raised (and was caught). It failed; this train() starts clean.
+        if self.probe is not None and self.probe.attached:
+            self._end(RuntimeError("train() raised before it ended; train() was called again"))
         if model is None:
             return
         # an accelerate AcceleratedOptimizer carries the GradScaler of fp16 training
@@ -74,7 +78,11 @@ class BackprobeTrainerCallback(DriverCallback, TrainerCallback):
         self._driver.step(mean=not self._normalised)
 
     def on_train_end(self, args, state, control, **kwargs):
+        self._end()
+
+    def _end(self, error: BaseException | None = None) -> None:
+        """Remove the loss hook and close the run, finished or failed with ``error``."""
         if self._loss_hook is not None:
             self._loss_hook.remove()
             self._loss_hook = None
-        self._driver.close()
+        self._driver.close(error)
