@@ -43,6 +43,21 @@ def test_tensorboard_example(tmp_path, monkeypatch):
     assert (tmp_path / "backprobe-runs" / "runs.db").exists()
 
 
+def test_wandb_example(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    for key, value in {
+        "WANDB_DIR": str(tmp_path),
+        "WANDB_SILENT": "true",
+        "WANDB__DISABLE_STATS": "true",
+        "WANDB_DISABLE_GIT": "true",
+    }.items():
+        monkeypatch.setenv(key, value)  # fmt: skip
+    run_example(block("WandbSink("), tmp_path, monkeypatch)
+    assert len(list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))) == 1
+    run = open_run(tmp_path / "backprobe-runs" / "runs.db", "wandb-example")
+    assert run.steps.tolist() == [0, 5, 10, 15]
+
+
 def test_lightning_example(tmp_path, monkeypatch, capsys):
     pytest.importorskip("lightning")
     run_example(block("BackprobeCallback("), tmp_path, monkeypatch)
