@@ -52,7 +52,11 @@ def test_wandb_example(tmp_path, monkeypatch):
         "WANDB_DISABLE_GIT": "true",
     }.items():
         monkeypatch.setenv(key, value)  # fmt: skip
+    import wandb
+
+    wandb.teardown()  # W&B reads its environment once per process setup: set it up anew
     run_example(block("WandbSink("), tmp_path, monkeypatch)
+    wandb.teardown()
     assert len(list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))) == 1
     run = open_run(tmp_path / "backprobe-runs" / "runs.db", "wandb-example")
     assert run.steps.tolist() == [0, 5, 10, 15]

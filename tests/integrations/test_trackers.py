@@ -112,7 +112,9 @@ def offline_wandb(tmp_path, monkeypatch):
         "WANDB__DISABLE_META": "true",
     }.items():
         monkeypatch.setenv(key, value)
-    return tmp_path
+    wandb.teardown()  # W&B reads its environment once per process setup: set it up anew
+    yield tmp_path
+    wandb.teardown()
 
 
 def wandb_history(folder: Path) -> dict[str, dict[int, float]]:
