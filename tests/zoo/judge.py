@@ -13,6 +13,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from functools import cache
+from typing import Literal
 
 import torch
 
@@ -61,9 +62,9 @@ def _train(case: Case) -> Judgment:
             probe.step(loss)
             opt.step()
             opt.zero_grad()
-    update = "adam" if case.train.optimizer == "adam" else "sgd"
+    update: Literal["sgd", "adam"] = "adam" if case.train.optimizer == "adam" else "sgd"
     findings = bp.findings(probe, lr=case.train.lr, optimizer=update)
-    return Judgment(tuple(findings), bp.verdict(probe))
+    return Judgment(tuple(findings), bp.verdict(probe, lr=case.train.lr, optimizer=update))
 
 
 @cache

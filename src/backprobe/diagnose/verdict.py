@@ -38,6 +38,7 @@ from .depth import first_to_last_ratio
 from .finding import Finding, Kind
 from .rules import diagnose
 from .thresholds import DiagnoseThresholds
+from .training import UpdateRule
 
 Status = Literal["healthy", "vanishing", "exploding", "nonfinite", "misconfigured", "unknown"]
 
@@ -135,12 +136,17 @@ def verdict_of(
 
 
 def verdict(
-    run: RunView, step: int | None = None, thresholds: DiagnoseThresholds | None = None
+    run: RunView,
+    step: int | None = None,
+    thresholds: DiagnoseThresholds | None = None,
+    lr: float | None = None,
+    optimizer: UpdateRule = "sgd",
 ) -> Verdict:
     """The verdict on ``run`` (a Probe or a stored run) at a recorded step (default: the
-    last one): :func:`verdict_of` over the diagnosis of the steps up to it."""
+    last one): :func:`verdict_of` over the diagnosis of the steps up to it. ``lr`` and
+    ``optimizer`` as for :func:`~backprobe.diagnose.rules.diagnose`: give the ones given
+    to ``bp.findings`` and the verdict names one of those findings."""
     row = run.step_index(step)
     head = run if row == run.steps.size - 1 else RunHead(run, row + 1)
-    return verdict_of(
-        diagnose(head, thresholds), int(run.steps[row]), run.layers, first_to_last_ratio(head)
-    )
+    findings = diagnose(head, thresholds, lr=lr, optimizer=optimizer)
+    return verdict_of(findings, int(run.steps[row]), run.layers, first_to_last_ratio(head))
