@@ -46,3 +46,18 @@ def test_the_verdict_names_the_most_severe_finding(name: str) -> None:
 def test_recall_and_precision_over_the_zoo() -> None:
     result = score()
     assert result.recall == 1.0 and result.precision == 1.0, result
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["deep post-LN transformer without warm-up", "gpt2 blocks starved behind tied embeddings"],
+)
+def test_a_starving_residual_stream_is_not_told_to_add_skip_connections(name: str) -> None:
+    (vanishing,) = [f for f in examine(name).significant if f.kind == "vanishing"]
+    titles = [r.title for r in vanishing.remedies]
+    assert "Add skip connections" not in titles, titles
+    assert titles[:2] == [
+        "Normalise inside the residual branch (pre-LN)",
+        "Warm the learning rate up",
+    ]
+    assert "residual stream" in vanishing.cause

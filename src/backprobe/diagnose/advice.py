@@ -147,9 +147,28 @@ def raise_lr(factor: str = "10") -> Remedy:
     )
 
 
-def vanishing_remedies(families: Iterable[str]) -> tuple[Remedy, ...]:
+PRE_LN = Remedy(
+    "Normalise inside the residual branch (pre-LN)",
+    "torch.nn.TransformerEncoderLayer(d_model, nhead, norm_first=True)  # x + F(LN(x))",
+    "With the LayerNorm inside the branch instead of after the addition, the identity path "
+    "carries the gradient to every block unchanged (Xiong et al. 2020).",
+)
+WARMUP = Remedy(
+    "Warm the learning rate up",
+    "torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=1000)",
+    "Small updates while the layers settle: without warm-up the first large Adam steps of a "
+    "post-LN stack drive its lower layers' gradient away (Xiong et al. 2020; Liu et al. 2020).",
+)
+
+
+def vanishing_remedies(families: Iterable[str], residual: bool = False) -> tuple[Remedy, ...]:
     """Ranked for a gradient that shrinks toward the input; ``families`` are the
-    activation families in the starving part of the network (the swap names those)."""
+    activation families in the starving part of the network (the swap names those);
+    ``residual`` when that part is made of residual blocks, whose skip connections are
+    already there: the stream itself loses the gradient (normalisation placement, early
+    updates too large)."""
+    if residual:
+        return (PRE_LN, WARMUP, lower_lr(), ADAM)
     if set(families) & set(BOUNDED):
         return (swap_to_relu(families), HE_INIT, RESIDUAL, NORMALISE, ADAM)
     return (HE_INIT, RESIDUAL, NORMALISE, ORTHOGONAL_INIT, ADAM)

@@ -194,7 +194,16 @@ def _depth_finding(
             + (f"; the backward signal shrinks ×{fmt(mean_gain)} per layer" if gains.size else "")
         )
         bounded = families & set(advice.BOUNDED)
-        if bounded:
+        if blocks:
+            cause = (
+                f"The residual stream itself loses the gradient: across {len(blocks)} "
+                f"residual blocks it shrinks to {fmt(shown)} on its way to the input, so the "
+                "skip connections do not carry it. A normalisation after each addition "
+                "(post-LN: x = LN(x + F(x))) rescales the gradient at every block, and large "
+                "early updates without warm-up drive the lower blocks' gradient away "
+                "(Xiong et al. 2020); a normalisation gain near 0 cuts the stream outright."
+            )
+        elif bounded:
             cause = (
                 f"The chain rule multiplies one local derivative per layer; "
                 f"{'/'.join(sorted(bounded))} has a derivative of at most "
@@ -216,7 +225,7 @@ def _depth_finding(
                     else ""
                 )
             )
-        remedies = advice.vanishing_remedies(families)
+        remedies = advice.vanishing_remedies(families, residual=bool(blocks))
     else:
         size = (
             f"overflows float32 (beyond {fmt(float(np.finfo(np.float32).max))})"

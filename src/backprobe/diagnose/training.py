@@ -336,7 +336,8 @@ def plateau_findings(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
                 "cannot change. This is the vanishing gradient seen from the loss curve."
             ),
             remedies=advice.vanishing_remedies(
-                {run.layer_info[i].family for i in range(len(run.layers))}
+                {layer.family for layer in run.layer_info},
+                residual=any(layer.role == "block" for layer in run.layer_info),
             ),
             references=advice.DEPTH_REFERENCES,
             step=steps[1],
