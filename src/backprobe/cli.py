@@ -143,12 +143,15 @@ def show(
     findings stored by `backprobe diagnose`."""
     from .diagnose.storage import load_findings
     from .report.console import output_console
+    from .report.recording import measurement_lines, schedule_line
     from .report.text import print_findings, print_summary
     from .store.run import open_run
 
     stored = open_run(db, run)
     console = output_console()
     console.print(_run_heading(stored))
+    for line in filter(None, [schedule_line(stored), *measurement_lines(stored)]):
+        console.print(f"[dim]{escape(line)}[/dim]")
     print_summary(stored, step=step, console=console, params_only=params_only, horizon=not time)
     if time:
         from .report.through_time import print_time_profiles

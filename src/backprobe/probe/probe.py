@@ -2,7 +2,7 @@
 
 ::
 
-    probe = bp.Probe(model, every=1, db="backprobe-runs/runs.db", name="my-run")
+    probe = bp.Probe(model, budget=0.02, db="backprobe-runs/runs.db", name="my-run")
     with probe:                       # attach on enter, flush + detach + close on exit
         for x, y in loader:
             loss = loss_fn(model(x), y)
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 import warnings
 import weakref
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ from ..store import DEFAULT_DB, LayerInfo, MemoryRun, RunView, RunWriter
 from ..store.sink import StepSink, check_sinks
 from ..store.view import ALL_SERIES, USER_PREFIX, SparseRows
 from .blocks import block_candidates, is_block_call
+from .budget import BudgetSchedule, StepClock
 from .compiled import MEASURED_BY, EagerSteps, tracing
 from .distributed import is_primary, process_group, unwrap
 from .outputs import floating_tensors
@@ -143,7 +145,14 @@ class Probe(RunView):
 
     Args:
         model: the ``nn.Module`` to watch.
-        every: record every N-th ``step()`` (0, N, 2N, …) or a callable ``step -> bool``.
+        every: record every N-th ``step()`` (0, N, 2N, …) or a callable ``step -> bool``;
+            replaced by ``budget`` when that is given.
+        budget: instead of ``every``, the overhead allowed, as a fraction of the training
+            time (0.02 is 2 %). The probe times recorded and unrecorded steps with
+            its own clock and spaces recordings to stay within it, time profiles
+            included; the first 10 steps are all recorded (:mod:`~backprobe.probe.budget`).
+            The measured overhead is stored at each recorded step (series ``overhead``)
+            under any schedule.
         db: run database path; ``None`` keeps the run in memory only.
         name: run name shown by ``backprobe runs`` (default: the model's class name).
         include / exclude: glob patterns on qualified module names and/or module types.
@@ -171,6 +180,7 @@ class Probe(RunView):
         model: nn.Module,
         *,
         every: int | Schedule = 1,
+        budget: float | None = None,
         db: str | Path | None = DEFAULT_DB,
         name: str | None = None,
         include: LayerFilter = None,
@@ -184,7 +194,16 @@ class Probe(RunView):
         sinks: Sequence[StepSink] = (),
     ) -> None:
         self.model = _check_model(model)
-        self.schedule = make_schedule(every)
+        self._step_clock = StepClock()  # durations between step() calls: the overhead
+        self._step_started: float | None = None  # when the step in progress began
+        if budget is not None and every != 1:
+            raise ProbeConfigError(
+                f"Expected either every= (a fixed schedule) or budget= (an overhead "
+                f"budget), but got both (every={every!r}, budget={budget!r}); drop one."
+            )
+        self.schedule: Schedule = (
+            BudgetSchedule(self._step_clock, budget) if budget is not None else make_schedule(every)
+        )
         if unsupported not in UNSUPPORTED_MODES:
             raise ProbeConfigError(
                 f"Expected unsupported to be one of {UNSUPPORTED_MODES}, got {unsupported!r}."
@@ -339,6 +358,7 @@ class Probe(RunView):
         self._candidate_handles.clear()
         self._remove_param_hooks()
         self._eager.run_eagerly(False)
+        self._step_started = None  # time spent detached is no step
         self._epoch += 1
         self._buffer = self._fresh_buffer()
         for watch in self._watches.values():
@@ -369,20 +389,7 @@ class Probe(RunView):
     def _open_sink(self) -> RunWriter | MemoryRun:
         if self.db is None or not is_primary():  # torch.distributed: rank 0 writes the run
             return MemoryRun()
-        # a partial or a callable object has no __name__
-        every = getattr(self.schedule, "__name__", None) or repr(self.schedule)
-        include, exclude = self._filters
-        config = {
-            "probe": {
-                "every": every,
-                "include": repr(include),
-                "exclude": repr(exclude),
-                "unsupported": self.unsupported,
-                "amp": self.scaler is not None,
-                "measured": self._how_measured(),
-            },
-            **self._user_config,
-        }
+        config = {"probe": self.probe_config, **self._user_config}
         params = list(self.model.parameters())
         ready = [p for p in params if not is_lazy(p)]  # lazy modules: shapes come later
         model = {
@@ -394,6 +401,22 @@ class Probe(RunView):
             "dtype": str(params[0].dtype),
         }
         return RunWriter(self.db, self.name, config, model, flush_every=self.flush_every)
+
+    @property
+    def probe_config(self) -> dict:
+        """The probe's options as stored with the run: its schedule (``every``: ``every_N``,
+        ``budget 2%``, or a callable's name), filters, and how statistics are measured."""
+        # a partial or a callable object has no __name__
+        every = getattr(self.schedule, "__name__", None) or repr(self.schedule)
+        include, exclude = self._filters
+        return {
+            "every": every,
+            "include": repr(include),
+            "exclude": repr(exclude),
+            "unsupported": self.unsupported,
+            "amp": self.scaler is not None,
+            "measured": self._how_measured(),
+        }
 
     def _how_measured(self) -> dict[str, str]:
         """How each kind of statistic is measured (stored with the run, shown by ``show``
@@ -517,6 +540,10 @@ class Probe(RunView):
         recorded = self._recording
         if recorded:
             self._record(loss)
+        now = time.perf_counter()
+        if self._step_started is not None:
+            self._step_clock.observe(self._step, now - self._step_started, recorded)
+        self._step_started = now
         self._step += 1
         self._epoch += 1
         self._buffer = self._fresh_buffer()
@@ -579,6 +606,7 @@ class Probe(RunView):
         assert self._sink is not None and self._layer_info is not None
         series = self._series(stats)
         series["gradients"] = np.array([float(gradients)])
+        series["overhead"] = np.array([self._step_clock.overhead()])
         self._warn_unmeasured()
         series.update({USER_PREFIX + name: host.entry(e) for name, e in scalars.items()})
         profiles = {
@@ -767,6 +795,13 @@ class Probe(RunView):
         if self._reader is None:
             self._reader = self._sink.view()
         return self._reader
+
+    @property
+    def overhead(self) -> float:
+        """The overhead measured so far: the time recording added, as a fraction of the
+        training time without it (NaN before a recorded and an unrecorded step were
+        timed; see :mod:`~backprobe.probe.budget`)."""
+        return self._step_clock.overhead()
 
     @property
     def run_id(self) -> int | None:

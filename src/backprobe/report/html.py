@@ -28,6 +28,7 @@ from .._format import compact_number, counted
 from .._version import __version__
 from ..diagnose.rules import diagnose
 from ..errors import BackprobeError, ReportPathError
+from .recording import measurement_lines, schedule_line
 from .text import log_span
 
 if TYPE_CHECKING:
@@ -223,6 +224,10 @@ def _describe(run: RunView) -> tuple[str, str, str | None]:
     if steps.size:
         parts.append(f"steps {int(steps[0])}…{int(steps[-1])}")
     parts.append(counted(len(run.layers), "layer"))
+    schedule = schedule_line(run)
+    if schedule:
+        parts.append(schedule)
+    parts.extend(measurement_lines(run))
     info = getattr(run, "info", None)
     if info is not None:
         started = dt.datetime.fromtimestamp(info.created).strftime("%Y-%m-%d %H:%M:%S")

@@ -67,6 +67,11 @@ class StoredRun(RunView):
         return self.info.name
 
     @property
+    def probe_config(self) -> dict:
+        probe = self.info.config.get("probe", {})
+        return probe if isinstance(probe, dict) else {}
+
+    @property
     def status(self) -> str:
         return self.info.status
 

@@ -24,6 +24,9 @@ STEP_SERIES: tuple[str, ...] = (
     # [1] probed trainable parameters that had a gradient at step(): 0 when step() came
     # before loss.backward() (NaN in runs recorded before it was stored)
     "gradients",
+    # [1] the probe's measured overhead up to this step: time recording added, as a
+    # fraction of the training time without it (NaN before it was measured or stored)
+    "overhead",
 )
 #: Statistics computed from the stored ones.
 DERIVED_SERIES: tuple[str, ...] = ("grad_to_weight", "gain", "nonfinite")
@@ -117,6 +120,12 @@ class RunView(ABC):
     @abstractmethod
     def _user_rows(self, stat: str) -> SparseRows:
         """A user scalar's rows (stored name with :data:`USER_PREFIX`)."""
+
+    @property
+    def probe_config(self) -> dict:
+        """The probe options the run was recorded with (its schedule as ``every``, how
+        the statistics were measured as ``measured``); empty when unknown."""
+        return {}
 
     @abstractmethod
     def _profile_rows(self, name: str, kind: str) -> SparseRows:

@@ -1,0 +1,106 @@
+"""An overhead budget: the probe times its own steps and records as often as the budget
+allows, instead of a guessed ``every``.
+
+Between two ``Probe.step()`` calls lies one training step, recorded or not; the probe
+times each with its own clock (:class:`StepClock`). Unrecorded steps give the cost of
+training alone (``base``: the median of the latest ones, so that a compilation or a
+stall does not count), recorded ones the cost of recording on top of it (``cost``: the
+median of the latest recorded steps, less ``base``). The measured overhead is the time
+recording added over the run, as a fraction of the time training alone would have
+taken: ``recorded steps × cost / (steps × base)``. Medians, because a shared machine
+stalls now and then, and a stall is no cost of recording.
+
+:class:`BudgetSchedule` records a step only when that overhead, with the step's
+expected cost (the median of the latest recorded steps) added, stays within the budget:
+recordings space themselves out by ``cost / (budget × base)`` steps, whatever makes a
+recorded step slow (hooks, time profiles, a compiled model run eagerly, a slow sink).
+The first ``warmup`` steps are all recorded (the early steps, where a bad
+initialisation shows; they also give the first timings) and are paid back by the
+spacing that follows. Step 0 sets the probe up (layer order, run database) and is not
+counted.
+
+On an accelerator a step that is not recorded returns before the device has finished;
+over many steps the queue keeps the clock honest, since the host cannot run ahead of the
+device by more than the queue holds.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+
+from ..errors import ProbeConfigError
+
+#: Steps recorded at the start of a run under a budget.
+WARMUP_STEPS = 10
+#: Latest step durations kept for the medians.
+_WINDOW = 32
+
+
+class StepClock:
+    """Durations of the steps between ``Probe.step()`` calls, split into recorded and
+    unrecorded ones, and the overhead they show."""
+
+    def __init__(self) -> None:
+        self._unrecorded: deque[float] = deque(maxlen=_WINDOW)
+        self._recorded: deque[float] = deque(maxlen=_WINDOW)
+        self.steps = 0  # steps counted (all but step 0)
+        self.recorded_steps = 0
+
+    def observe(self, step: int, seconds: float, recorded: bool) -> None:
+        """Count one step's duration (step 0, the set-up, is not counted)."""
+        if step == 0:
+            return
+        self.steps += 1
+        if recorded:
+            self.recorded_steps += 1
+            self._recorded.append(seconds)
+        else:
+            self._unrecorded.append(seconds)
+
+    @property
+    def base(self) -> float | None:
+        """Seconds of a step without recording (median of the latest), None before one."""
+        return statistics.median(self._unrecorded) if self._unrecorded else None
+
+    @property
+    def recorded_cost(self) -> float | None:
+        """Seconds a recorded step adds (median of the latest), None before both kinds."""
+        base = self.base
+        if base is None or not self._recorded:
+            return None
+        return max(statistics.median(self._recorded) - base, 0.0)
+
+    def overhead(self, extra_recorded: int = 0, extra_steps: int = 0) -> float:
+        """The measured overhead (a fraction of the training time without recording), NaN
+        before a step of each kind; with ``extra_*``: as if that many more steps (of which
+        ``extra_recorded`` recorded ones of the usual cost) had run."""
+        base, cost = self.base, self.recorded_cost
+        steps = self.steps + extra_steps
+        if base is None or cost is None or base <= 0 or steps == 0:
+            return float("nan")
+        return (self.recorded_steps + extra_recorded) * cost / (steps * base)
+
+
+class BudgetSchedule:
+    """Records a step when the measured overhead, counting that step, stays within
+    ``budget`` (a fraction: 0.02 is 2 %); see the module docstring."""
+
+    def __init__(self, clock: StepClock, budget: float, warmup: int = WARMUP_STEPS) -> None:
+        if not (isinstance(budget, float | int) and 0 < budget < 1):
+            raise ProbeConfigError(
+                f"Expected budget to be a fraction of the training time between 0 and 1 "
+                f"(0.02 is 2 %), but got {budget!r}."
+            )
+        self.clock = clock
+        self.budget = float(budget)
+        self.warmup = warmup
+        self.__name__ = f"budget {100 * self.budget:g}%"
+
+    def __call__(self, step: int) -> bool:
+        if step < self.warmup:
+            return True
+        clock = self.clock
+        if clock.base is None or clock.recorded_cost is None:
+            return False  # no unrecorded step timed yet: time one first
+        return clock.overhead(extra_recorded=1, extra_steps=1) <= self.budget

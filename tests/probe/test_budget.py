@@ -1,0 +1,120 @@
+"""The overhead budget: the probe times its own steps and spaces recordings so that the
+overhead it measures stays within the budget, whatever makes a recorded step slow."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from backprobe.errors import ProbeConfigError
+from backprobe.probe.budget import WARMUP_STEPS, BudgetSchedule, StepClock
+
+
+def _simulate(budget: float, base: float, cost: float, steps: int) -> tuple[StepClock, list]:
+    """Steps of ``base`` seconds, ``base + cost`` when recorded, under a budget."""
+    clock = StepClock()
+    schedule = BudgetSchedule(clock, budget)
+    recorded = []
+    for step in range(steps):
+        record = schedule(step)
+        if record:
+            recorded.append(step)
+        clock.observe(step, base + (cost if record else 0.0), record)
+    return clock, recorded
+
+
+@pytest.mark.parametrize("cost", [0.05, 0.5, 5.0])
+def test_budget_spaces_recordings_by_cost_over_budget(cost):
+    clock, recorded = _simulate(0.02, 1.0, cost, 5000)
+    assert recorded[:WARMUP_STEPS] == list(range(WARMUP_STEPS))
+    assert 0.015 < clock.overhead() <= 0.02
+    gaps = np.diff(recorded[-5:])  # paid back: one recording per cost / (budget × base)
+    assert np.all(np.abs(gaps - max(cost / 0.02, 1)) <= 1)
+
+
+def test_a_cheap_recording_is_taken_at_every_step():
+    clock, recorded = _simulate(0.02, 1.0, 0.001, 200)
+    assert len(recorded) > 190
+    assert clock.overhead() <= 0.02
+
+
+def test_stalls_do_not_count_as_recording_cost():
+    clock = StepClock()
+    for step, (seconds, recorded) in enumerate(
+        [(1.0, True), (1.0, False), (50.0, False), (1.0, False), (1.2, True), (1.2, True)]
+    ):
+        clock.observe(step, seconds, recorded)
+    assert clock.base == 1.0
+    assert clock.recorded_cost == pytest.approx(0.2)
+
+
+def test_overhead_is_nan_until_both_kinds_of_step_were_timed():
+    clock = StepClock()
+    clock.observe(0, 5.0, True)  # step 0 sets the probe up: not counted
+    clock.observe(1, 2.0, True)
+    assert np.isnan(clock.overhead())
+    clock.observe(2, 1.0, False)
+    assert clock.overhead() == pytest.approx(0.5)  # 1 recorded × 1 s over 2 steps × 1 s
+
+
+@pytest.mark.parametrize("budget", [0, 1, -0.1, "2%"])
+def test_budget_must_be_a_fraction(budget):
+    with pytest.raises(ProbeConfigError, match="between 0 and 1"):
+        BudgetSchedule(StepClock(), budget)
+
+
+def test_every_and_budget_together_are_refused():
+    with pytest.raises(ProbeConfigError, match="either every="):
+        from backprobe import Probe
+
+        Probe(nn.Linear(2, 2), every=10, budget=0.02, db=None)
+
+
+class _SlowSink:
+    """A statistic that takes ``seconds`` to receive each recorded step."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.steps: list[int] = []
+
+    def watch(self, layers) -> None:
+        pass
+
+    def set_layers(self, layers) -> None:
+        pass
+
+    def append(self, step, series, profiles) -> None:
+        time.sleep(self.seconds)
+        self.steps.append(step)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self, status, error=None) -> None:
+        pass
+
+
+def test_probe_keeps_a_slow_statistic_within_its_budget(make_probe):
+    """Training steps of 4 ms, a recorded step 4 ms slower: a 25 % budget records about
+    every 4th step once the warm-up is paid back, and the overhead the probe measures
+    with its own clock stays near the budget."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+    sink = _SlowSink(0.004)
+    probe = make_probe(model, budget=0.25, sinks=[sink]).attach()
+    x = torch.randn(2, 4)
+    steps = 160
+    for _ in range(steps):
+        model(x).sum().backward()
+        time.sleep(0.004)  # the rest of a training step
+        probe.step()
+        model.zero_grad()
+    recorded = len(probe.steps)
+    assert probe.schedule.__name__ == "budget 25%"
+    assert WARMUP_STEPS + 5 < recorded < steps / 2
+    assert 0.1 < probe.overhead < 0.25 * 1.4
+    stored = probe.history("overhead").ravel()
+    assert np.isnan(stored[0]) and np.nanmax(stored[WARMUP_STEPS + 1 :]) < 0.25 * 1.4
