@@ -117,13 +117,27 @@ def offline_wandb(tmp_path, monkeypatch):
     wandb.teardown()
 
 
-def wandb_history(folder: Path) -> dict[str, dict[int, float]]:
+def wandb_history(folder: Path, timeout: float = 30.0) -> dict[str, dict[int, float]]:
     """The history rows of the one offline run under ``folder``, read from its ``.wandb``
-    file (LevelDB log blocks of protobuf Records): key → step → value."""
+    file (LevelDB log blocks of protobuf Records): key → step → value.
+
+    W&B's service process writes the file after ``finish()`` returns: read it again until
+    it holds the run's exit record (at most ``timeout`` seconds)."""
+    (path,) = folder.glob("wandb/offline-run-*/run-*.wandb")
+    deadline = time.monotonic() + timeout
+    while True:
+        logged, complete = _read_wandb_file(path)
+        if complete or time.monotonic() > deadline:
+            return logged
+        time.sleep(0.1)
+
+
+def _read_wandb_file(path: Path) -> tuple[dict[str, dict[int, float]], bool]:
+    """(key → step → value of the history records, whether the exit record is there)."""
     from wandb.proto import wandb_internal_pb2
 
-    (path,) = folder.glob("wandb/offline-run-*/run-*.wandb")
     data, pos, block, record, logged = path.read_bytes(), 7, 32768, b"", {}
+    complete = False
     while pos + 7 <= len(data):
         left = block - pos % block
         _, length, kind = struct.unpack("<IHB", data[pos : pos + 7]) if left >= 7 else (0, 0, 0)
@@ -136,12 +150,14 @@ def wandb_history(folder: Path) -> dict[str, dict[int, float]]:
             message = wandb_internal_pb2.Record()
             message.ParseFromString(record)
             record = b""
-            if message.WhichOneof("record_type") == "history":
+            kind_of_record = message.WhichOneof("record_type")
+            complete = complete or kind_of_record == "exit"
+            if kind_of_record == "history":
                 step = message.history.step.num
                 for item in message.history.item:  # a key with "/" is stored split
                     key = item.key or "/".join(item.nested_key)
                     logged.setdefault(key, {})[step] = float(item.value_json)
-    return logged
+    return logged, complete
 
 
 def test_wandb_sink_logs_what_the_probe_records(offline_wandb):
