@@ -173,6 +173,11 @@ class Probe(RunView):
         sinks: more receivers of each recorded step besides the run, e.g. a
             :class:`~backprobe.integrations.tensorboard.TensorBoardSink` (rank 0 only under
             torch.distributed); see :class:`~backprobe.store.sink.StepSink`.
+        resume: the id (or name) of a stored run in ``db`` to continue instead of
+            starting a new one, e.g. training resumed from a checkpoint: marked
+            running again, its steps from ``first_step`` on replaced.
+        first_step: the index of the first ``step()`` (a resumed training's global
+            step), so that schedules and stored steps continue the framework's.
     """
 
     def __init__(
@@ -192,6 +197,8 @@ class Probe(RunView):
         time_every: int | Schedule | None = None,
         time_batch: int = 8,
         sinks: Sequence[StepSink] = (),
+        resume: int | str | None = None,
+        first_step: int = 0,
     ) -> None:
         self.model = _check_model(model)
         self._step_clock = StepClock()  # durations between step() calls: the overhead
@@ -266,7 +273,8 @@ class Probe(RunView):
         self._candidate_handles: dict[int, RemovableHandle] = {}  # block candidates' hooks
         self._sink: RunWriter | MemoryRun | None = None
         self._closed = False
-        self._step = 0  # index of the step in progress
+        self._step = first_step  # index of the step in progress
+        self._resume = resume
         self._epoch = 0  # bumped at every step: late tensor hooks from an old step are ignored
         self._recording = False
         self._eager = EagerSteps()  # recorded steps of a compiled model run eagerly
@@ -400,7 +408,15 @@ class Probe(RunView):
             "device": str(params[0].device),
             "dtype": str(params[0].dtype),
         }
-        return RunWriter(self.db, self.name, config, model, flush_every=self.flush_every)
+        return RunWriter(
+            self.db,
+            self.name,
+            config,
+            model,
+            flush_every=self.flush_every,
+            resume=self._resume,
+            first_step=self._step,
+        )
 
     @property
     def probe_config(self) -> dict:

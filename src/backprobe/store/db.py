@@ -358,6 +358,30 @@ class RunDatabase:
         assert cur.lastrowid is not None  # set by every INSERT
         return cur.lastrowid
 
+    def reopen_run(self, run: int | str, from_step: int) -> int:
+        """Continue run ``run`` (an id or a name) from this process, e.g. a training run
+        resumed from a checkpoint taken at step ``from_step``: marked running again, its
+        error cleared, and what it recorded at ``from_step`` and later removed (those
+        steps are trained again). Returns its id."""
+        run_id = self.resolve(run)
+        with self._writing():
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.conn.execute(
+                    "UPDATE runs SET status='running', error=NULL, updated=?, pid=?, host=? "
+                    "WHERE id=?",
+                    (time.time(), os.getpid(), socket.gethostname(), run_id),
+                )
+                for table in ("series", "time_profiles"):
+                    self.conn.execute(
+                        f"DELETE FROM {table} WHERE run_id=? AND step>=?", (run_id, from_step)
+                    )
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+        return run_id
+
     def runs(self) -> list[RunInfo]:
         """All runs, oldest first."""
         rows = self.conn.execute(

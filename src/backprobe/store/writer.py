@@ -35,13 +35,26 @@ def _close_open_writers() -> None:
 
 
 class RunWriter:
-    """Writes one run: its layers once, then per-step series rows, batched."""
+    """Writes one run: its layers once, then per-step series rows, batched. With
+    ``resume`` (a run's id or name), the stored run is continued from step ``first_step``
+    instead of a new one created (see :meth:`RunDatabase.reopen_run`)."""
 
     def __init__(
-        self, path: str | Path, name: str, config: dict, model: dict, flush_every: float = 2.0
+        self,
+        path: str | Path,
+        name: str,
+        config: dict,
+        model: dict,
+        flush_every: float = 2.0,
+        resume: int | str | None = None,
+        first_step: int = 0,
     ) -> None:
         self.db = RunDatabase(path, create=True)
-        self.run_id = self.db.create_run(name, config, model)
+        self.run_id = (
+            self.db.create_run(name, config, model)
+            if resume is None
+            else self.db.reopen_run(resume, first_step)
+        )
         self.flush_every = flush_every
         self._lock = threading.Lock()
         self._pending_layers: list[LayerInfo] | None = None
