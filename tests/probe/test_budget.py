@@ -118,3 +118,37 @@ def test_probe_keeps_a_slow_statistic_within_its_budget(make_probe):
     assert 0.1 < probe.overhead < 0.25 * 1.4
     stored = probe.history("overhead").ravel()
     assert np.isnan(stored[0]) and np.nanmax(stored[WARMUP_STEPS + 1 :]) < 0.25 * 1.4
+
+
+def test_a_probe_given_no_schedule_records_within_the_default_budget(make_probe):
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+    assert make_probe(model).schedule.__name__ == "budget 2%"
+    assert make_probe(model, budget=0.1).schedule.__name__ == "budget 10%"
+    assert make_probe(model, every=1).schedule.__name__ == "every_1"
+    assert make_probe(model, every=1).probe_config["every"] == "every_1"
+
+
+@pytest.mark.parametrize("stored", [False, True])
+def test_a_run_that_ends_while_paying_back_stores_its_overhead_at_close(tmp_path, stored):
+    """The warm-up's recorded steps come before any unrecorded step was timed, so none of
+    them could store the overhead; the run ends before the next recording: the overhead
+    measured to the end is stored at the last recorded step when the probe closes."""
+    from backprobe import Probe
+    from backprobe.store.run import open_run
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+    db = tmp_path / "runs.db" if stored else None
+    probe = Probe(model, db=db, name="short", sinks=[_SlowSink(0.004)]).attach()
+    x = torch.randn(2, 4)
+    for _ in range(WARMUP_STEPS + 5):
+        model(x).sum().backward()
+        probe.step()
+        model.zero_grad()
+    assert probe.steps.tolist() == list(range(WARMUP_STEPS))  # paying back since
+    assert np.isnan(probe.history("overhead")).all()
+    probe.close()
+    run = open_run(db, "short") if stored else probe
+    overhead = run.history("overhead").ravel()
+    assert np.isnan(overhead[:-1]).all()
+    assert overhead[-1] == pytest.approx(probe.overhead, rel=1e-6)
+    assert overhead[-1] > 0.02  # the warm-up's cost, not paid back yet

@@ -245,7 +245,7 @@ def test_model_without_parameters_is_refused():
     assert "Sequential" in str(info.value)
 
 
-@pytest.mark.parametrize("every", [0, -3, "x", 1.5, True, None])
+@pytest.mark.parametrize("every", [0, -3, "x", 1.5, True])
 def test_bad_every_is_refused(every):
     with pytest.raises(ProbeConfigError, match="positive int") as info:
         Probe(nn.Linear(2, 2), db=None, every=every)

@@ -132,7 +132,7 @@ def test_adaptive_threshold_is_a_multiple_of_the_running_mean():
 
 def test_the_probe_records_pre_and_post_norms(make_probe):
     model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
-    probe = make_probe(model)
+    probe = make_probe(model, every=1)
     expected = []
     with probe:
         for scale in (0.01, 100.0, 1000.0):
@@ -165,7 +165,7 @@ def _train_exploding_rnn(make_probe, clip: bool, steps: int = 60):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     # time profiles only at step 0: they cost T backward passes per recorded step (and
     # the through-time measurement does not yet survive non-finite states)
-    probe = make_probe(model, time_every=10**9)
+    probe = make_probe(model, every=1, time_every=10**9)
     with probe:
         for s in range(steps):
             x, y = task.x[20 * s : 20 * (s + 1)], task.y[20 * s : 20 * (s + 1)]

@@ -24,7 +24,7 @@ def _adding_mse(make_probe, cell: str, length: int, steps: int, hidden: int) -> 
         assert report.layers == ["rnn", "out"]
         assert torch.equal(model.rnn.weight_hh_l0, torch.eye(hidden))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    probe = make_probe(model, time_every=lambda step: False)
+    probe = make_probe(model, every=1, time_every=lambda step: False)
     with probe:
         for s in range(steps):
             x, y = task.x[32 * s : 32 * (s + 1)], task.y[32 * s : 32 * (s + 1)]

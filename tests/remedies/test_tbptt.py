@@ -176,7 +176,7 @@ def test_truncated_bptt_trains_10x_longer_sequences_in_the_same_memory(make_prob
 
     # the probe records the loss; its through-time replays (which build graphs of their
     # own) are switched off, so that the meter sees the training graph only
-    probe = make_probe(model, time_every=lambda step: False)
+    probe = make_probe(model, every=1, time_every=lambda step: False)
     with probe, SavedTensorMeter(ignore=lives_anyway) as meter:
         for _ in range(3):  # three passes over the long sequences, 10 updates each
             truncated_bptt(model, long_x, long_y, nn.functional.mse_loss, opt, k1=40, probe=probe)
@@ -191,7 +191,7 @@ def test_clipping_inside_truncated_bptt_is_recorded_on_the_same_step(make_probe)
     torch.manual_seed(0)
     model = Forecaster(nn.RNN)
     x, y = _series(2, 30)
-    probe = make_probe(model, time_every=lambda step: False)
+    probe = make_probe(model, every=1, time_every=lambda step: False)
     with probe:
         result = truncated_bptt(
             model,

@@ -33,7 +33,7 @@ TRAIN = textwrap.dedent(
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
-    probe = bp.Probe(model, db=db, name=name, flush_every={flush_every})
+    probe = bp.Probe(model, every=1, db=db, name=name, flush_every={flush_every})
 
     def train(steps):
         for step in range(steps):

@@ -31,6 +31,8 @@ from collections import deque
 
 from ..errors import ProbeConfigError
 
+#: The overhead a probe allows when it is given no ``every`` (a fraction: 2 %).
+DEFAULT_BUDGET = 0.02
 #: Steps recorded at the start of a run under a budget.
 WARMUP_STEPS = 10
 #: Latest step durations kept for the medians.

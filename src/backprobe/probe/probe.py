@@ -2,7 +2,7 @@
 
 ::
 
-    probe = bp.Probe(model, budget=0.02, db="backprobe-runs/runs.db", name="my-run")
+    probe = bp.Probe(model, db="backprobe-runs/runs.db", name="my-run")  # 2 % budget
     with probe:                       # attach on enter, flush + detach + close on exit
         for x, y in loader:
             loss = loss_fn(model(x), y)
@@ -42,7 +42,7 @@ from ..store import DEFAULT_DB, LayerInfo, MemoryRun, RunView, RunWriter
 from ..store.sink import StepSink, check_sinks
 from ..store.view import ALL_SERIES, USER_PREFIX, SparseRows
 from .blocks import block_candidates, is_block_call
-from .budget import BudgetSchedule, StepClock
+from .budget import DEFAULT_BUDGET, BudgetSchedule, StepClock
 from .compiled import MEASURED_BY, EagerSteps, tracing
 from .distributed import is_primary, process_group, unwrap
 from .outputs import floating_tensors
@@ -145,14 +145,15 @@ class Probe(RunView):
 
     Args:
         model: the ``nn.Module`` to watch.
-        every: record every N-th ``step()`` (0, N, 2N, …) or a callable ``step -> bool``;
-            replaced by ``budget`` when that is given.
-        budget: instead of ``every``, the overhead allowed, as a fraction of the training
-            time (0.02 is 2 %). The probe times recorded and unrecorded steps with
-            its own clock and spaces recordings to stay within it, time profiles
-            included; the first 10 steps are all recorded (:mod:`~backprobe.probe.budget`).
-            The measured overhead is stored at each recorded step (series ``overhead``)
-            under any schedule.
+        every: record every N-th ``step()`` (0, N, 2N, …) or a callable ``step -> bool``,
+            instead of the overhead budget (``every=1``: every step).
+        budget: the overhead allowed, as a fraction of the training time (default
+            0.02, 2 %), when no ``every`` is given. The probe times recorded and
+            unrecorded steps with its own clock and spaces recordings to stay within it,
+            time profiles included; the first 10 steps are all recorded
+            (:mod:`~backprobe.probe.budget`). The measured overhead is stored at each
+            recorded step (series ``overhead``) and at the end of the run, under any
+            schedule.
         db: run database path; ``None`` keeps the run in memory only.
         name: run name shown by ``backprobe runs`` (default: the model's class name).
         include / exclude: glob patterns on qualified module names and/or module types.
@@ -184,7 +185,7 @@ class Probe(RunView):
         self,
         model: nn.Module,
         *,
-        every: int | Schedule = 1,
+        every: int | Schedule | None = None,
         budget: float | None = None,
         db: str | Path | None = DEFAULT_DB,
         name: str | None = None,
@@ -203,13 +204,15 @@ class Probe(RunView):
         self.model = _check_model(model)
         self._step_clock = StepClock()  # durations between step() calls: the overhead
         self._step_started: float | None = None  # when the step in progress began
-        if budget is not None and every != 1:
+        if budget is not None and every is not None:
             raise ProbeConfigError(
                 f"Expected either every= (a fixed schedule) or budget= (an overhead "
                 f"budget), but got both (every={every!r}, budget={budget!r}); drop one."
             )
         self.schedule: Schedule = (
-            BudgetSchedule(self._step_clock, budget) if budget is not None else make_schedule(every)
+            make_schedule(every)
+            if every is not None
+            else BudgetSchedule(self._step_clock, DEFAULT_BUDGET if budget is None else budget)
         )
         if unsupported not in UNSUPPORTED_MODES:
             raise ProbeConfigError(
@@ -275,6 +278,7 @@ class Probe(RunView):
         self._closed = False
         self._step = first_step  # index of the step in progress
         self._resume = resume
+        self._last_recorded: int | None = None  # index of the last recorded step
         self._epoch = 0  # bumped at every step: late tensor hooks from an old step are ignored
         self._recording = False
         self._eager = EagerSteps()  # recorded steps of a compiled model run eagerly
@@ -377,13 +381,22 @@ class Probe(RunView):
             sink.flush()
 
     def close(self, status: str = "finished", error: str | None = None) -> None:
-        """Detach and mark the run finished (or failed); safe to call twice."""
+        """Detach and mark the run finished (or failed); safe to call twice. The overhead
+        measured to the end replaces the one stored at the last recorded step (a run
+        that ends while its first recordings are paid back has measured it since)."""
         self.detach()
         if self._sink is not None and not self._closed:
+            self._store_final_overhead(self._sink)
             self._sink.close(status, error)
             for sink in self._extra_sinks:
                 sink.close(status, error)
         self._closed = True
+
+    def _store_final_overhead(self, sink: RunWriter | MemoryRun) -> None:
+        overhead = self._step_clock.overhead()
+        if self._last_recorded is not None and math.isfinite(overhead):
+            sink.amend(self._last_recorded, {"overhead": np.array([overhead])})
+            self._reader = None
 
     def __enter__(self) -> Probe:
         return self.attach()
@@ -631,6 +644,7 @@ class Probe(RunView):
             if kind != "gates"
         }
         self._sink.append(self._step, series, profiles)
+        self._last_recorded = self._step
         for sink in self._extra_sinks:
             sink.append(self._step, series, profiles)
         self._reader = None

@@ -24,8 +24,9 @@ STEP_SERIES: tuple[str, ...] = (
     # [1] probed trainable parameters that had a gradient at step(): 0 when step() came
     # before loss.backward() (NaN in runs recorded before it was stored)
     "gradients",
-    # [1] the probe's measured overhead up to this step: time recording added, as a
-    # fraction of the training time without it (NaN before it was measured or stored)
+    # [1] the probe's measured overhead up to this step (at the last recorded step: up to
+    # the run's end): time recording added, as a fraction of the training time without it
+    # (NaN before it was measured or stored)
     "overhead",
 )
 #: Statistics computed from the stored ones.
@@ -350,6 +351,12 @@ class MemoryRun(RunView):
                 steps, rows = self._sparse.setdefault(key, ([], []))
                 steps.append(step)
                 rows.append(np.asarray(values, dtype=np.float32).reshape(-1))
+
+    def amend(self, step: int, series: StepSeries) -> None:
+        """Replace some built-in series of step ``step``, appended already."""
+        row = self._steps.index(step)
+        for stat, values in series.items():
+            self._series[stat][row] = np.asarray(values, dtype=np.float32)
 
     def flush(self) -> None:
         """Nothing to write: kept for the sink interface."""

@@ -91,6 +91,11 @@ class RunWriter:
             self._pending_rows.extend(rows)
             self._pending_profiles.extend(profile_rows)
 
+    def amend(self, step: int, series: StepSeries) -> None:
+        """Replace some series of step ``step``, appended already (the overhead measured to
+        the run's end, at the last recorded step); written at the next flush."""
+        self.append(step, series)
+
     def flush(self) -> None:
         """Write everything buffered so far in one transaction."""
         with self._lock:
