@@ -75,7 +75,7 @@ def test_transformers_example(tmp_path, monkeypatch, capsys):
     pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
     run_example(block("BackprobeTrainerCallback("), tmp_path, monkeypatch)
-    run = open_run(tmp_path / "backprobe-runs" / "runs.db", "gpt2-example")
+    run = open_run(tmp_path / "hf-out" / "backprobe-runs" / "runs.db", "gpt2-example")  # output_dir
     assert run.steps.tolist() == [0, 2, 4]
     assert "transformer.h.0.attn.c_attn" in run.layers
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from backprobe import Probe
+from backprobe import Probe, open_run
 from backprobe.store.view import LAYER_SERIES
 
 L = pytest.importorskip("lightning")
@@ -184,3 +184,169 @@ def test_the_stored_loss_is_unscaled_under_a_grad_scaler(tmp_path):
     module = LossKeeping()
     trainer.fit(module, DataLoader(data(STEPS), batch_size=5, shuffle=False))
     np.testing.assert_allclose(callback.probe.history("loss"), module.losses, rtol=1e-6)
+
+
+# -- logs, clipping, failures, resume, names and LightningCLI ------------------------------
+
+
+class Clipped(Tiny):
+    """Tiny with saved hyper-parameters and a step that can fail on request."""
+
+    def __init__(self, lr: float = 0.2, fail_at: int = -1) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+
+    def training_step(self, batch, batch_idx):
+        if self.global_step == self.hparams.fail_at:
+            raise RuntimeError("diverged")
+        return super().training_step(batch, batch_idx)
+
+
+class PostClipNorm(L.Callback):
+    """The global gradient norm after Lightning clipped and stepped (zero_grad comes at
+    the next batch)."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        grads = [p.grad.norm() for p in pl_module.parameters() if p.grad is not None]
+        self.norms.append(float(torch.stack(grads).norm()))
+
+
+def fit(tmp_path, module, callbacks, steps=STEPS, ckpt_path=None, **trainer_args):
+    trainer_args.setdefault("logger", False)
+    trainer = L.Trainer(
+        callbacks=callbacks,
+        max_steps=steps,
+        accelerator="cpu",
+        devices=1,
+        enable_checkpointing=any(
+            isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks
+        ),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        log_every_n_steps=1,
+        **trainer_args,
+    )
+    trainer.fit(module, DataLoader(data(8), batch_size=5), ckpt_path=ckpt_path)
+    return trainer
+
+
+def test_the_loggers_get_the_chosen_statistics_on_lightnings_step_axis(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    callback = BackprobeCallback(every=1, db="runs.db")
+    loggers = [CSVLogger(tmp_path, name="csv"), TensorBoardLogger(tmp_path, name="tb")]
+    trainer = fit(tmp_path, Clipped(), [callback], logger=loggers)
+    probe = callback.probe
+    grad = probe.history("grad_norm")
+    first, last = probe.layers.index("net.0"), probe.layers.index("net.4")
+    metrics = trainer.callback_metrics
+    assert float(metrics["backprobe/grad_norm/net.4"]) == pytest.approx(grad[-1, last], rel=1e-6)
+    assert float(metrics["backprobe/first_last_ratio"]) == pytest.approx(
+        grad[-1, first] / grad[-1, last], rel=1e-6
+    )
+    import csv
+
+    with open(f"{loggers[0].log_dir}/metrics.csv") as file:
+        rows = list(csv.DictReader(file))
+    tag = "backprobe/grad_norm_preclip"
+    logged = [(int(r["step"]), float(r[tag])) for r in rows if r.get(tag)]
+    expected = probe.history("grad_norm_preclip")
+    assert logged == [(s, pytest.approx(v, rel=1e-6)) for s, v in enumerate(expected)]
+    events = EventAccumulator(loggers[1].log_dir)
+    events.Reload()
+    tb = [(e.step, e.value) for e in events.Scalars("backprobe/grad_norm/net.0")]
+    assert tb == [(s, pytest.approx(v, rel=1e-6)) for s, v in enumerate(grad[:, first])]
+    assert [e.value for e in events.Scalars("backprobe/verdict")] == [0.0]  # healthy
+    # named after the logger's version, stored under default_root_dir with the hparams
+    run = open_run(tmp_path / "runs.db", probe.run_id)
+    assert run.name == "csv/version_0"
+    assert run.info.config["hparams"] == {"lr": 0.2, "fail_at": -1}
+
+
+def test_pre_clip_norms_come_first_and_post_clip_norms_are_what_clipping_left(tmp_path):
+    callback, after = BackprobeCallback(every=1, db=None), PostClipNorm()
+    fit(tmp_path, Clipped(), [callback, after], gradient_clip_val=0.05)
+    probe = callback.probe
+    pre, post = probe.history("grad_norm_preclip"), probe.history("grad_norm_postclip")
+    per_layer = np.sqrt(np.nansum(probe.history("grad_norm") ** 2, axis=1))
+    np.testing.assert_allclose(pre, per_layer, rtol=1e-5)  # the probe's own: before clipping
+    np.testing.assert_allclose(post, after.norms, rtol=1e-5)
+    assert (pre > 0.05 * 3).all() and np.allclose(post, 0.05, rtol=1e-4)
+
+
+def test_an_exception_fails_the_run_at_once_and_the_next_fit_starts_clean(tmp_path):
+    callback = BackprobeCallback(every=1, db=tmp_path / "runs.db")
+    module = Clipped(fail_at=2)
+    with pytest.raises(RuntimeError, match="diverged"):
+        fit(tmp_path, module, [callback])
+    failed = callback.probe
+    assert not failed.attached
+    assert open_run(tmp_path / "runs.db", failed.run_id).status == "failed"
+    module.hparams.fail_at = -1
+    fit(tmp_path, module, [callback])
+    assert callback.probe is not failed and callback.probe.run_id != failed.run_id
+    assert callback.probe.history("loss").shape == (STEPS,)  # one probe, not two
+
+
+def test_a_fit_resumed_from_a_checkpoint_continues_the_run_at_the_global_step(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
+    callback = BackprobeCallback(every=1, db=tmp_path / "runs.db")
+    fit(tmp_path, Clipped(), [callback, checkpoints], steps=3)
+    first = callback.probe.run_id
+    ckpt = next((tmp_path / "ckpt").glob("*step=2*.ckpt"))
+    resumed = BackprobeCallback(every=1, db=tmp_path / "runs.db")
+    fit(
+        tmp_path,
+        Clipped(),
+        [resumed, ModelCheckpoint(dirpath=tmp_path / "c2")],
+        steps=5,
+        ckpt_path=ckpt,
+    )
+    assert resumed.probe.run_id == first
+    run = open_run(tmp_path / "runs.db", first)
+    assert run.steps.tolist() == [0, 1, 2, 3, 4] and run.status == "finished"
+
+
+def test_every_probe_option_is_set_from_a_lightning_cli_config(tmp_path):
+    from lightning.pytorch.cli import LightningCLI
+
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"""
+trainer:
+  max_steps: 2
+  accelerator: cpu
+  logger: false
+  enable_checkpointing: false
+  enable_progress_bar: false
+  default_root_dir: {tmp_path}
+  callbacks:
+    - class_path: backprobe.integrations.BackprobeCallback
+      init_args:
+        every: 1
+        db: cli.db
+        name: from-yaml
+        exclude: [net.2]
+        time_every: 4
+        time_batch: 2
+        flush_every: 1.0
+        unsupported: ignore
+        metrics: [grad_norm_preclip]
+        config: {{note: yaml}}
+"""
+    )
+    cli = LightningCLI(
+        Clipped, run=False, save_config_callback=None, args=["--config", str(config)]
+    )
+    cli.trainer.fit(cli.model, DataLoader(data(4), batch_size=5))
+    run = open_run(tmp_path / "cli.db", "from-yaml")
+    assert run.layers == ["net.0", "net.1", "net.3", "net.4"]
+    assert run.info.config["note"] == "yaml" and "net.2" in run.info.config["probe"]["exclude"]
+    assert set(cli.trainer.callback_metrics) == {"backprobe/grad_norm_preclip"}

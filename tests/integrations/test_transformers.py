@@ -168,3 +168,32 @@ def test_a_caught_exception_fails_the_run_and_a_second_train_starts_clean(tmp_pa
     assert not model._forward_hooks  # every hook is gone after train()
     # one loss per forward (a random model's is near ln 64), not two hooks adding it twice
     assert callback.probe.history("loss").max() < 1.5 * np.log(64)
+
+
+def test_the_log_history_gets_the_norm_clipping_left_beside_the_trainers_own(tmp_path):
+    """HF's default max_grad_norm=1.0: the Trainer logs the norm before clipping as
+    grad_norm, the probe stores and logs the one clipping left, labelled post-clip."""
+    callback = BackprobeTrainerCallback(every=1, db=None)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=BATCH,
+        max_steps=STEPS,
+        learning_rate=0.5,
+        optim="sgd",
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = transformers.Trainer(
+        model=tiny_gpt2(), args=args, train_dataset=dataset(BATCH), callbacks=[callback]
+    )
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "grad_norm" in entry]
+    post = callback.probe.history("grad_norm_postclip")
+    assert [e["backprobe/grad_norm_postclip"] for e in logged] == pytest.approx(post, rel=1e-6)
+    pre = np.array([e["grad_norm"] for e in logged])
+    assert (pre > 1.5).any()  # clipping happened: the Trainer's norm is above 1
+    np.testing.assert_allclose(post, np.minimum(pre, 1.0), rtol=1e-4)

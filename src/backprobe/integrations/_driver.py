@@ -5,16 +5,19 @@ options, its ``probe``, the message when its framework is missing)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from ..diagnose.verdict import verdict
 from ..errors import ProbeConfigError
 from ..probe import Probe
-from ..probe.schedule import Schedule
 from ..store import DEFAULT_DB
+from ..store.sink import StepSink
+from .metrics import DEFAULT_METRICS, POSTCLIP, PRECLIP, LoggedMetrics
 
 
 def missing_framework(module: str, framework: str, extra: str) -> ImportError:
@@ -28,21 +31,45 @@ def missing_framework(module: str, framework: str, extra: str) -> ImportError:
 class ProbeDriver:
     """Holds the options of a probe until the framework hands over the model."""
 
-    def __init__(
-        self, every: int | Schedule, db: str | Path | None, name: str | None, options: dict
-    ) -> None:
-        self.options: dict[str, Any] = {"every": every, "db": db, "name": name, **options}
-        if "scaler" in self.options:
+    def __init__(self, options: dict[str, Any], metrics: LoggedMetrics) -> None:
+        if "scaler" in options:
             raise ProbeConfigError(
                 "Expected no scaler option: the callback takes the trainer's own GradScaler."
             )
+        self.options = options
+        self.metrics = metrics
         self.probe: Probe | None = None
+        #: the stored run a resumed training continues (from a checkpoint)
+        self.resume: int | None = None
         self._loss: torch.Tensor | None = None
         self._micro_batches = 0
 
-    def start(self, model: nn.Module, scaler: torch.amp.GradScaler | None = None) -> Probe:
-        """Create and attach a probe on ``model``: a new run for every training run."""
-        self.probe = Probe(model, scaler=scaler, **self.options).attach()
+    def start(
+        self,
+        model: nn.Module,
+        *,
+        scaler: torch.amp.GradScaler | None,
+        root: str | Path,
+        name: str,
+        config: dict[str, Any],
+        first_step: int,
+    ) -> Probe:
+        """Create and attach a probe on ``model``: a new run for every training run, or
+        the run of :attr:`resume` continued from ``first_step``. A relative ``db`` lies
+        under the framework's ``root`` folder; ``name`` and ``config`` are the
+        framework's, unless the options give their own."""
+        options = {k: v for k, v in self.options.items() if v is not None or k == "db"}
+        db = options.get("db")
+        if db is not None and not Path(db).is_absolute():
+            options["db"] = Path(root) / db
+        options["name"] = options.get("name") or name
+        options["config"] = {**config, **options.get("config", {})}
+        options["sinks"] = [*options.get("sinks", ()), self.metrics]
+        resume = self.resume if first_step > 0 else None
+        self.probe = Probe(
+            model, scaler=scaler, resume=resume, first_step=first_step, **options
+        ).attach()
+        self.resume = None
         self._loss, self._micro_batches = None, 0
         return self.probe
 
@@ -51,6 +78,15 @@ class ProbeDriver:
         value = loss.detach().float() if isinstance(loss, torch.Tensor) else torch.tensor(loss)
         self._loss = value if self._loss is None else self._loss + value
         self._micro_batches += 1
+
+    def clipping(self, preclip: torch.Tensor | None, postclip: torch.Tensor | None) -> None:
+        """The global gradient norm before and after the framework's clipping, stored
+        with the step in progress (the post-clip one left out when unknown)."""
+        if self.probe is None or not self.probe.attached:
+            return
+        for name, value in ((PRECLIP, preclip), (POSTCLIP, postclip)):
+            if value is not None:
+                self.probe.record_scalar(name, value)
 
     def step(self, *, mean: bool = False) -> bool:
         """One optimizer step is about to happen: record it if the schedule says so. The
@@ -64,31 +100,84 @@ class ProbeDriver:
         self._loss, self._micro_batches = None, 0
         return self.probe.step(loss)
 
-    def close(self, error: BaseException | None = None) -> None:
-        """Close the run, finished or failed with ``error``."""
-        if self.probe is not None:
-            if error is None:
-                self.probe.close("finished")
-            else:
-                self.probe.close("failed", f"{type(error).__name__}: {error}")
+    def close(self, error: BaseException | None = None) -> dict[str, float]:
+        """Close the run, finished or failed with ``error``; returns the logged verdict
+        of a finished run that recorded a step (empty otherwise)."""
+        probe = self.probe
+        if probe is None or not probe.attached:
+            return {}
+        if error is not None:
+            probe.close("failed", f"{type(error).__name__}: {error}")
+            return {}
+        probe.close("finished")
+        if probe.steps.size == 0:
+            return {}
+        return self.metrics.verdict(verdict(probe).status)
 
 
 class DriverCallback:
     """The base of the framework callbacks: the probe's options until training starts,
     then the probe of the current run. A framework's callback class derives from this
-    one first and from the framework's base second."""
+    one first and from the framework's base second.
+
+    Args:
+        every: record every N-th optimizer step; by default the probe's overhead budget.
+        budget: the overhead allowed (a fraction of the training time), instead.
+        db: the run database; a relative path lies under the framework's folder
+            (``default_root_dir``, ``output_dir``); None keeps the run in memory.
+        name: the run's name; by default the framework's (logger version, ``run_name``).
+        include, exclude, unsupported, flush_every, time_every, time_batch, sinks:
+            as for :class:`~backprobe.Probe`.
+        config: stored with the run, beside the framework's hyper-parameters.
+        metrics: which statistics the framework's logs get (see
+            :mod:`~backprobe.integrations.metrics`); the run database keeps all of them.
+        prefix: first part of their names.
+    """
 
     def __init__(
         self,
-        every: int | Schedule = 1,
+        every: int | None = None,
+        budget: float | None = None,
         db: str | Path | None = DEFAULT_DB,
         name: str | None = None,
-        **probe_options: Any,
+        include: str | list[str] | None = None,
+        exclude: str | list[str] | None = None,
+        unsupported: Literal["ignore", "warn", "error"] = "warn",
+        config: dict[str, Any] | None = None,
+        flush_every: float = 2.0,
+        time_every: int | None = None,
+        time_batch: int = 8,
+        sinks: Sequence[StepSink] = (),
+        metrics: Sequence[str] = DEFAULT_METRICS,
+        prefix: str = "backprobe",
     ) -> None:
         super().__init__()
-        self._driver = ProbeDriver(every, db, name, probe_options)
+        options = {
+            "every": every,
+            "budget": budget,
+            "db": db,
+            "name": name,
+            "include": include,
+            "exclude": exclude,
+            "unsupported": unsupported,
+            "config": config,
+            "flush_every": flush_every,
+            "time_every": time_every,
+            "time_batch": time_batch,
+            "sinks": list(sinks),
+        }
+        self._driver = ProbeDriver(options, LoggedMetrics(prefix, metrics))
 
     @property
     def probe(self) -> Probe | None:
         """The probe, once training has started."""
         return self._driver.probe
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the run that a resumed training continues."""
+        probe = self._driver.probe
+        return {"run_id": None if probe is None else probe.run_id}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue the checkpoint's run at the next training start."""
+        self._driver.resume = state.get("run_id")

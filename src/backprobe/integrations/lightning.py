@@ -12,20 +12,36 @@
 
 The probe watches the ``LightningModule`` and records at ``on_before_optimizer_step``:
 after backward (of every accumulated micro-batch) and after Lightning has unscaled
-mixed-precision gradients, before the optimizer step and ``zero_grad``. The loss stored
-with a step is the one Lightning back-propagated (divided by ``accumulate_grad_batches``
-and summed over the micro-batches, i.e. their mean), with a GradScaler's loss scale
-divided out. Under DDP every rank runs the
-callback, the statistics are global and rank 0 writes the run.
+mixed-precision gradients, before gradient clipping, the optimizer step and ``zero_grad``
+(where Lightning measures its own gradient norms). The global gradient norm is stored
+before clipping (``grad_norm_preclip``) and as Lightning's ``gradient_clip_val`` and
+``gradient_clip_algorithm`` leave it (``grad_norm_postclip``; left out when the module
+overrides ``configure_gradient_clipping``).
+
+A few statistics (:mod:`~backprobe.integrations.metrics`) go to the trainer's loggers
+through ``pl_module.log`` at each recorded step, on Lightning's step axis (they reach
+the loggers every ``log_every_n_steps``, and ``trainer.callback_metrics``), the verdict
+when training ends; everything stays in the run database. The run is named after the
+logger's version, a relative ``db`` lies under ``default_root_dir``, and the module's
+``hparams`` are stored with the run. A checkpoint keeps the run's id: a fit resumed from
+it continues the same run at the checkpoint's global step. An exception in ``fit``
+marks the run failed and removes the probe's hooks; the next ``fit`` starts a new run.
+
+The loss stored with a step is the one Lightning back-propagated (divided by
+``accumulate_grad_batches`` and summed over the micro-batches, i.e. their mean), with a
+GradScaler's loss scale divided out. Under DDP every rank runs the callback, the
+statistics are global and rank 0 writes the run.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
+from typing_extensions import override
 
 from ._driver import DriverCallback, missing_framework
+from .metrics import global_grad_norm, norm_clipped, value_clipped
 
 if TYPE_CHECKING:  # one package's types stand for both names, which share one API
     from lightning.pytorch import Callback, LightningModule, Trainer
@@ -42,11 +58,9 @@ else:
 class BackprobeCallback(DriverCallback, Callback):
     """Attach a :class:`~backprobe.Probe` to the trained ``LightningModule``.
 
-    Args:
-        every, db, name: as for :class:`~backprobe.Probe` (``every`` counts optimizer
-            steps); the run's name defaults to the module's class name.
-        **probe_options: any other ``Probe`` option (``include``, ``exclude``,
-            ``sinks``, ``time_every``, …). The GradScaler is taken from the trainer.
+    Takes the options of :class:`~backprobe.integrations._driver.DriverCallback`
+    (``every`` counts optimizer steps), each settable from a LightningCLI config. The
+    GradScaler is taken from the trainer.
 
     After ``fit``, ``callback.probe`` reads the run (``history``, ``summary``, …).
     """
@@ -54,11 +68,27 @@ class BackprobeCallback(DriverCallback, Callback):
     #: the GradScaler of mixed-precision training, while training runs
     _scaler: torch.amp.GradScaler | None = None
 
+    @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         self._scaler = scaler if isinstance(scaler, torch.amp.GradScaler) else None
-        self._driver.start(pl_module, self._scaler)
+        logger = trainer.logger
+        if logger is None:
+            name = type(pl_module).__name__
+        else:
+            version = logger.version
+            version = version if isinstance(version, str) else f"version_{version}"
+            name = f"{logger.name}/{version}" if logger.name else version
+        self._driver.start(
+            pl_module,
+            scaler=self._scaler,
+            root=trainer.default_root_dir,
+            name=name,
+            config={"hparams": dict(pl_module.hparams)},
+            first_step=trainer.global_step,
+        )
 
+    @override
     def on_before_backward(
         self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor
     ) -> None:
@@ -69,15 +99,56 @@ class BackprobeCallback(DriverCallback, Callback):
             loss = loss.detach() / scaler._scale
         self._driver.add_loss(loss)
 
+    @override
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        self._driver.step()
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        preclip = global_grad_norm(params)
+        self._driver.clipping(preclip, self._postclip(trainer, pl_module, params, preclip))
+        if self._driver.step():
+            latest = self._driver.metrics.take()
+            if latest is not None and latest[1]:
+                pl_module.log_dict(latest[1], on_step=True, on_epoch=False)
 
+    @staticmethod
+    def _postclip(
+        trainer: Trainer,
+        pl_module: LightningModule,
+        params: list[torch.Tensor],
+        preclip: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        """The global gradient norm Lightning's own clipping leaves (None when the module
+        clips its own way)."""
+        if preclip is None:
+            return None
+        own = type(pl_module).configure_gradient_clipping
+        if own is not LightningModule.configure_gradient_clipping:
+            return None
+        clip = trainer.gradient_clip_val
+        if not clip:
+            return preclip
+        if str(trainer.gradient_clip_algorithm) in ("value", "GradClipAlgorithmType.VALUE"):
+            return value_clipped(params, float(clip))
+        return norm_clipped(preclip, float(clip))
+
+    @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._driver.close()
+        final = self._driver.close()
+        if final and trainer.logger is not None:
+            for logger in trainer.loggers:
+                logger.log_metrics(final, step=trainer.global_step)
 
+    @override
     def on_exception(
         self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
     ) -> None:
         self._driver.close(exception)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return self.state()
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.restore(state_dict)

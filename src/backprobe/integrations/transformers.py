@@ -12,7 +12,9 @@
     bp.summary(callback.probe)
 
 The probe watches the model and records at ``on_pre_optimizer_step``: after backward of
-every accumulated micro-batch and after gradient clipping (which is where the Trainer
+every accumulated micro-batch and after gradient clipping (the global norm it leaves is
+stored as ``grad_norm_postclip``; the Trainer's own ``grad_norm`` is the one before;
+this is where the Trainer
 unscales mixed-precision gradients), before the optimizer step and ``zero_grad``.
 Without clipping, fp16 gradients are still scaled there; the probe then divides the
 GradScaler's scale out itself. The loss stored with a step is the one the model returned
@@ -30,6 +32,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ._driver import DriverCallback, missing_framework
+from .metrics import global_grad_norm
 
 try:
     from transformers import TrainerCallback
@@ -63,7 +66,14 @@ class BackprobeTrainerCallback(DriverCallback, TrainerCallback):
             return
         # an accelerate AcceleratedOptimizer carries the GradScaler of fp16 training
         scaler = getattr(kwargs.get("optimizer"), "scaler", None)
-        self._driver.start(model, scaler if isinstance(scaler, torch.amp.GradScaler) else None)
+        self._driver.start(
+            model,
+            scaler=scaler if isinstance(scaler, torch.amp.GradScaler) else None,
+            root=args.output_dir or ".",
+            name=args.run_name or type(model).__name__,
+            config={"training_arguments": args.to_dict()},
+            first_step=state.global_step,
+        )
         self._loss_hook = model.register_forward_hook(self._catch_loss, with_kwargs=True)
 
     def _catch_loss(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
@@ -74,8 +84,18 @@ class BackprobeTrainerCallback(DriverCallback, TrainerCallback):
             self._normalised = kwargs.get("num_items_in_batch") is not None
             self._driver.add_loss(loss)
 
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        # after the Trainer's clipping: the norm it leaves, labelled as such
+        if model is not None:
+            self._driver.clipping(None, global_grad_norm(list(model.parameters())))
         self._driver.step(mean=not self._normalised)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # the statistics of the last recorded step join the Trainer's log of this step
+        latest = self._driver.metrics.take()
+        if latest is not None and logs is not None and state.log_history:
+            logs.update(latest[1])
+            state.log_history[-1].update(latest[1])
 
     def on_train_end(self, args, state, control, **kwargs):
         self._end()

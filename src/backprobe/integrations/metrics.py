@@ -1,0 +1,146 @@
+"""The chosen few statistics a training framework's logger gets at each recorded step.
+
+Full per-layer data stays in the run database; a framework's logs (Lightning's
+``callback_metrics`` and loggers, Hugging Face's ``log_history`` and ``report_to``
+targets) get, tagged ``<prefix>/…``:
+
+- ``grad_norm_preclip``: the global L2 norm of the gradients before clipping (what the
+  frameworks log as their own ``grad_norm``), shown first;
+- ``grad_norm_postclip``: the same after the framework's clipping;
+- ``first_last_ratio``: the gradient norm of the first layer with parameters over the
+  last one's, at this step;
+- ``grad_norm/<layer>``: the gradient norm of five layers with parameters (the first,
+  second, middle, second-to-last and last);
+
+and once training ends ``verdict`` (the index of the verdict's status in
+:data:`VERDICT_CODES`; the message and findings are in the run database).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ProbeConfigError
+from ..store.view import USER_PREFIX, LayerInfo, StepProfiles, StepSeries
+
+#: The scalars recorded with each step around clipping, in the order they are shown.
+PRECLIP, POSTCLIP = "grad_norm_preclip", "grad_norm_postclip"
+
+#: The logged number of each verdict status.
+VERDICT_CODES: tuple[str, ...] = ("healthy", "unknown", "vanishing", "exploding", "saturated")
+
+#: What is logged by default (see :class:`LoggedMetrics`).
+DEFAULT_METRICS: tuple[str, ...] = (
+    PRECLIP,
+    POSTCLIP,
+    "first_last_ratio",
+    "layer_grad_norm",
+    "verdict",
+)
+
+
+def global_grad_norm(params: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """The L2 norm of all of ``params``' gradients together, on their device (no
+    synchronisation); None when none has a gradient."""
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    if not grads:
+        return None
+    device = grads[0].device
+    norms = [torch.linalg.vector_norm(g.float()).to(device) for g in grads]
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
+def norm_clipped(total: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """The global norm left by ``torch.nn.utils.clip_grad_norm_(…, max_norm)`` on
+    gradients of global norm ``total`` (its own formula)."""
+    return total * torch.clamp(max_norm / (total + 1e-6), max=1.0)
+
+
+def value_clipped(params: Sequence[torch.Tensor], clip_value: float) -> torch.Tensor | None:
+    """The global norm left by ``torch.nn.utils.clip_grad_value_(…, clip_value)``."""
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    if not grads:
+        return None
+    clipped = [torch.linalg.vector_norm(g.float().clamp(-clip_value, clip_value)) for g in grads]
+    return torch.linalg.vector_norm(torch.stack([n.to(clipped[0].device) for n in clipped]))
+
+
+def shown_layers(layers: Sequence[LayerInfo]) -> list[int]:
+    """Rows of the layers whose gradient norm is logged: the first, second, middle,
+    second-to-last and last of those owning parameters (fewer when there are fewer)."""
+    owning = [i for i, layer in enumerate(layers) if layer.n_params > 0 and layer.role != "block"]
+    if not owning:
+        return []
+    n = len(owning)
+    picks = sorted({0, min(1, n - 1), n // 2, max(n - 2, 0), n - 1})
+    return [owning[p] for p in picks]
+
+
+class LoggedMetrics:
+    """A :class:`~backprobe.store.sink.StepSink` that keeps the logged statistics of the
+    last recorded step (:attr:`latest`), for a callback to hand to its framework.
+
+    Args:
+        prefix: first part of every tag.
+        metrics: which of :data:`DEFAULT_METRICS` to log.
+    """
+
+    def __init__(self, prefix: str = "backprobe", metrics: Sequence[str] = DEFAULT_METRICS) -> None:
+        unknown = sorted(set(metrics) - set(DEFAULT_METRICS))
+        if unknown:
+            raise ProbeConfigError(
+                f"Expected logged metrics among {', '.join(DEFAULT_METRICS)}, got "
+                f"{', '.join(unknown)}; drop them (the run database keeps everything)."
+            )
+        self.prefix = prefix
+        self.metrics = tuple(metrics)
+        self._layers: list[LayerInfo] = []
+        self._shown: list[int] = []
+        #: (step, {tag: value}) of the last recorded step, until :meth:`take` hands it over
+        self.latest: tuple[int, dict[str, float]] | None = None
+
+    def take(self) -> tuple[int, dict[str, float]] | None:
+        """The last recorded step's values, once: None when none arrived since."""
+        latest, self.latest = self.latest, None
+        return latest
+
+    def verdict(self, status: str) -> dict[str, float]:
+        """The verdict's tagged code, when logged."""
+        if "verdict" not in self.metrics:
+            return {}
+        return {f"{self.prefix}/verdict": float(VERDICT_CODES.index(status))}
+
+    # -- the StepSink interface ----------------------------------------------------------
+
+    def set_layers(self, layers: list[LayerInfo]) -> None:
+        self._layers = list(layers)
+        self._shown = shown_layers(self._layers)
+
+    def watch(self, modules: Mapping[str, nn.Module]) -> None:
+        del modules
+
+    def append(self, step: int, series: StepSeries, profiles: StepProfiles | None = None) -> None:
+        """Keeps the step's logged values (see :meth:`~backprobe.store.sink.StepSink.append`)."""
+        values: dict[str, float] = {}
+        for name in (PRECLIP, POSTCLIP):
+            if name in self.metrics and USER_PREFIX + name in series:
+                values[f"{self.prefix}/{name}"] = float(np.asarray(series[USER_PREFIX + name])[0])
+        grad = np.asarray(series["grad_norm"], dtype=np.float64)
+        finite = [i for i in self._shown if math.isfinite(grad[i])]
+        if "first_last_ratio" in self.metrics and len(finite) >= 2 and grad[finite[-1]] > 0:
+            values[f"{self.prefix}/first_last_ratio"] = float(grad[finite[0]] / grad[finite[-1]])
+        if "layer_grad_norm" in self.metrics:
+            for i in finite:
+                values[f"{self.prefix}/grad_norm/{self._layers[i].name}"] = float(grad[i])
+        self.latest = (step, values)
+
+    def flush(self) -> None:
+        """Nothing is buffered."""
+
+    def close(self, status: str, error: str | None = None) -> None:
+        """The run ended: nothing to release."""
