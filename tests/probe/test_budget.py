@@ -152,3 +152,16 @@ def test_a_run_that_ends_while_paying_back_stores_its_overhead_at_close(tmp_path
     assert np.isnan(overhead[:-1]).all()
     assert overhead[-1] == pytest.approx(probe.overhead, rel=1e-6)
     assert overhead[-1] > 0.02  # the warm-up's cost, not paid back yet
+
+
+def test_a_resumed_run_records_its_first_steps_under_the_budget(make_probe):
+    """A run continued at a framework's global step 1000 gets the warm-up too: without it,
+    no recorded step would ever be timed and the budget would record nothing."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+    probe = make_probe(model, first_step=1000, sinks=[_SlowSink(0.002)]).attach()
+    x = torch.randn(2, 4)
+    for _ in range(WARMUP_STEPS + 3):
+        model(x).sum().backward()
+        probe.step()
+        model.zero_grad()
+    assert probe.steps.tolist()[:WARMUP_STEPS] == list(range(1000, 1000 + WARMUP_STEPS))

@@ -14,7 +14,7 @@ stalls now and then, and a stall is no cost of recording.
 expected cost (the median of the latest recorded steps) added, stays within the budget:
 recordings space themselves out by ``cost / (budget × base)`` steps, whatever makes a
 recorded step slow (hooks, time profiles, a compiled model run eagerly, a slow sink).
-The first ``warmup`` steps are all recorded (the early steps, where a bad
+The first ``warmup`` steps it schedules are all recorded (the early steps, where a bad
 initialisation shows; they also give the first timings) and are paid back by the
 spacing that follows. Step 0 sets the probe up (layer order, run database) and is not
 counted.
@@ -97,10 +97,13 @@ class BudgetSchedule:
         self.clock = clock
         self.budget = float(budget)
         self.warmup = warmup
+        self._asked = 0  # steps scheduled so far (a resumed run's first is not step 0)
         self.__name__ = f"budget {100 * self.budget:g}%"
 
     def __call__(self, step: int) -> bool:
-        if step < self.warmup:
+        """Whether to record ``step``; asked once per step, in order."""
+        self._asked += 1
+        if self._asked <= self.warmup:
             return True
         clock = self.clock
         if clock.base is None or clock.recorded_cost is None:
