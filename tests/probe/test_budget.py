@@ -165,3 +165,18 @@ def test_a_resumed_run_records_its_first_steps_under_the_budget(make_probe):
         probe.step()
         model.zero_grad()
     assert probe.steps.tolist()[:WARMUP_STEPS] == list(range(1000, 1000 + WARMUP_STEPS))
+
+
+def test_detaching_and_attaching_again_keeps_the_schedule(make_probe):
+    """attach() asks the schedule about the step in progress again: the warm-up still
+    counts steps, not questions."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+    probe = make_probe(model, sinks=[_SlowSink(0.002)]).attach()
+    x = torch.randn(2, 4)
+    for _ in range(WARMUP_STEPS + 3):
+        probe.detach()
+        probe.attach()
+        model(x).sum().backward()
+        probe.step()
+        model.zero_grad()
+    assert probe.steps.tolist()[:WARMUP_STEPS] == list(range(WARMUP_STEPS))

@@ -97,13 +97,14 @@ class BudgetSchedule:
         self.clock = clock
         self.budget = float(budget)
         self.warmup = warmup
-        self._asked = 0  # steps scheduled so far (a resumed run's first is not step 0)
+        self._first: int | None = None  # the first step asked (a resumed run's is not 0)
         self.__name__ = f"budget {100 * self.budget:g}%"
 
     def __call__(self, step: int) -> bool:
-        """Whether to record ``step``; asked once per step, in order."""
-        self._asked += 1
-        if self._asked <= self.warmup:
+        """Whether to record ``step`` (steps are asked in order, any number of times)."""
+        if self._first is None:
+            self._first = step
+        if step - self._first < self.warmup:
             return True
         clock = self.clock
         if clock.base is None or clock.recorded_cost is None:
