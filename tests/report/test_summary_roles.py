@@ -34,3 +34,16 @@ def test_the_summary_table_marks_blocks_and_ties():
     text = _table_text("nanogpt")
     assert "transformer.h.0 NanoBlock [block]" in text
     assert "lm_head Linear tied to transformer.wte" in text
+
+
+def test_the_report_marks_the_same_roles_as_the_terminal():
+    from backprobe.report.html import render_report
+
+    arch = ARCHITECTURES["nanogpt"]
+    model = arch.build()
+    with bp.Probe(model, db=None) as probe:
+        loss_of(model, arch.batch(0), arch.loss_fn).backward()
+        probe.step()
+    page = render_report(probe, include=[])
+    assert "NanoBlock [block]" in page
+    assert "Linear tied to transformer.wte" in page

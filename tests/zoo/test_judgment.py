@@ -61,3 +61,4 @@ def test_a_starving_residual_stream_is_not_told_to_add_skip_connections(name: st
         "Warm the learning rate up",
     ]
     assert "residual stream" in vanishing.cause
+    assert "Xiong et al. 2020" in vanishing.references

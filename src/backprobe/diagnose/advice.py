@@ -179,6 +179,7 @@ def exploding_remedies() -> tuple[Remedy, ...]:
 
 
 DEPTH_REFERENCES = ("Hochreiter 1991", "Glorot & Bengio 2010", "He et al. 2015")
+RESIDUAL_REFERENCES = ("Xiong et al. 2020", "Liu et al. 2020", "He et al. 2016")
 SATURATION_REFERENCES = ("Glorot & Bengio 2010", "LeCun et al. 1998 (Efficient BackProp)")
 DEAD_REFERENCES = ("He et al. 2015", "Maas et al. 2013 (leaky ReLU)", "Lu et al. 2019")
 NONFINITE_REFERENCES = ("Pascanu et al. 2013",)

@@ -249,7 +249,7 @@ def _depth_finding(
         evidence=evidence,
         cause=cause,
         remedies=remedies,
-        references=advice.DEPTH_REFERENCES,
+        references=advice.RESIDUAL_REFERENCES if blocks else advice.DEPTH_REFERENCES,
         step=since,
     )
 

@@ -29,7 +29,7 @@ from .._version import __version__
 from ..diagnose.rules import diagnose
 from ..errors import BackprobeError, ReportPathError
 from .recording import measurement_lines, schedule_line
-from .text import log_span
+from .text import log_span, role_marks
 
 if TYPE_CHECKING:
     import jinja2
@@ -158,7 +158,7 @@ def _layer_rows(run: RunView, row: int) -> tuple[list[dict[str, Any]], float, fl
             {
                 "index": i,
                 "name": layer.name,
-                "type": layer.type + (" (frozen)" if layer.frozen else ""),
+                "type": layer.type + role_marks(layer),
                 "grad": _num(grad),
                 "bar": bar,
                 "grad_to_weight": _num(stats["grad_to_weight"][i]),

@@ -116,7 +116,7 @@ def summary_table(run: RunView, step: int | None = None, params_only: bool = Fal
         if params_only and np.isnan(stats["grad_norm"][i]):
             continue
         label = Text(layer.name)
-        label.append(f" {layer.type}" + _role_marks(layer), style="dim")
+        label.append(f" {layer.type}" + role_marks(layer), style="dim")
         fraction = (
             stats["saturated"][i]
             if layer.family and not np.isnan(stats["saturated"][i])
@@ -141,9 +141,9 @@ def verdict_text(v: Verdict) -> Text:
     return Text(f"verdict: {v.message}", style=_STYLE[v.status])
 
 
-def _role_marks(layer: LayerInfo) -> str:
-    """What the table's name column adds after a layer's type: frozen, a residual block
-    (its stream), parameters only, did not run, tied to another layer."""
+def role_marks(layer: LayerInfo) -> str:
+    """What a layer table adds after a layer's type (the terminal's and the report's): frozen,
+    a residual block (its stream), parameters only, did not run, tied to another layer."""
     marks = [" frozen"] if layer.frozen else []
     if layer.role == "block":
         marks.append(" [block]")
