@@ -38,7 +38,6 @@ test-slow: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/overhead.py
-	$(BIN)/python benchmarks/overhead.py --workload lstm
 	$(BIN)/python benchmarks/esn_vs_reservoirpy.py
 
 # The diagnosis over the external zoo of real architectures: docs/zoo.md.

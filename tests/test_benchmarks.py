@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+ROWS = ["plain", "read floor", "backprobe", "backprobe every step"]
 
 
 def _quick_table(*args: str) -> list[str]:
@@ -22,15 +25,13 @@ def _quick_table(*args: str) -> list[str]:
     return [line for line in done.stdout.splitlines() if line.startswith("| ")]
 
 
-def test_overhead_benchmark_quick_mode_prints_its_table():
-    rows = _quick_table()
+@pytest.mark.parametrize("workload", ["mlp", "lstm"])
+def test_each_workload_prints_its_floor_budget_and_every_step_rows(workload):
+    rows = _quick_table("--workload", workload)
     names = [row.split("|")[1].strip() for row in rows[1:]]
-    assert names[:3] == ["plain", "backprobe", "backprobe/10"]
-    assert "x (" in rows[2]  # a ratio with its interquartile range
-
-
-def test_recurrent_workload_prints_the_time_profile_row():
-    rows = _quick_table("--workload", "lstm")
-    names = [row.split("|")[1].strip() for row in rows[1:]]
-    assert names == ["plain", "backprobe time/10"]
-    assert "x (" in rows[-1]
+    assert names[:4] == ROWS
+    probes = [row.split("|") for row in rows[1:] if row.split("|")[1].strip() in ROWS[2:]]
+    for cells in probes:
+        assert "x (" in cells[3]  # a ratio with its interquartile range
+        assert cells[5].strip().endswith("%")  # the share of steps recorded
+    assert probes[-1][5].strip() == "100 %"  # every step
