@@ -4,9 +4,9 @@ Workloads (``--workload``, default all four):
 
 - ``mlp``: a 16-layer 512-wide tanh MLP, batch 256, SGD;
 - ``lstm``: the word-language model of pytorch/examples (embedding, a 2-layer LSTM of
-  200 units, a linear decoder over 10 000 words; T = 35, batch 20, dropout 0.2), the
-  probe measuring time profiles (||dL/dh_t||, the Jacobian decay) on a sub-batch of 8
-  at each recorded step;
+  200 units, a linear decoder over 10 000 words; T = 35, batch 20; no dropout, which time
+  profiles cannot replay), the probe measuring time profiles (||dL/dh_t||, the Jacobian
+  decay) on a sub-batch of 8 at each recorded step;
 - ``gpt2``: a 4-layer GPT-2 built from a Hugging Face ``GPT2Config`` (width 128, 4 heads,
   vocabulary 4096, 64 tokens, batch 8; no download), eager;
 - ``gpt2-compiled``: the same under ``torch.compile`` (inductor), the probe attached to
@@ -20,8 +20,9 @@ for the MLP, peers when installed (``pip install -e ".[bench]"``): Lightning's
 ``grad_norm`` and TensorBoard's ``add_histogram`` for every parameter's gradient.
 
 Variants run interleaved in rounds, so that drifts of the machine hit all of them alike:
-each round times ``--steps`` training steps of every variant between two runs of plain
-training, and a variant's ratio in that round is its mean step time, recorded steps
+each round times ``--steps`` training steps of every variant, in a shuffled order,
+between two runs of plain training (two copies, so that every model takes the same
+steps), and a variant's ratio in that round is its mean step time, recorded steps
 included, against the mean of those two. Before the rounds every variant trains
 ``--warmup`` steps (allocator, compilation, the budget's first 10 recorded steps). The
 table gives the median time per step, the median and interquartile range of the
@@ -46,6 +47,7 @@ import contextlib
 import copy
 import gc
 import json
+import random
 import statistics
 import subprocess
 import sys
@@ -76,7 +78,7 @@ class WordLM(nn.Module):
     """The word-language model of pytorch/examples (LSTM): [T, B] tokens → [T, B, vocab]
     logits; encoder and decoder weights U(−0.1, 0.1)."""
 
-    def __init__(self, vocab: int, hidden: int, layers: int = 2, dropout: float = 0.2):
+    def __init__(self, vocab: int, hidden: int, layers: int = 2, dropout: float = 0.0):
         super().__init__()
         self.drop = nn.Dropout(dropout)
         self.encoder = nn.Embedding(vocab, hidden)
@@ -206,7 +208,6 @@ class Variant:
             db = tmp / f"{self.name.replace(' ', '_')}.db"
             every = 1 if self.name == "backprobe every step" else None
             self.probe = bp.Probe(self.model, every=every, db=db, name=self.name, time_batch=8)
-            self.probe.attach()
             probe = self.probe
             return lambda loss, step: probe.step(loss)
         if self.name == "read floor":
@@ -231,11 +232,12 @@ class Variant:
 
     @contextlib.contextmanager
     def _turn(self) -> Iterator[None]:
-        """This variant's turn. A probe on a compiled model holds the global force_eager
-        stance until its recorded step ends: it is detached between turns, so that the
-        other variants' compiled graphs run."""
+        """This variant's turn. A probe is attached for its turn only: its clock would
+        count the other variants' turns as the duration of its next step, and on a
+        compiled model it holds the global force_eager stance until its recorded step
+        ends, which would run the other variants' compiled graphs eagerly."""
         stance = torch.compiler.set_stance("force_eager") if self.eager else None
-        if self.workload.compiled and self.probe is not None:
+        if self.probe is not None:
             self.probe.attach()
         try:
             if stance is None:
@@ -244,7 +246,7 @@ class Variant:
                 with stance:
                     yield
         finally:
-            if self.workload.compiled and self.probe is not None:
+            if self.probe is not None:
                 self.probe.detach()
 
     def run(self, steps: int, first_step: int) -> float:
@@ -331,17 +333,21 @@ def time_workload(name: str, args: argparse.Namespace, tmp: Path) -> tuple[Timin
     workload = make_workload(name, args.quick)
     names = available_variants(name)
     variants = {n: Variant(n, workload, tmp) for n in names}
-    for v in variants.values():  # warm-up: allocator, compilation, the budget's warm-up
+    # Plain training after the variants trains its own copy: each model takes the same
+    # steps (a model trained further may run slower, e.g. on subnormal numbers).
+    plain_after = Variant("plain", workload, tmp)
+    for v in [*variants.values(), plain_after]:  # allocator, compilation, budget warm-up
         v.run(args.warmup, 0)
     timings = Timings({n: [] for n in names}, [])
+    order = random.Random(0)
     gc.disable()  # a collection inside one variant's timing would bias it
     try:
         for r in range(args.rounds):
             step = args.warmup + r * args.steps
             before = variants["plain"].run(args.steps, step)
-            for n in names[1:]:
+            for n in order.sample(names[1:], len(names) - 1):  # no variant always first
                 timings.times[n].append(variants[n].run(args.steps, step))
-            after = variants["plain"].run(args.steps, step)
+            after = plain_after.run(args.steps, step)
             timings.plain.append((before + after) / 2)  # paired: the machine in this round
             timings.times["plain"].append((before + after) / 2)
     finally:
