@@ -24,6 +24,7 @@ FLOORS: dict[str, int] = {
     "errors": 0,
     "_format": 0,
     "_version": 0,
+    "_lazy": 0,
     "activations": 0,
     "store": 1,
     "theory": 1,

@@ -14,9 +14,9 @@ Names are imported on first use, so that ``backprobe --help`` does not load torc
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from ._lazy import Where, lazy_names
 from ._version import __version__
 from .errors import BackprobeError
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .report.text import print_summary as summary
     from .store import open_run
 
-_LAZY: dict[str, str | tuple[str, str]] = {
+_LAZY: dict[str, Where] = {
     "check": ".diagnose.check",
     "Finding": ".diagnose.finding",
     "Remedy": ".diagnose.finding",
@@ -64,15 +64,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        where = _LAZY[name]
-        module, attribute = where if isinstance(where, tuple) else (where, name)
-        value = getattr(importlib.import_module(module, __name__), attribute)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'backprobe' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, __all__)
