@@ -197,3 +197,81 @@ def test_the_log_history_gets_the_norm_clipping_left_beside_the_trainers_own(tmp
     pre = np.array([e["grad_norm"] for e in logged])
     assert (pre > 1.5).any()  # clipping happened: the Trainer's norm is above 1
     np.testing.assert_allclose(post, np.minimum(pre, 1.0), rtol=1e-4)
+
+
+def clipping_args(tmp_path, **overrides) -> transformers.TrainingArguments:
+    """HF's default clipping (max_grad_norm=1.0), a learning rate that makes it clip, a
+    log at every step."""
+    options = {
+        "output_dir": str(tmp_path / "out"),
+        "per_device_train_batch_size": BATCH,
+        "max_steps": STEPS,
+        "learning_rate": 0.5,
+        "optim": "sgd",
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "seed": 0,
+        **overrides,
+    }
+    return transformers.TrainingArguments(**options)
+
+
+def test_install_hands_the_statistics_and_the_preclip_norm_to_tensorboard(tmp_path, monkeypatch):
+    """report_to targets get the chosen statistics (the Trainer calls them before the
+    callbacks passed in callbacks=[…]); the stored pre-clip norm is the Trainer's own."""
+    tensorboard = "tensorboard.backend.event_processing.event_accumulator"
+    event_accumulator = pytest.importorskip(tensorboard)
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+    args = clipping_args(tmp_path, report_to=["tensorboard"])
+    trainer = transformers.Trainer(model=tiny_gpt2(), args=args, train_dataset=dataset(BATCH))
+    callback = BackprobeTrainerCallback(every=1, db=None).install(trainer)
+    assert callback.install(trainer) is callback  # a second install changes nothing
+    assert trainer.callback_handler.callbacks.count(callback) == 1
+    trainer.train()
+    probe = callback.probe
+    assert probe.steps.tolist() == list(range(STEPS))
+
+    # the Trainer's grad_norm is the norm before clipping, and it clipped
+    logged = [entry for entry in trainer.state.log_history if "grad_norm" in entry]
+    hf_norm = np.array([e["grad_norm"] for e in logged])
+    assert (hf_norm > 1.5).any()
+    np.testing.assert_allclose(probe.history("grad_norm_preclip"), hf_norm, rtol=1e-6)
+    postclip = probe.history("grad_norm_postclip")
+    np.testing.assert_allclose(postclip, np.minimum(hf_norm, 1.0), rtol=1e-4)
+
+    events = event_accumulator.EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    grad = probe.history("grad_norm")
+    expected = {
+        "grad_norm_preclip": probe.history("grad_norm_preclip"),
+        "grad_norm_postclip": probe.history("grad_norm_postclip"),
+        "grad_norm/transformer.wte": grad[:, probe.layers.index("transformer.wte")],
+        "grad_norm/lm_head": grad[:, probe.layers.index("lm_head")],
+    }
+    for name, values in expected.items():
+        scalars = events.Scalars(f"train/backprobe/{name}")  # HF's tag: train/<key>
+        assert [s.step for s in scalars] == [step + 1 for step in probe.steps]  # global_step
+        np.testing.assert_allclose([s.value for s in scalars], values, rtol=1e-6, err_msg=name)
+        in_history = [e[f"backprobe/{name}"] for e in logged]
+        np.testing.assert_allclose(in_history, values, rtol=1e-6, err_msg=name)
+    ratio = [s.value for s in events.Scalars("train/backprobe/first_last_ratio")]
+    assert len(ratio) == STEPS and all(r > 0 for r in ratio)
+
+
+def test_install_fails_the_run_the_moment_train_raises(tmp_path):
+    model = tiny_gpt2()
+    args = clipping_args(tmp_path, report_to=[], logging_strategy="no")
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=dataset(BATCH), callbacks=[Failing(1)]
+    )
+    callback = BackprobeTrainerCallback(db=tmp_path / "runs.db", name="hf").install(trainer)
+    with pytest.raises(RuntimeError, match="on purpose"):
+        trainer.train()
+    first = callback.probe
+    assert not first.attached and not model._forward_hooks  # before any other train()
+    run = open_run(tmp_path / "runs.db", first.run_id)
+    assert run.status == "failed"
+    trainer.train()
+    assert callback.probe is not first and callback.probe.steps.tolist() == list(range(STEPS))

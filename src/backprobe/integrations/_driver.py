@@ -79,9 +79,11 @@ class ProbeDriver:
         self._loss = value if self._loss is None else self._loss + value
         self._micro_batches += 1
 
-    def clipping(self, preclip: torch.Tensor | None, postclip: torch.Tensor | None) -> None:
+    def clipping(
+        self, preclip: torch.Tensor | float | None, postclip: torch.Tensor | float | None
+    ) -> None:
         """The global gradient norm before and after the framework's clipping, stored
-        with the step in progress (the post-clip one left out when unknown)."""
+        with the step in progress (either left out when None: unknown, or told apart)."""
         if self.probe is None or not self.probe.attached:
             return
         for name, value in ((PRECLIP, preclip), (POSTCLIP, postclip)):

@@ -5,17 +5,18 @@
     import backprobe as bp
     from backprobe.integrations.transformers import BackprobeTrainerCallback
 
-    callback = BackprobeTrainerCallback(every=10)
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=data,
-                                   callbacks=[callback])
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
+    callback = BackprobeTrainerCallback(every=10).install(trainer)
     trainer.train()
     bp.summary(callback.probe)
 
 The probe watches the model and records at ``on_pre_optimizer_step``: after backward of
 every accumulated micro-batch and after gradient clipping (the global norm it leaves is
-stored as ``grad_norm_postclip``; the Trainer's own ``grad_norm`` is the one before;
-this is where the Trainer
-unscales mixed-precision gradients), before the optimizer step and ``zero_grad``.
+stored as ``grad_norm_postclip``; this is where the Trainer unscales mixed-precision
+gradients), before the optimizer step and ``zero_grad``. :meth:`~BackprobeTrainerCallback.install`
+also stores the Trainer's own ``grad_norm`` (the one before clipping) as
+``grad_norm_preclip``, hands the statistics to the ``report_to`` targets and fails the run
+the moment ``train()`` raises.
 Without clipping, fp16 gradients are still scaled there; the probe then divides the
 GradScaler's scale out itself. The loss stored with a step is the one the model returned
 (``outputs.loss``): the mean over the accumulated micro-batches, or their sum when the
@@ -25,7 +26,9 @@ callback, the statistics are global and rank 0 writes the run.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,7 +38,7 @@ from ._driver import DriverCallback, missing_framework
 from .metrics import global_grad_norm
 
 try:
-    from transformers import TrainerCallback
+    from transformers import Trainer, TrainerCallback
 except ImportError as error:
     raise missing_framework("transformers", "transformers", "transformers") from error
 
@@ -50,12 +53,50 @@ class BackprobeTrainerCallback(DriverCallback, TrainerCallback):
             ``sinks``, …). The GradScaler is taken from the Trainer's optimizer.
 
     After ``train``, ``callback.probe`` reads the run (``history``, ``summary``, …).
+    Hand it to the Trainer with :meth:`install` (or, with less, in ``callbacks=[…]``).
     """
 
     #: the hook that catches the model's loss, while training runs
     _loss_hook: RemovableHandle | None = None
     #: whether the Trainer divided the loss by the step's item count
     _normalised = False
+
+    def install(self, trainer: Trainer) -> BackprobeTrainerCallback:
+        """Add this callback to ``trainer`` so that it gets what ``callbacks=[…]`` cannot
+        give it; returns the callback.
+
+        - It runs first of the Trainer's callbacks: the statistics it adds to a log reach
+          every ``report_to`` target (TensorBoard, W&B, MLflow, …), which the Trainer
+          otherwise calls before the callbacks a user passes.
+        - The Trainer's own ``grad_norm`` (the global norm before clipping, unscaled under
+          fp16, the one it logs) is stored with each recorded step as
+          ``grad_norm_preclip`` (a Trainer older than transformers 5 does not tell it).
+        - When ``trainer.train()`` raises, the run is marked failed and the probe
+          detached at once, before the exception reaches the caller.
+
+        Installing the same callback twice on a Trainer changes nothing.
+        """
+        handler = trainer.callback_handler
+        handler.callbacks = [self, *(c for c in handler.callbacks if c is not self)]
+        if hasattr(trainer, "_get_grad_norm"):
+            _wrap(trainer, "_get_grad_norm", self._grad_norm_taken)
+        _wrap(trainer, "train", self._train_around)
+        return self
+
+    def _grad_norm_taken(self, get_grad_norm: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Around ``Trainer._get_grad_norm``: the norm it returns is the pre-clip one."""
+        norm = get_grad_norm(*args, **kwargs)
+        if norm is not None:
+            self._driver.clipping(norm if isinstance(norm, torch.Tensor) else float(norm), None)
+        return norm
+
+    def _train_around(self, train: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Around ``Trainer.train``: an exception fails the run before it propagates."""
+        try:
+            return train(*args, **kwargs)
+        except BaseException as error:
+            self._end(error)
+            raise
 
     def on_train_begin(self, args, state, control, model: nn.Module | None = None, **kwargs):
         # The Trainer tells no callback about an exception: a run still open here is one
@@ -106,3 +147,18 @@ class BackprobeTrainerCallback(DriverCallback, TrainerCallback):
             self._loss_hook.remove()
             self._loss_hook = None
         self._driver.close(error)
+
+
+def _wrap(trainer: Trainer, method: str, around: Callable[..., Any]) -> None:
+    """Replace ``trainer.<method>`` (on this Trainer only) by ``around(original, *args,
+    **kwargs)``; a method already wrapped by the same ``around`` stays as it is."""
+    original = getattr(trainer, method)
+    if getattr(original, "__backprobe_around__", None) == around:
+        return
+
+    @functools.wraps(original)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        return around(original, *args, **kwargs)
+
+    wrapped.__backprobe_around__ = around  # type: ignore[attr-defined]  # a marker on the function
+    setattr(trainer, method, wrapped)
