@@ -169,19 +169,24 @@ class _Attention(nn.Module):
         return self.head(out.tanh())
 
 
+def _train_four_steps(make_probe, model: nn.Module, call: Callable, x: torch.Tensor) -> object:
+    """A probe on ``model``, every other step recorded, over 4 SGD steps of ``call(x)``."""
+    probe = make_probe(model, every=2).attach()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(4):
+        loss = call(x).square().mean()
+        loss.backward()
+        probe.step(loss)
+        opt.step()
+        opt.zero_grad()
+    return probe
+
+
 def test_attention_with_discarded_weights_compiles_and_records(make_probe):
     seq = torch.randn(4, 5, 8, generator=torch.Generator().manual_seed(2))
 
     def run(model: nn.Module, call: Callable) -> object:
-        probe = make_probe(model, every=2).attach()
-        opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        for _ in range(4):
-            loss = call(seq).square().mean()
-            loss.backward()
-            probe.step(loss)
-            opt.step()
-            opt.zero_grad()
-        return probe
+        return _train_four_steps(make_probe, model, call, seq)
 
     torch.manual_seed(0)
     reference = run(eager := _Attention(), eager)
@@ -214,16 +219,8 @@ class _Checkpointed(nn.Module):
 @pytest.mark.parametrize("reentrant", [True, False], ids=["reentrant", "non-reentrant"])
 def test_checkpointing_under_compile_records_what_eager_records(make_probe, reentrant):
     def run(model: nn.Module, call: Callable) -> object:
-        probe = make_probe(model, every=2).attach()
-        opt = torch.optim.SGD(model.parameters(), lr=0.05)
         x = X.clone().requires_grad_()  # a reentrant checkpoint needs an input with grad
-        for _ in range(4):
-            loss = call(x).square().mean()
-            loss.backward()
-            probe.step(loss)
-            opt.step()
-            opt.zero_grad()
-        return probe
+        return _train_four_steps(make_probe, model, call, x)
 
     torch.manual_seed(0)
     reference = run(eager := _Checkpointed(None), eager)
