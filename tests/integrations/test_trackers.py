@@ -28,17 +28,9 @@ SERVER_START_S = 60.0
 
 
 def train(probe: Probe, steps: int = 4) -> Probe:
-    """A few SGD steps of a small tanh net, seeded, recorded by ``probe``."""
-    opt = torch.optim.SGD(probe.model.parameters(), lr=0.1)
-    gen = torch.Generator().manual_seed(0)
+    """A few SGD steps of a small tanh net, seeded, recorded by ``probe`` (closed after)."""
     with probe:
-        for _ in range(steps):
-            x = torch.randn(16, 4, generator=gen)
-            loss = (probe.model(x) - x.sum(1, keepdim=True)).pow(2).mean()
-            loss.backward()
-            probe.step(loss)
-            opt.step()
-            opt.zero_grad()
+        train_steps(probe, steps)
     return probe
 
 
@@ -289,6 +281,7 @@ def crashed_run(db: Path) -> Probe:
 
 
 def train_steps(probe: Probe, steps: int) -> None:
+    """``steps`` seeded SGD steps of ``probe``'s model, the probe attached by the caller."""
     opt = torch.optim.SGD(probe.model.parameters(), lr=0.1)
     gen = torch.Generator().manual_seed(0)
     for _ in range(steps):
