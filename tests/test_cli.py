@@ -175,13 +175,17 @@ def test_runs_on_an_empty_database(tmp_path):
 # -- read-only storage ------------------------------------------------------------------------
 
 
+def _copied(db: Path, folder: Path) -> Path:
+    """``folder``, new, holding a copy of the run database ``db`` as runs.db."""
+    folder.mkdir()
+    (folder / "runs.db").write_bytes(db.read_bytes())
+    return folder
+
+
 def test_a_database_on_read_only_storage_is_listed_shown_and_reported(
     monkeypatch, capsys, db, tmp_path
 ):
-    folder = tmp_path / "stored"
-    folder.mkdir()
-    (folder / "runs.db").write_bytes(db.read_bytes())
-    with read_only_folder(folder) as read_only:
+    with read_only_folder(_copied(db, tmp_path / "stored")) as read_only:
         path = read_only / "runs.db"
         listed = invoke("runs", "--db", path)
         shown = invoke("show", "alpha", "--db", path)
@@ -198,10 +202,7 @@ def test_a_database_on_read_only_storage_is_listed_shown_and_reported(
 def test_writing_to_read_only_storage_is_one_line_naming_the_path(
     monkeypatch, capsys, db, tmp_path
 ):
-    folder = tmp_path / "stored"
-    folder.mkdir()
-    (folder / "runs.db").write_bytes(db.read_bytes())
-    with read_only_folder(folder) as read_only:
+    with read_only_folder(_copied(db, tmp_path / "stored")) as read_only:
         path = read_only / "runs.db"
         code, out, err = run_main(monkeypatch, capsys, "diagnose", "alpha", "--db", path)
     line = assert_one_line_error(code, err, "Cannot write the run database", "read-only")
