@@ -1,5 +1,5 @@
-"""Fixtures of the probe tests: a fixed seed, a scratch working directory, probes that are
-closed after each test, and a one-step run of a probe next to its plain-torch reference."""
+"""Fixtures of the probe tests: a fixed seed, a scratch working directory, and a one-step
+run of a probe next to its plain-torch reference."""
 
 from __future__ import annotations
 
@@ -21,22 +21,6 @@ def _seed_and_scratch_dir(tmp_path, monkeypatch):
     """Same random numbers in every test; a stray default run database lands in tmp."""
     torch.manual_seed(0)
     monkeypatch.chdir(tmp_path)
-
-
-@pytest.fixture
-def make_probe():
-    """``make_probe(model, **kw)``: a Probe kept in memory (``db=None``), closed at teardown."""
-    probes: list[Probe] = []
-
-    def make(model: nn.Module, **kwargs) -> Probe:
-        kwargs.setdefault("db", None)
-        probe = Probe(model, **kwargs)
-        probes.append(probe)
-        return probe
-
-    yield make
-    for probe in probes:
-        probe.close()
 
 
 @pytest.fixture

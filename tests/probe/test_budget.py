@@ -122,7 +122,10 @@ def test_probe_keeps_a_slow_statistic_within_its_budget(make_probe):
 
 def test_a_probe_given_no_schedule_records_within_the_default_budget(make_probe):
     model = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
-    assert make_probe(model).schedule.__name__ == "budget 2%"
+    from backprobe import Probe
+
+    with Probe(model, db=None) as probe:
+        assert probe.schedule.__name__ == "budget 2%"
     assert make_probe(model, budget=0.1).schedule.__name__ == "budget 10%"
     assert make_probe(model, every=1).schedule.__name__ == "every_1"
     assert make_probe(model, every=1).probe_config["every"] == "every_1"
@@ -158,7 +161,7 @@ def test_a_resumed_run_records_its_first_steps_under_the_budget(make_probe):
     """A run continued at a framework's global step 1000 gets the warm-up too: without it,
     no recorded step would ever be timed and the budget would record nothing."""
     model = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
-    probe = make_probe(model, first_step=1000, sinks=[_SlowSink(0.002)]).attach()
+    probe = make_probe(model, budget=0.02, first_step=1000, sinks=[_SlowSink(0.002)]).attach()
     x = torch.randn(2, 4)
     for _ in range(WARMUP_STEPS + 3):
         model(x).sum().backward()
@@ -171,7 +174,7 @@ def test_detaching_and_attaching_again_keeps_the_schedule(make_probe):
     """attach() asks the schedule about the step in progress again: the warm-up still
     counts steps, not questions."""
     model = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
-    probe = make_probe(model, sinks=[_SlowSink(0.002)]).attach()
+    probe = make_probe(model, budget=0.02, sinks=[_SlowSink(0.002)]).attach()
     x = torch.randn(2, 4)
     for _ in range(WARMUP_STEPS + 3):
         probe.detach()

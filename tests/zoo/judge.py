@@ -54,7 +54,8 @@ def _train(case: Case) -> Judgment:
     model = case.build()
     optimizers = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
     opt = optimizers[case.train.optimizer](model.parameters(), lr=case.train.lr)
-    probe = bp.Probe(model, db=None, name=case.name)
+    # every step: the default budget would pick the recorded steps by wall-clock time
+    probe = bp.Probe(model, db=None, name=case.name, every=1)
     with probe:
         for step in range(case.train.steps):
             loss = loss_of(model, arch.batch(step), arch.loss_fn)
