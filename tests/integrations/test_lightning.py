@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import backprobe as bp
 from backprobe import Probe, open_run
+from backprobe.store import RunDatabase
 from backprobe.store.view import LAYER_SERIES
 
 L = pytest.importorskip("lightning")
 from backprobe.integrations.lightning import BackprobeCallback  # noqa: E402
+from backprobe.integrations.metrics import VERDICT_CODES, findings_text  # noqa: E402
+
+from .helpers import hook_count  # noqa: E402
 
 STEPS = 3
 
@@ -282,15 +289,23 @@ def test_pre_clip_norms_come_first_and_post_clip_norms_are_what_clipping_left(tm
 def test_an_exception_fails_the_run_at_once_and_the_next_fit_starts_clean(tmp_path):
     callback = BackprobeCallback(every=1, db=tmp_path / "runs.db")
     module = Clipped(fail_at=2)
+    hooks = hook_count(module)
     with pytest.raises(RuntimeError, match="diverged"):
         fit(tmp_path, module, [callback])
     failed = callback.probe
-    assert not failed.attached
-    assert open_run(tmp_path / "runs.db", failed.run_id).status == "failed"
+    assert not failed.attached and hook_count(module) == hooks  # every probe hook removed
+    run = open_run(tmp_path / "runs.db", failed.run_id)
+    assert run.status == "failed" and run.info.error == "RuntimeError: diverged"
+    assert run.steps.tolist() == [0, 1]  # what it recorded before the failure is kept
     module.hparams.fail_at = -1
     fit(tmp_path, module, [callback])
     assert callback.probe is not failed and callback.probe.run_id != failed.run_id
     assert callback.probe.history("loss").shape == (STEPS,)  # one probe, not two
+    assert not callback.probe.attached and hook_count(module) == hooks
+    # a third fit (after one that finished) starts its own run too
+    fit(tmp_path, module, [callback])
+    with RunDatabase(tmp_path / "runs.db", read_only=True) as db:
+        assert [r.status for r in db.runs()] == ["failed", "finished", "finished"]
 
 
 def test_a_fit_resumed_from_a_checkpoint_continues_the_run_at_the_global_step(tmp_path):
@@ -350,3 +365,62 @@ trainer:
     assert run.layers == ["net.0", "net.1", "net.3", "net.4"]
     assert run.info.config["note"] == "yaml" and "net.2" in run.info.config["probe"]["exclude"]
     assert set(cli.trainer.callback_metrics) == {"backprobe/grad_norm_preclip"}
+
+
+class Starved(Tiny):
+    """Ten sigmoid layers: the first ones' gradients vanish (findings to tell)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Linear(4, 8), nn.Sigmoid()]
+        for _ in range(9):
+            layers += [nn.Linear(8, 8), nn.Sigmoid()]
+        self.net = nn.Sequential(*layers, nn.Linear(8, 2))
+
+
+def test_the_verdict_and_findings_reach_every_logger_the_text_where_it_takes_text(
+    tmp_path, monkeypatch
+):
+    """Counts and the verdict's code go to every logger (CSV too) at the last global step;
+    the findings as text to TensorBoard's text tab and to an MLflow artifact."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a folder: no database to set up
+    from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    callback = BackprobeCallback(every=1, db=None)
+    loggers = [
+        CSVLogger(tmp_path, name="csv"),
+        TensorBoardLogger(tmp_path, name="tb"),
+        MLFlowLogger(tracking_uri=(tmp_path / "mlruns").as_uri()),
+    ]
+    fit(tmp_path, Starved(), [callback], logger=loggers)
+    probe = callback.probe
+    found, judged = bp.findings(probe), bp.verdict(probe)
+    assert judged.status == "vanishing" and any(f.severity == "error" for f in found)
+    text = findings_text(judged, found)
+    counts = {
+        f"backprobe/findings/{name}": float(sum(name in (f.severity, f.kind) for f in found))
+        for name in ("info", "warning", "error", *{f.kind for f in found})
+    }
+    expected = {"backprobe/verdict": float(VERDICT_CODES.index("vanishing")), **counts}
+
+    import csv
+
+    with open(f"{loggers[0].log_dir}/metrics.csv") as file:
+        (row,) = [r for r in csv.DictReader(file) if r.get("backprobe/verdict")]
+    assert int(row["step"]) == STEPS
+    assert {k: float(row[k]) for k in expected} == expected
+
+    events = EventAccumulator(loggers[1].log_dir, size_guidance={"tensors": 0})
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("backprobe/findings/error")] == [
+        (STEPS, expected["backprobe/findings/error"])
+    ]
+    (event,) = events.Tensors("backprobe/findings/text_summary")  # add_text's tag
+    assert event.step == STEPS and event.tensor_proto.string_val[0].decode() == text
+
+    client = loggers[2].experiment
+    run = client.get_run(loggers[2].run_id)
+    assert run.data.metrics["backprobe/verdict"] == expected["backprobe/verdict"]
+    artifact = client.download_artifacts(loggers[2].run_id, "backprobe/findings.md", str(tmp_path))
+    assert Path(artifact).read_text() == text

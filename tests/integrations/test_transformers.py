@@ -4,16 +4,22 @@ what a plain loop records; no download (HF_HUB_OFFLINE)."""
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
 import torch
 
+import backprobe as bp
 from backprobe import Probe, open_run
+from backprobe.store import RunDatabase
 from backprobe.store.view import LAYER_SERIES
 
 transformers = pytest.importorskip("transformers")
+from backprobe.integrations.metrics import VERDICT_CODES, findings_text  # noqa: E402
 from backprobe.integrations.transformers import BackprobeTrainerCallback  # noqa: E402
+
+from .helpers import hook_count  # noqa: E402
 
 STEPS = 3
 BATCH = 4
@@ -155,6 +161,7 @@ def test_a_caught_exception_fails_the_run_and_a_second_train_starts_clean(tmp_pa
         seed=0,
     )
     model = tiny_gpt2()
+    hooks = hook_count(model)
     trainer = transformers.Trainer(
         model=model, args=args, train_dataset=dataset(BATCH), callbacks=[callback, Failing(1)]
     )
@@ -165,7 +172,7 @@ def test_a_caught_exception_fails_the_run_and_a_second_train_starts_clean(tmp_pa
     assert not first.attached
     assert open_run(tmp_path / "runs.db", first.run_id).status == "failed"
     assert callback.probe is not first and callback.probe.steps.tolist() == list(range(STEPS))
-    assert not model._forward_hooks  # every hook is gone after train()
+    assert hook_count(model) == hooks  # every hook is gone after train()
     # one loss per forward (a random model's is near ln 64), not two hooks adding it twice
     assert callback.probe.history("loss").max() < 1.5 * np.log(64)
 
@@ -241,7 +248,9 @@ def test_install_hands_the_statistics_and_the_preclip_norm_to_tensorboard(tmp_pa
     postclip = probe.history("grad_norm_postclip")
     np.testing.assert_allclose(postclip, np.minimum(hf_norm, 1.0), rtol=1e-4)
 
-    events = event_accumulator.EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
+    events = event_accumulator.EventAccumulator(
+        str(tmp_path / "tb"), size_guidance={"scalars": 0, "tensors": 0}
+    )
     events.Reload()
     grad = probe.history("grad_norm")
     expected = {
@@ -259,6 +268,23 @@ def test_install_hands_the_statistics_and_the_preclip_norm_to_tensorboard(tmp_pa
     ratio = [s.value for s in events.Scalars("train/backprobe/first_last_ratio")]
     assert len(ratio) == STEPS and all(r > 0 for r in ratio)
 
+    # The Trainer's last log (its summary, after the last step) gets the verdict and the
+    # findings: numbers for every target, the text for TensorBoard's text tab.
+    final = trainer.state.log_history[-1]
+    judged, found = bp.verdict(probe), bp.findings(probe)
+    assert "train_runtime" in final and final["step"] == STEPS
+    assert final["backprobe/verdict"] == VERDICT_CODES.index(judged.status)
+    for severity in ("info", "warning", "error"):
+        count = sum(f.severity == severity for f in found)
+        assert final[f"backprobe/findings/{severity}"] == count
+    text = final["backprobe/findings"]
+    assert text == findings_text(judged, found) and str(judged) in text
+    assert [(s.step, s.value) for s in events.Scalars("train/backprobe/verdict")] == [
+        (STEPS, final["backprobe/verdict"])
+    ]
+    (event,) = events.Tensors("train/backprobe/findings/text_summary")  # add_text's tag
+    assert event.step == STEPS and event.tensor_proto.string_val[0].decode() == text
+
 
 def test_install_fails_the_run_the_moment_train_raises(tmp_path):
     model = tiny_gpt2()
@@ -267,11 +293,43 @@ def test_install_fails_the_run_the_moment_train_raises(tmp_path):
         model=model, args=args, train_dataset=dataset(BATCH), callbacks=[Failing(1)]
     )
     callback = BackprobeTrainerCallback(db=tmp_path / "runs.db", name="hf").install(trainer)
+    hooks = hook_count(model)
     with pytest.raises(RuntimeError, match="on purpose"):
         trainer.train()
     first = callback.probe
-    assert not first.attached and not model._forward_hooks  # before any other train()
+    assert not first.attached and hook_count(model) == hooks  # before any other train()
     run = open_run(tmp_path / "runs.db", first.run_id)
-    assert run.status == "failed"
+    assert run.status == "failed" and run.info.error == "RuntimeError: interrupted on purpose"
     trainer.train()
     assert callback.probe is not first and callback.probe.steps.tolist() == list(range(STEPS))
+    assert not callback.probe.attached and hook_count(model) == hooks
+
+
+def test_a_resumed_train_continues_the_run_at_the_global_step(tmp_path):
+    """Checkpoints every 2 steps keep the run's id in trainer_state.json: a new Trainer
+    resumed from checkpoint-2 continues the same run at step 2, its steps 2-3 replaced."""
+    args = clipping_args(tmp_path, max_steps=4, report_to=[], save_strategy="steps", save_steps=2)
+    first = BackprobeTrainerCallback(every=1)
+    trainer = transformers.Trainer(
+        model=tiny_gpt2(), args=args, train_dataset=dataset(BATCH), callbacks=[first]
+    )
+    trainer.train()
+    run_id = first.probe.run_id
+    db = tmp_path / "out" / "backprobe-runs" / "runs.db"
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    saved = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert saved["stateful_callbacks"]["backprobe"] == {"run_id": run_id}
+    loss_before = open_run(db, run_id).history("loss")
+
+    resumed = BackprobeTrainerCallback(every=1)
+    trainer = transformers.Trainer(
+        model=tiny_gpt2(), args=args, train_dataset=dataset(BATCH), callbacks=[resumed]
+    )
+    trainer.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.probe.run_id == run_id
+    with RunDatabase(db, read_only=True) as store:
+        assert [r.id for r in store.runs()] == [run_id]
+    run = open_run(db, run_id)
+    assert run.steps.tolist() == [0, 1, 2, 3] and run.status == "finished"
+    # steps 2-3 trained again from the checkpoint's weights: the same losses
+    np.testing.assert_allclose(run.history("loss"), loss_before, rtol=1e-4)

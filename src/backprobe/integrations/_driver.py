@@ -12,7 +12,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..diagnose.verdict import verdict
+from ..diagnose.depth import first_to_last_ratio
+from ..diagnose.rules import diagnose
+from ..diagnose.verdict import verdict_of
 from ..errors import ProbeConfigError
 from ..probe import Probe
 from ..store import DEFAULT_DB
@@ -102,19 +104,24 @@ class ProbeDriver:
         self._loss, self._micro_batches = None, 0
         return self.probe.step(loss)
 
-    def close(self, error: BaseException | None = None) -> dict[str, float]:
-        """Close the run, finished or failed with ``error``; returns the logged verdict
-        of a finished run that recorded a step (empty otherwise)."""
+    def close(self, error: BaseException | None = None) -> tuple[dict[str, float], dict[str, str]]:
+        """Close the run, finished or failed with ``error``. Returns what the logs get
+        about a finished run that recorded a step: the tagged numbers and texts of
+        :meth:`~backprobe.integrations.metrics.LoggedMetrics.final` (both empty
+        otherwise, and when the run is already closed)."""
         probe = self.probe
         if probe is None or not probe.attached:
-            return {}
+            return {}, {}
         if error is not None:
             probe.close("failed", f"{type(error).__name__}: {error}")
-            return {}
+            return {}, {}
         probe.close("finished")
         if probe.steps.size == 0:
-            return {}
-        return self.metrics.verdict(verdict(probe).status)
+            return {}, {}
+        # bp.verdict(probe), from the findings it judges by (diagnosed once)
+        found = diagnose(probe)
+        judged = verdict_of(found, int(probe.steps[-1]), probe.layers, first_to_last_ratio(probe))
+        return self.metrics.final(judged, found)
 
 
 class DriverCallback:

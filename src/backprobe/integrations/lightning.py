@@ -20,8 +20,11 @@ overrides ``configure_gradient_clipping``).
 
 A few statistics (:mod:`~backprobe.integrations.metrics`) go to the trainer's loggers
 through ``pl_module.log`` at each recorded step, on Lightning's step axis (they reach
-the loggers every ``log_every_n_steps``, and ``trainer.callback_metrics``), the verdict
-when training ends; everything stays in the run database. The run is named after the
+the loggers every ``log_every_n_steps``, and ``trainer.callback_metrics``). When training
+ends every logger gets the verdict's code and the count of findings by severity and
+kind at the last global step, and the loggers that take text the findings as text
+(TensorBoard's text tab, an MLflow artifact ``backprobe/findings.md``; CSV has no place
+for it). Everything stays in the run database. The run is named after the
 logger's version, a relative ``db`` lies under ``default_root_dir``, and the module's
 ``hparams`` are stored with the run. A checkpoint keeps the run's id: a fit resumed from
 it continues the same run at the checkpoint's global step. An exception in ``fit``
@@ -45,12 +48,15 @@ from .metrics import global_grad_norm, norm_clipped, value_clipped
 
 if TYPE_CHECKING:  # one package's types stand for both names, which share one API
     from lightning.pytorch import Callback, LightningModule, Trainer
+    from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger
 else:
     try:
         from lightning.pytorch import Callback, LightningModule, Trainer
+        from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger
     except ImportError:  # the older package name
         try:
             from pytorch_lightning import Callback, LightningModule, Trainer
+            from pytorch_lightning.loggers import Logger, MLFlowLogger, TensorBoardLogger
         except ImportError as error:
             raise missing_framework("lightning", "Lightning", "lightning") from error
 
@@ -134,10 +140,13 @@ class BackprobeCallback(DriverCallback, Callback):
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        final = self._driver.close()
-        if final and trainer.logger is not None:
-            for logger in trainer.loggers:
-                logger.log_metrics(final, step=trainer.global_step)
+        # Lightning takes no pl_module.log here: the loggers are written to directly
+        values, texts = self._driver.close()
+        for logger in trainer.loggers:
+            if values:
+                logger.log_metrics(values, step=trainer.global_step)
+            for tag, text in texts.items():
+                _log_text(logger, tag, text, trainer.global_step)
 
     @override
     def on_exception(
@@ -152,3 +161,12 @@ class BackprobeCallback(DriverCallback, Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.restore(state_dict)
+
+
+def _log_text(logger: Logger, tag: str, text: str, step: int) -> None:
+    """Write ``text`` where ``logger`` takes text: TensorBoard's text tab (``tag``), the
+    MLflow run's artifact ``<tag>.md``; other loggers (CSV, …) have no place for it."""
+    if isinstance(logger, TensorBoardLogger):
+        logger.experiment.add_text(tag, text, step)
+    elif isinstance(logger, MLFlowLogger):
+        logger.experiment.log_text(logger.run_id, text, f"{tag}.md")

@@ -12,8 +12,13 @@ targets) get, tagged ``<prefix>/…``:
 - ``grad_norm/<layer>``: the gradient norm of five layers with parameters (the first,
   second, middle, second-to-last and last);
 
-and once training ends ``verdict`` (the index of the verdict's status in
-:data:`VERDICT_CODES`; the message and findings are in the run database).
+and once training ends:
+
+- ``verdict``: the index of the verdict's status in :data:`VERDICT_CODES`;
+- ``findings/<severity>`` (``info``, ``warning``, ``error``, zero included) and
+  ``findings/<kind>`` (the kinds found): how many findings the diagnosis made;
+- ``findings`` (``findings_text``): the verdict and the findings as text, for the logs
+  that take text (see :func:`findings_text`).
 """
 
 from __future__ import annotations
@@ -25,14 +30,23 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..diagnose.finding import SEVERITIES, Finding
+from ..diagnose.verdict import Status, Verdict
 from ..errors import ProbeConfigError
 from ..store.view import USER_PREFIX, LayerInfo, StepProfiles, StepSeries
 
 #: The scalars recorded with each step around clipping, in the order they are shown.
 PRECLIP, POSTCLIP = "grad_norm_preclip", "grad_norm_postclip"
 
-#: The logged number of each verdict status.
-VERDICT_CODES: tuple[str, ...] = ("healthy", "unknown", "vanishing", "exploding", "saturated")
+#: The logged number of each verdict status (every :data:`~backprobe.diagnose.verdict.Status`).
+VERDICT_CODES: tuple[Status, ...] = (
+    "healthy",
+    "unknown",
+    "vanishing",
+    "exploding",
+    "nonfinite",
+    "misconfigured",
+)
 
 #: What is logged by default (see :class:`LoggedMetrics`).
 DEFAULT_METRICS: tuple[str, ...] = (
@@ -41,6 +55,8 @@ DEFAULT_METRICS: tuple[str, ...] = (
     "first_last_ratio",
     "layer_grad_norm",
     "verdict",
+    "findings",
+    "findings_text",
 )
 
 
@@ -81,6 +97,20 @@ def shown_layers(layers: Sequence[LayerInfo]) -> list[int]:
     return [owning[p] for p in picks]
 
 
+def findings_text(judged: Verdict, findings: Sequence[Finding]) -> str:
+    """The verdict, then one line per finding, most severe first (severity, kind, the
+    summary with its key number) and the first remedy's call: Markdown that reads as
+    plain text, for TensorBoard's text tab and the logs that keep strings."""
+    lines = [f"verdict at step {judged.step}: {judged}", ""]
+    if not findings:
+        lines.append("no findings: nothing above the thresholds")
+    for finding in sorted(findings, key=lambda f: -f.severity_rank):
+        lines.append(f"- [{finding.severity}] {finding.kind}: {finding.summary}")
+        if finding.remedies:
+            lines.append(f"  try: `{finding.remedies[0].call}`")
+    return "\n".join(lines)
+
+
 class LoggedMetrics:
     """A :class:`~backprobe.store.sink.StepSink` that keeps the logged statistics of the
     last recorded step (:attr:`latest`), for a callback to hand to its framework.
@@ -109,11 +139,23 @@ class LoggedMetrics:
         latest, self.latest = self.latest, None
         return latest
 
-    def verdict(self, status: str) -> dict[str, float]:
-        """The verdict's tagged code, when logged."""
-        if "verdict" not in self.metrics:
-            return {}
-        return {f"{self.prefix}/verdict": float(VERDICT_CODES.index(status))}
+    def final(
+        self, judged: Verdict, findings: Sequence[Finding]
+    ) -> tuple[dict[str, float], dict[str, str]]:
+        """What the logs get once training ends, as chosen: the tagged numbers (the
+        verdict's code, the count of findings of each severity and each kind found) and
+        the tagged texts (the verdict and findings, :func:`findings_text`)."""
+        values: dict[str, float] = {}
+        if "verdict" in self.metrics:
+            values[f"{self.prefix}/verdict"] = float(VERDICT_CODES.index(judged.status))
+        if "findings" in self.metrics:
+            for name in (*SEVERITIES, *sorted({f.kind for f in findings})):
+                count = sum(name in (f.severity, f.kind) for f in findings)
+                values[f"{self.prefix}/findings/{name}"] = float(count)
+        texts: dict[str, str] = {}
+        if "findings_text" in self.metrics:
+            texts[f"{self.prefix}/findings"] = findings_text(judged, findings)
+        return values, texts
 
     # -- the StepSink interface ----------------------------------------------------------
 

@@ -17,6 +17,17 @@ gradients), before the optimizer step and ``zero_grad``. :meth:`~BackprobeTraine
 also stores the Trainer's own ``grad_norm`` (the one before clipping) as
 ``grad_norm_preclip``, hands the statistics to the ``report_to`` targets and fails the run
 the moment ``train()`` raises.
+
+The chosen statistics (:mod:`~backprobe.integrations.metrics`) of the last recorded step
+join the Trainer's next log (``state.log_history`` and, installed, every ``report_to``
+target). The Trainer's last log, its training summary after the last step, gets the
+verdict's code, the count of findings by severity and kind, and the findings as text
+(``backprobe/findings``: TensorBoard shows it in its text tab, W&B keeps the string,
+MLflow's callback drops strings). The run is named after ``run_name``, stored under
+``output_dir`` with the ``TrainingArguments``; each checkpoint's ``trainer_state.json``
+keeps its id, and ``train(resume_from_checkpoint=…)`` continues it at the checkpoint's
+global step.
+
 Without clipping, fp16 gradients are still scaled there; the probe then divides the
 GradScaler's scale out itself. The loss stored with a step is the one the model returned
 (``outputs.loss``): the mean over the accumulated micro-batches, or their sum when the
@@ -43,14 +54,22 @@ except ImportError as error:
     raise missing_framework("transformers", "transformers", "transformers") from error
 
 
+#: The entry of ``TrainerState.stateful_callbacks`` (saved in each checkpoint's
+#: ``trainer_state.json``) that holds the callback's :meth:`~DriverCallback.state`. Not a
+#: class name: the Trainer rebuilds the callbacks it finds by class name there when
+#: ``restore_callback_states_from_checkpoint`` is set, and this one must stay the user's.
+STATE_KEY = "backprobe"
+
+#: A key of the Trainer's last log only (its training summary, logged after the last step).
+FINAL_LOG_KEY = "train_runtime"
+
+
 class BackprobeTrainerCallback(DriverCallback, TrainerCallback):
     """Attach a :class:`~backprobe.Probe` to the model a ``transformers.Trainer`` trains.
 
-    Args:
-        every, db, name: as for :class:`~backprobe.Probe` (``every`` counts optimizer
-            steps); the run's name defaults to the model's class name.
-        **probe_options: any other ``Probe`` option (``include``, ``exclude``,
-            ``sinks``, …). The GradScaler is taken from the Trainer's optimizer.
+    Takes the options of :class:`~backprobe.integrations._driver.DriverCallback`
+    (``every`` counts optimizer steps; the run's name defaults to ``run_name``, else the
+    model's class name). The GradScaler is taken from the Trainer's optimizer.
 
     After ``train``, ``callback.probe`` reads the run (``history``, ``summary``, …).
     Hand it to the Trainer with :meth:`install` (or, with less, in ``callbacks=[…]``).
@@ -105,6 +124,10 @@ class BackprobeTrainerCallback(DriverCallback, TrainerCallback):
             self._end(RuntimeError("train() raised before it ended; train() was called again"))
         if model is None:
             return
+        # resumed from a checkpoint: its trainer_state.json names the run to continue
+        saved = state.stateful_callbacks.get(STATE_KEY) if state.global_step > 0 else None
+        if isinstance(saved, dict):
+            self.restore(saved)
         # an accelerate AcceleratedOptimizer carries the GradScaler of fp16 training
         scaler = getattr(kwargs.get("optimizer"), "scaler", None)
         self._driver.start(
@@ -115,6 +138,8 @@ class BackprobeTrainerCallback(DriverCallback, TrainerCallback):
             config={"training_arguments": args.to_dict()},
             first_step=state.global_step,
         )
+        # saved with every checkpoint's TrainerState, beside the stateful callbacks' own
+        state.stateful_callbacks[STATE_KEY] = self.state()
         self._loss_hook = model.register_forward_hook(self._catch_loss, with_kwargs=True)
 
     def _catch_loss(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
@@ -132,21 +157,30 @@ class BackprobeTrainerCallback(DriverCallback, TrainerCallback):
         self._driver.step(mean=not self._normalised)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None or not state.log_history:
+            return
         # the statistics of the last recorded step join the Trainer's log of this step
         latest = self._driver.metrics.take()
-        if latest is not None and logs is not None and state.log_history:
-            logs.update(latest[1])
-            state.log_history[-1].update(latest[1])
+        added: dict[str, float | str] = {} if latest is None else dict(latest[1])
+        if FINAL_LOG_KEY in logs:
+            # The Trainer's last log, after its last step: nothing is logged after it
+            # (on_train_end comes later), so the run is closed and judged here.
+            values, texts = self._end()
+            added.update(values)
+            added.update(texts)
+        logs.update(added)
+        state.log_history[-1].update(added)
 
     def on_train_end(self, args, state, control, **kwargs):
         self._end()
 
-    def _end(self, error: BaseException | None = None) -> None:
-        """Remove the loss hook and close the run, finished or failed with ``error``."""
+    def _end(self, error: BaseException | None = None) -> tuple[dict[str, float], dict[str, str]]:
+        """Remove the loss hook and close the run, finished or failed with ``error``;
+        returns what the logs get about it (see :meth:`ProbeDriver.close`)."""
         if self._loss_hook is not None:
             self._loss_hook.remove()
             self._loss_hook = None
-        self._driver.close(error)
+        return self._driver.close(error)
 
 
 def _wrap(trainer: Trainer, method: str, around: Callable[..., Any]) -> None:
