@@ -59,6 +59,7 @@ from .selection import (
 )
 from .stats import Field, StatSlots, StepBuffer, StepStats, add_tensor_norms, refine_norms
 from .through_time import TimeSettings, is_recurrent, make_watch
+from .updates import PerEntry, UpdateWatch
 
 
 def _check_model(model: object) -> nn.Module:
@@ -179,6 +180,10 @@ class Probe(RunView):
             running again, its steps from ``first_step`` on replaced.
         first_step: the index of the first ``step()`` (a resumed training's global
             step), so that schedules and stored steps continue the framework's.
+        optimizer: the ``torch.optim.Optimizer`` the loop steps after ``probe.step()``:
+            its step hooks measure the update it applies after each recorded step
+            (``update_to_weight`` = ||Δθ|| / ||θ|| per layer, and Adam's effective step
+            ``adam_step``), stored with that step; see :mod:`~backprobe.probe.updates`.
     """
 
     def __init__(
@@ -200,6 +205,7 @@ class Probe(RunView):
         sinks: Sequence[StepSink] = (),
         resume: int | str | None = None,
         first_step: int = 0,
+        optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
         self.model = _check_model(model)
         self._step_clock = StepClock()  # durations between step() calls: the overhead
@@ -269,6 +275,13 @@ class Probe(RunView):
             for i, m in enumerate(self._modules[: self._n_layers])
             for p in m.parameters(recurse=False)
         ]
+        self._updates = (
+            None
+            if optimizer is None
+            else UpdateWatch(
+                optimizer, self._params, len(self._modules), self._update_due, self._amend
+            )
+        )
         self._warned: set[int] = set()
         self._warned_missing: set[str] = set()
         self._warned_no_gradient = False
@@ -330,6 +343,8 @@ class Probe(RunView):
             self._handles.append(
                 self._modules[i].register_forward_hook(watch.hook(), with_kwargs=True)
             )
+        if self._updates is not None:
+            self._handles.extend(self._updates.hooks())
         self._begin_step()
         return self
 
@@ -375,6 +390,8 @@ class Probe(RunView):
         self._buffer = self._fresh_buffer()
         for watch in self._watches.values():
             watch.start(False)
+        if self._updates is not None:
+            self._updates.settle(wait=True)
         if self._sink is not None:
             self._sink.flush()
         for sink in self._extra_sinks:
@@ -805,6 +822,19 @@ class Probe(RunView):
                 self._handles.remove(handle)
                 del self._candidate_handles[i]
 
+    def _update_due(self) -> int | None:
+        """The recorded step whose update the optimizer's next step makes: the step that
+        ``step()`` just ended, if it was recorded (see :mod:`~backprobe.probe.updates`)."""
+        last = self._last_recorded
+        return last if last is not None and last == self._step - 1 else None
+
+    def _amend(self, step: int, per_entry: PerEntry) -> None:
+        """Store statistics measured after step ``step`` was appended, per entry, into its
+        row (input → output order, as :meth:`_series` stores it)."""
+        assert self._sink is not None and self._order is not None
+        self._sink.amend(step, {name: values[self._order] for name, values in per_entry.items()})
+        self._reader = None
+
     def _series(self, stats: StepStats) -> dict[str, np.ndarray]:
         """The step's stored series, per-layer ones in input → output order."""
         order = self._order
@@ -822,6 +852,8 @@ class Probe(RunView):
     def _view(self) -> RunView:
         if self._sink is None:
             raise ProbeConfigError("Nothing recorded yet: attach the probe and train first.")
+        if self._updates is not None:
+            self._updates.settle(wait=True)
         if self._reader is None:
             self._reader = self._sink.view()
         return self._reader

@@ -522,6 +522,9 @@ class HostStep:
                 stat.name: (
                     gate_rows[_GATE_ROWS[stat.combine]]
                     if stat.combine in _GATE_ROWS
+                    # filled in by the probe's attention and optimizer watches
+                    else np.full(n_layers, np.nan)
+                    if stat.combine is Combine.MEASURED
                     else totals.combine(stat.combine, fields, units.get(fields[0], 1.0))
                 )
                 for stat, fields in STATISTIC_FIELDS

@@ -36,6 +36,10 @@ class Combine(Enum):
     # by the layer's time-profile measurement (reads no gathered quantity)
     GATE_MEAN = "gate mean"  # mean gate value
     GATE_OPEN = "gate open"  # fraction of gate values above 0.9 (memory kept)
+    # measured apart from the gathered quantities and stored with the step's row: by the
+    # attention watch during the step (probe.attention), or by the optimizer's step hooks
+    # after it (probe.updates, amending the row); NaN where it was not measured
+    MEASURED = "measured"
 
 
 #: How many gathered quantities each combination reads.
@@ -46,6 +50,7 @@ READS: dict[Combine, int] = {
     Combine.NONFINITE: 1,
     Combine.GATE_MEAN: 0,
     Combine.GATE_OPEN: 0,
+    Combine.MEASURED: 0,
 }
 
 
@@ -91,6 +96,10 @@ LAYER_STATISTICS: tuple[LayerStatistic, ...] = (
     LayerStatistic("gate_mean", Combine.GATE_MEAN),
     # LSTM / GRU: fraction of those gate values above 0.9 (memory kept)
     LayerStatistic("gate_open", Combine.GATE_OPEN),
+    # Probe(optimizer=): ||Δθ|| / ||θ|| of the optimizer step after the recorded one
+    LayerStatistic("update_to_weight", Combine.MEASURED),
+    # Probe(optimizer=Adam/AdamW): median lr / (√v̂ + ε) over the layer's parameters
+    LayerStatistic("adam_step", Combine.MEASURED),
 )
 #: Stored names of the per-layer series, each [layers] per recorded step.
 LAYER_SERIES: tuple[str, ...] = tuple(stat.name for stat in LAYER_STATISTICS)

@@ -353,8 +353,10 @@ class MemoryRun(RunView):
                 rows.append(np.asarray(values, dtype=np.float32).reshape(-1))
 
     def amend(self, step: int, series: StepSeries) -> None:
-        """Replace some built-in series of step ``step``, appended already."""
-        row = self._steps.index(step)
+        """Replace some built-in series of step ``step``, appended already (usually the
+        last one: found at once)."""
+        last = len(self._steps) - 1
+        row = last if last >= 0 and self._steps[last] == step else self._steps.index(step)
         for stat, values in series.items():
             self._series[stat][row] = np.asarray(values, dtype=np.float32)
 
