@@ -247,6 +247,7 @@ def test_install_hands_the_statistics_and_the_preclip_norm_to_tensorboard(tmp_pa
     np.testing.assert_allclose(probe.history("grad_norm_preclip"), hf_norm, rtol=1e-6)
     postclip = probe.history("grad_norm_postclip")
     np.testing.assert_allclose(postclip, np.minimum(hf_norm, 1.0), rtol=1e-4)
+    assert np.isnan(probe.history("update_to_weight")).all()  # updates= is off by default
 
     events = event_accumulator.EventAccumulator(
         str(tmp_path / "tb"), size_guidance={"scalars": 0, "tensors": 0}
@@ -333,3 +334,39 @@ def test_a_resumed_train_continues_the_run_at_the_global_step(tmp_path):
     assert run.steps.tolist() == [0, 1, 2, 3] and run.status == "finished"
     # steps 2-3 trained again from the checkpoint's weights: the same losses
     np.testing.assert_allclose(run.history("loss"), loss_before, rtol=1e-4)
+
+
+class Updates(transformers.TrainerCallback):
+    """||Δθ|| / ||θ|| of one module's parameters over each optimizer step, by hand."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module, self.ratios = module, []
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.before = [p.detach().clone() for p in self.module.parameters()]
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        pairs = zip(self.module.parameters(), self.before, strict=True)
+        delta = torch.cat([(a.detach() - b).flatten() for a, b in pairs])
+        weight = torch.cat([b.flatten() for b in self.before])
+        self.ratios.append(float(delta.double().norm() / weight.double().norm()))
+
+
+def test_updates_measures_what_the_trainers_optimizer_applied(tmp_path):
+    """updates=True hands the Trainer's torch optimizer (inside accelerate's wrapper) to
+    the probe: its update_to_weight is the step's ||Δθ|| / ||θ||, Adam's step measured."""
+    model = tiny_gpt2()
+    layer = "transformer.h.0.mlp.c_fc"
+    by_hand = Updates(model.get_submodule(layer))
+    args = clipping_args(tmp_path, report_to=[], logging_strategy="no", optim="adamw_torch")
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=dataset(BATCH), callbacks=[by_hand]
+    )
+    callback = BackprobeTrainerCallback(every=1, db=None, updates=True).install(trainer)
+    trainer.train()
+    probe = callback.probe
+    column = probe.layers.index(layer)
+    np.testing.assert_allclose(
+        probe.history("update_to_weight")[:, column], by_hand.ratios, rtol=1e-5
+    )
+    assert (probe.history("adam_step")[:, column] > 0).all()

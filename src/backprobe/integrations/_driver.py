@@ -15,7 +15,6 @@ from torch import nn
 from ..diagnose.depth import first_to_last_ratio
 from ..diagnose.rules import diagnose
 from ..diagnose.verdict import verdict_of
-from ..errors import ProbeConfigError
 from ..probe import Probe
 from ..store import DEFAULT_DB
 from ..store.sink import StepSink
@@ -34,10 +33,6 @@ class ProbeDriver:
     """Holds the options of a probe until the framework hands over the model."""
 
     def __init__(self, options: dict[str, Any], metrics: LoggedMetrics) -> None:
-        if "scaler" in options:
-            raise ProbeConfigError(
-                "Expected no scaler option: the callback takes the trainer's own GradScaler."
-            )
         self.options = options
         self.metrics = metrics
         self.probe: Probe | None = None
@@ -55,11 +50,13 @@ class ProbeDriver:
         name: str,
         config: dict[str, Any],
         first_step: int,
+        optimizer: torch.optim.Optimizer | None = None,
     ) -> Probe:
         """Create and attach a probe on ``model``: a new run for every training run, or
         the run of :attr:`resume` continued from ``first_step``. A relative ``db`` lies
         under the framework's ``root`` folder; ``name`` and ``config`` are the
-        framework's, unless the options give their own."""
+        framework's, unless the options give their own; ``optimizer``, when given, is
+        the one stepped after each ``step()`` (the probe measures its updates)."""
         options = {k: v for k, v in self.options.items() if v is not None or k == "db"}
         db = options.get("db")
         if db is not None and not Path(db).is_absolute():
@@ -69,7 +66,12 @@ class ProbeDriver:
         options["sinks"] = [*options.get("sinks", ()), self.metrics]
         resume = self.resume if first_step > 0 else None
         self.probe = Probe(
-            model, scaler=scaler, resume=resume, first_step=first_step, **options
+            model,
+            scaler=scaler,
+            resume=resume,
+            first_step=first_step,
+            optimizer=optimizer,
+            **options,
         ).attach()
         self.resume = None
         self._loss, self._micro_batches = None, 0

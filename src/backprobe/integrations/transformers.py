@@ -71,6 +71,13 @@ class BackprobeTrainerCallback(DriverCallback, TrainerCallback):
     (``every`` counts optimizer steps; the run's name defaults to ``run_name``, else the
     model's class name). The GradScaler is taken from the Trainer's optimizer.
 
+    Args:
+        updates: also measure the update the Trainer's optimizer applies after each
+            recorded step (``update_to_weight`` per layer, Adam's ``adam_step``; see
+            :mod:`~backprobe.probe.updates`). Off by default: on a recorded step it
+            holds a copy of the probed parameters from before the optimizer step to
+            after it.
+
     After ``train``, ``callback.probe`` reads the run (``history``, ``summary``, …).
     Hand it to the Trainer with :meth:`install` (or, with less, in ``callbacks=[…]``).
     """
@@ -79,6 +86,10 @@ class BackprobeTrainerCallback(DriverCallback, TrainerCallback):
     _loss_hook: RemovableHandle | None = None
     #: whether the Trainer divided the loss by the step's item count
     _normalised = False
+
+    def __init__(self, *args: Any, updates: bool = False, **options: Any) -> None:
+        super().__init__(*args, **options)
+        self.updates = updates
 
     def install(self, trainer: Trainer) -> BackprobeTrainerCallback:
         """Add this callback to ``trainer`` so that it gets what ``callbacks=[…]`` cannot
@@ -128,11 +139,17 @@ class BackprobeTrainerCallback(DriverCallback, TrainerCallback):
         saved = state.stateful_callbacks.get(STATE_KEY) if state.global_step > 0 else None
         if isinstance(saved, dict):
             self.restore(saved)
-        # an accelerate AcceleratedOptimizer carries the GradScaler of fp16 training
-        scaler = getattr(kwargs.get("optimizer"), "scaler", None)
+        # accelerate's AcceleratedOptimizer carries the GradScaler of fp16 training and
+        # wraps the torch optimizer, whose step() the probe's step hooks watch
+        wrapper = kwargs.get("optimizer")
+        scaler = getattr(wrapper, "scaler", None)
+        optimizer = getattr(wrapper, "optimizer", wrapper)
         self._driver.start(
             model,
             scaler=scaler if isinstance(scaler, torch.amp.GradScaler) else None,
+            optimizer=optimizer
+            if self.updates and isinstance(optimizer, torch.optim.Optimizer)
+            else None,
             root=args.output_dir or ".",
             name=args.run_name or type(model).__name__,
             config={"training_arguments": args.to_dict()},
