@@ -424,3 +424,11 @@ def test_the_verdict_and_findings_reach_every_logger_the_text_where_it_takes_tex
     assert run.data.metrics["backprobe/verdict"] == expected["backprobe/verdict"]
     artifact = client.download_artifacts(loggers[2].run_id, "backprobe/findings.md", str(tmp_path))
     assert Path(artifact).read_text() == text
+
+
+def test_every_hook_is_marked_as_overriding_lightnings_callback():
+    hooks = [n for n in vars(BackprobeCallback) if n.startswith("on_") or n.endswith("state_dict")]
+    assert len(hooks) == 7
+    for name in hooks:
+        assert getattr(L.Callback, name)  # a hook Lightning calls
+        assert getattr(vars(BackprobeCallback)[name], "__override__", False), name

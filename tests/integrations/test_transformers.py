@@ -370,3 +370,11 @@ def test_updates_measures_what_the_trainers_optimizer_applied(tmp_path):
         probe.history("update_to_weight")[:, column], by_hand.ratios, rtol=1e-5
     )
     assert (probe.history("adam_step")[:, column] > 0).all()
+
+
+def test_every_hook_is_marked_as_overriding_the_trainer_callbacks():
+    hooks = [n for n in vars(BackprobeTrainerCallback) if n.startswith("on_")]
+    assert {"on_train_begin", "on_pre_optimizer_step", "on_log", "on_train_end"} <= set(hooks)
+    for name in hooks:
+        assert getattr(transformers.TrainerCallback, name)  # a hook the Trainer calls
+        assert getattr(vars(BackprobeTrainerCallback)[name], "__override__", False), name

@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
+from typing_extensions import override
 
 from ._driver import DriverCallback, missing_framework
 from .metrics import global_grad_norm
@@ -128,6 +129,7 @@ class BackprobeTrainerCallback(DriverCallback, TrainerCallback):
             self._end(error)
             raise
 
+    @override
     def on_train_begin(self, args, state, control, model: nn.Module | None = None, **kwargs):
         # The Trainer tells no callback about an exception: a run still open here is one
         # whose train() raised (and was caught). It failed; this train() starts clean.
@@ -167,12 +169,14 @@ class BackprobeTrainerCallback(DriverCallback, TrainerCallback):
             self._normalised = kwargs.get("num_items_in_batch") is not None
             self._driver.add_loss(loss)
 
+    @override
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         # after the Trainer's clipping: the norm it leaves, labelled as such
         if model is not None:
             self._driver.clipping(None, global_grad_norm(list(model.parameters())))
         self._driver.step(mean=not self._normalised)
 
+    @override
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None or not state.log_history:
             return
@@ -188,6 +192,7 @@ class BackprobeTrainerCallback(DriverCallback, TrainerCallback):
         logs.update(added)
         state.log_history[-1].update(added)
 
+    @override
     def on_train_end(self, args, state, control, **kwargs):
         self._end()
 
