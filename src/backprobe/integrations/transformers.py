@@ -198,7 +198,8 @@ class BackprobeTrainerCallback(DriverCallback, TrainerCallback):
 
     def _end(self, error: BaseException | None = None) -> tuple[dict[str, float], dict[str, str]]:
         """Remove the loss hook and close the run, finished or failed with ``error``;
-        returns what the logs get about it (see :meth:`ProbeDriver.close`)."""
+        returns what the logs get about it (see
+        :meth:`~backprobe.integrations._driver.ProbeDriver.close`)."""
         if self._loss_hook is not None:
             self._loss_hook.remove()
             self._loss_hook = None
