@@ -322,11 +322,14 @@ def test_a_resumed_train_continues_the_run_at_the_global_step(tmp_path):
     assert saved["stateful_callbacks"]["backprobe"] == {"run_id": run_id}
     loss_before = open_run(db, run_id).history("loss")
 
+    # the Trainer rebuilds callbacks stored under their class name: this one stays
+    args.restore_callback_states_from_checkpoint = True
     resumed = BackprobeTrainerCallback(every=1)
     trainer = transformers.Trainer(
         model=tiny_gpt2(), args=args, train_dataset=dataset(BATCH), callbacks=[resumed]
     )
     trainer.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed in trainer.callback_handler.callbacks
     assert resumed.probe.run_id == run_id
     with RunDatabase(db, read_only=True) as store:
         assert [r.id for r in store.runs()] == [run_id]
