@@ -42,15 +42,16 @@ def train_step(model, probe, kind="tanh_mlp"):
 # -- hooks -----------------------------------------------------------------------------------
 
 
-def test_attach_registers_one_forward_hook_per_layer(make_probe):
+def test_attach_registers_one_forward_hook_per_layer_and_one_on_the_model(make_probe):
     model = make_model("cnn")
     probe = make_probe(model)
     assert not probe.attached and sum(hook_counts(model)) == 0
     probe.attach()
     assert probe.attached
     hooked = {name for name, m in model.named_modules() if m._forward_hooks}
-    assert hooked == {"conv1", "act1", "conv2", "act2", "head"}
-    assert all(len(m._forward_hooks) <= 1 for m in model.modules())
+    # the root's hook is the sentinel's: the gradient at the model's output, every step
+    assert hooked == {"", "conv1", "act1", "conv2", "act2", "head"}
+    assert all(len(m._forward_hooks) <= 1 for m in model.modules() if m is not model)
 
 
 @pytest.mark.parametrize("how", ["detach", "close", "with"])
@@ -97,8 +98,9 @@ def test_attach_twice_is_idempotent(make_probe):
     probe = make_probe(model)
     rec = Recorder(twin, probe.layers)
     assert probe.attach() is probe
+    hooks = hook_counts(model)
     assert probe.attach() is probe
-    assert all(len(m._forward_hooks) <= 1 for m in model.modules())
+    assert hook_counts(model) == hooks
 
     x = make_input("tanh_mlp")
     loss_fn(model(x)).backward()
@@ -293,7 +295,8 @@ def test_skipped_steps_do_no_hook_work(make_probe, monkeypatch):
             per_step.append((calls["output"], calls["grad"], calls["search"], hooked))
             calls.update(output=0, grad=0, search=0)
     assert per_step[0] == (5, 5, 5, 5)
-    assert per_step[1] == per_step[2] == (0, 0, 0, 0)
+    # unrecorded: only the sentinel's hook on the model's output (the last layer's)
+    assert per_step[1] == per_step[2] == (0, 0, 0, 1)
 
 
 def test_skipped_steps_leave_the_buffer_empty(make_probe):

@@ -39,6 +39,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..errors import ProbeConfigError, UnsupportedModuleError
 from ..store import DEFAULT_DB, LayerInfo, MemoryRun, RunView, RunWriter
+from ..store.sentinel import LAYERS_KEY, RunEvent, SentinelSeries
 from ..store.sink import StepSink, check_sinks
 from ..store.view import ALL_SERIES, USER_PREFIX, SparseRows
 from .blocks import block_candidates, is_block_call
@@ -57,6 +58,7 @@ from .selection import (
     owns_parameters,
     select_layers,
 )
+from .sentinel import Gathered, Sentinel
 from .stats import Field, StatSlots, StepBuffer, StepStats, add_tensor_norms, refine_norms
 from .through_time import TimeSettings, is_recurrent, make_watch
 from .updates import PerEntry, UpdateWatch
@@ -282,6 +284,8 @@ class Probe(RunView):
                 optimizer, self._params, len(self._modules), self._update_due, self._amend
             )
         )
+        self._sentinel = Sentinel(self._params)  # every step: loss, norms, output samples
+        self._last_sentinel: tuple[int, np.ndarray] | None = None
         self._warned: set[int] = set()
         self._warned_missing: set[str] = set()
         self._warned_no_gradient = False
@@ -345,6 +349,7 @@ class Probe(RunView):
             )
         if self._updates is not None:
             self._handles.extend(self._updates.hooks())
+        self._handles.append(self.model.register_forward_hook(self._sentinel.hook()))
         self._begin_step()
         return self
 
@@ -387,6 +392,7 @@ class Probe(RunView):
         self._eager.run_eagerly(False)
         self._step_started = None  # time spent detached is no step
         self._epoch += 1
+        self._sentinel.next_step()
         self._buffer = self._fresh_buffer()
         for watch in self._watches.values():
             watch.start(False)
@@ -426,7 +432,9 @@ class Probe(RunView):
 
     def _open_sink(self) -> RunWriter | MemoryRun:
         if self.db is None or not is_primary():  # torch.distributed: rank 0 writes the run
-            return MemoryRun()
+            memory = MemoryRun()
+            memory.sentinel_layers = tuple(self._sentinel_layers())
+            return memory
         config = {"probe": self.probe_config, **self._user_config}
         params = list(self.model.parameters())
         ready = [p for p in params if not is_lazy(p)]  # lazy modules: shapes come later
@@ -462,7 +470,13 @@ class Probe(RunView):
             "unsupported": self.unsupported,
             "amp": self.scaler is not None,
             "measured": self._how_measured(),
+            LAYERS_KEY: self._sentinel_layers(),
         }
+
+    def _sentinel_layers(self) -> list[str]:
+        """Names of the sentinel's layers (its row's columns): probed layers owning
+        parameters, in registration order."""
+        return [self._names[i] for i in self._sentinel.entries]
 
     def _how_measured(self) -> dict[str, str]:
         """How each kind of statistic is measured (stored with the run, shown by ``show``
@@ -586,12 +600,17 @@ class Probe(RunView):
         recorded = self._recording
         if recorded:
             self._record(loss)
+        else:  # the sentinel alone, in a transfer of its own
+            gathered = self._sentinel.gather(loss, self._current_scale())
+            vector = gathered.vector
+            self._keep_sentinel(gathered, None if vector is None else vector.cpu().numpy())
         now = time.perf_counter()
         if self._step_started is not None:
             self._step_clock.observe(self._step, now - self._step_started, recorded)
         self._step_started = now
         self._step += 1
         self._epoch += 1
+        self._sentinel.next_step()
         self._buffer = self._fresh_buffer()
         self._begin_step()
         return recorded
@@ -642,7 +661,10 @@ class Probe(RunView):
             for key, entry in watch.measure(buffer, scale).items()
         }
         scalars = {name: buffer.add_extra(v) for name, v in self._scalars.items()}
+        sentinel = self._sentinel.gather(loss, scale)
+        at = None if sentinel.vector is None else buffer.add_extra(sentinel.vector)
         host = buffer.to_host(process_group(), len(self._modules))
+        self._keep_sentinel(sentinel, None if at is None else host.entry(at))
         refine_norms(host, Field.PARAM_NORM, weights)
         refine_norms(host, Field.PARAM_GRAD_NORM, grads)
         gates = {i: entry for (i, _, kind), entry in extras.items() if kind == "gates"}
@@ -664,6 +686,31 @@ class Probe(RunView):
         self._last_recorded = self._step
         for sink in self._extra_sinks:
             sink.append(self._step, series, profiles)
+        self._reader = None
+
+    def _keep_sentinel(self, gathered: Gathered, host: np.ndarray | None) -> None:
+        """Store the sentinel's row of the step ending now, from its host values."""
+        scaled = gathered.has_scale and self._grads_still_scaled()
+        row = self._sentinel.row(gathered, np.zeros(0) if host is None else host, scaled)
+        assert self._sink is not None
+        self._sink.append_sentinel(self._step, row)
+        self._last_sentinel = (self._step, row)
+        self._reader = None
+
+    @property
+    def last_sentinel(self) -> tuple[int, np.ndarray] | None:
+        """The step that ``step()`` ended last and its sentinel row, as stored (see
+        :mod:`~backprobe.store.sentinel`); None before the first ``step()``. What a
+        :class:`~backprobe.Guard` judges."""
+        return self._last_sentinel
+
+    def record_event(self, kind: str, detail: dict, step: int | None = None) -> None:
+        """Store an event with the run (e.g. a Guard's skipped update): ``kind``, a
+        JSON-ready ``detail`` and the step it acted on (default: the one ``step()``
+        ended last). Read back with ``events``."""
+        if self._sink is None:
+            raise ProbeConfigError("Nothing recorded yet: attach the probe and train first.")
+        self._sink.add_event(self._step - 1 if step is None else step, kind, detail)
         self._reader = None
 
     def _current_scale(self) -> torch.Tensor | None:
@@ -899,6 +946,14 @@ class Probe(RunView):
     @property
     def scalar_names(self) -> list[str]:
         return self._view().scalar_names
+
+    @property
+    def sentinel(self) -> SentinelSeries:
+        return self._view().sentinel
+
+    @property
+    def events(self) -> list[RunEvent]:
+        return self._view().events
 
     @property
     def recurrent_layers(self) -> list[str]:

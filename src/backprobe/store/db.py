@@ -72,6 +72,19 @@ CREATE TABLE IF NOT EXISTS time_profiles (
     name TEXT NOT NULL, kind TEXT NOT NULL, step INTEGER NOT NULL, data BLOB NOT NULL,
     PRIMARY KEY (run_id, name, kind, step)
 ) WITHOUT ROWID;
+-- one row per step() whatever the schedule (store.sentinel: loss, global and per-layer
+-- gradient norms, the samples carrying the output gradient), data = float32 values
+CREATE TABLE IF NOT EXISTS sentinel (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    step INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (run_id, step)
+) WITHOUT ROWID;
+-- what acted on the training (a Guard's skipped steps), detail = JSON
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    step INTEGER NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS findings (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
@@ -87,6 +100,20 @@ _LAYER_COLUMNS_3 = {
     "shared_with": "TEXT NOT NULL DEFAULT ''",
     "block": "TEXT NOT NULL DEFAULT ''",
 }
+
+
+#: Tables added to schema 3 without a new version (older readers ignore them): a
+#: writer adds them to a file made before, a reader finds none there (no rows).
+_ADDED_TABLES = ("sentinel", "events")
+
+
+def _create_statements(tables: tuple[str, ...]) -> list[str]:
+    """The ``CREATE TABLE`` statements of ``tables`` from the schema."""
+    return [
+        statement
+        for statement in _SCHEMA.split(";")
+        if any(f"CREATE TABLE IF NOT EXISTS {t} (" in statement for t in tables)
+    ]
 
 
 @dataclass(frozen=True)
@@ -230,6 +257,9 @@ class RunDatabase:
             ) from exc
         if app_id == APPLICATION_ID:
             self._check_version()
+            if not self.read_only and not set(_ADDED_TABLES) <= tables:
+                with self._writing():
+                    self._add_tables()
         elif tables:
             self._refuse("it holds other tables (a foreign SQLite database)")
         elif not create:
@@ -299,6 +329,26 @@ class RunDatabase:
         except BaseException:
             c.execute("ROLLBACK")
             raise
+
+    def _add_tables(self) -> None:
+        """Create the tables added to schema 3 in a file made before them."""
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _create_statements(_ADDED_TABLES):
+                c.execute(statement)
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    def has_table(self, name: str) -> bool:
+        """Whether the file holds table ``name`` (one added to schema 3 may be missing
+        from a file made before it and opened read-only since)."""
+        row = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)
+        ).fetchone()
+        return row is not None
 
     def _create_schema(self) -> None:
         c = self.conn
@@ -372,7 +422,7 @@ class RunDatabase:
                     "WHERE id=?",
                     (time.time(), os.getpid(), socket.gethostname(), run_id),
                 )
-                for table in ("series", "time_profiles"):
+                for table in ("series", "time_profiles", *_ADDED_TABLES):
                     self.conn.execute(
                         f"DELETE FROM {table} WHERE run_id=? AND step>=?", (run_id, from_step)
                     )

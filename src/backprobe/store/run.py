@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from functools import cached_property
 
 import numpy as np
 
 from .db import RunDatabase, RunInfo
+from .sentinel import LAYERS_KEY, RunEvent, SentinelSeries
 from .view import USER_PREFIX, LayerInfo, RunView, SparseRows, series_width
 
 
@@ -29,6 +31,8 @@ class StoredRun(RunView):
             ]
             self._series = self._load_series()
             self._profiles = self._load_profiles()
+            self._sentinel = self._load_sentinel()
+            self._events = self._load_events()
 
     def _load_series(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         rows = self._db.conn.execute(
@@ -56,6 +60,35 @@ class StoredRun(RunView):
             steps.append(step)
             values.append(np.frombuffer(data, dtype=np.float32).astype(np.float64))
         return {key: (np.asarray(s, np.int64), v) for key, (s, v) in by_key.items()}
+
+    def _load_sentinel(self) -> SentinelSeries:
+        layers = tuple(str(name) for name in self.probe_config.get(LAYERS_KEY) or ())
+        if not self._db.has_table("sentinel"):  # a file made before the sentinel
+            return SentinelSeries.empty(layers)
+        rows = self._db.conn.execute(
+            "SELECT step, data FROM sentinel WHERE run_id=? ORDER BY step", (self.id,)
+        ).fetchall()
+        if not rows:
+            return SentinelSeries.empty(layers)
+        steps = np.asarray([step for step, _ in rows], np.int64)
+        data = np.stack([np.frombuffer(blob, dtype=np.float32) for _, blob in rows])
+        return SentinelSeries.from_rows(steps, data, layers)
+
+    def _load_events(self) -> list[RunEvent]:
+        if not self._db.has_table("events"):
+            return []
+        rows = self._db.conn.execute(
+            "SELECT step, kind, detail FROM events WHERE run_id=? ORDER BY id", (self.id,)
+        ).fetchall()
+        return [RunEvent(step, kind, json.loads(detail)) for step, kind, detail in rows]
+
+    @property
+    def sentinel(self) -> SentinelSeries:
+        return self._sentinel
+
+    @property
+    def events(self) -> list[RunEvent]:
+        return list(self._events)
 
     @property
     def run_id(self) -> int:

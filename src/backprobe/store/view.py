@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 
 from ..errors import BackprobeError
+from .sentinel import RunEvent, SentinelSeries
 from .statistics import LAYER_SERIES
 
 #: Run-level series stored for each recorded step.
@@ -149,6 +150,18 @@ class RunView(ABC):
     def run_id(self) -> int | None:
         """Id of the run in its run database; None for a run kept in memory only."""
         return None
+
+    @property
+    def sentinel(self) -> SentinelSeries:
+        """The sentinel's values of every step, recorded or not (see
+        :mod:`~backprobe.store.sentinel`); empty for a run recorded without them."""
+        return SentinelSeries.empty()
+
+    @property
+    def events(self) -> list[RunEvent]:
+        """What acted on the training (a Guard's skipped steps…), in order; empty when
+        nothing did."""
+        return []
 
     @property
     def layers(self) -> list[str]:
@@ -300,6 +313,10 @@ class MemoryRun(RunView):
         self._steps: list[int] = []
         self._series: dict[str, list[np.ndarray]] = {s: [] for s in LAYER_SERIES + STEP_SERIES}
         self._sparse: dict[tuple[str, ...], tuple[list[int], list[np.ndarray]]] = {}
+        self._sentinel_steps: list[int] = []
+        self._sentinel_rows: list[np.ndarray] = []
+        self.sentinel_layers: tuple[str, ...] = ()  # set by the probe
+        self._events: list[RunEvent] = []
 
     @property
     def layer_info(self) -> list[LayerInfo]:
@@ -335,6 +352,29 @@ class MemoryRun(RunView):
 
     def set_layers(self, layers: list[LayerInfo]) -> None:
         self._layers = list(layers)
+
+    @property
+    def sentinel(self) -> SentinelSeries:
+        if not self._sentinel_rows:
+            return SentinelSeries.empty(self.sentinel_layers)
+        return SentinelSeries.from_rows(
+            np.asarray(self._sentinel_steps, np.int64),
+            np.stack(self._sentinel_rows),
+            self.sentinel_layers,
+        )
+
+    @property
+    def events(self) -> list[RunEvent]:
+        return list(self._events)
+
+    def append_sentinel(self, step: int, row: np.ndarray) -> None:
+        """Keeps one step's sentinel row (see :mod:`~backprobe.store.sentinel`)."""
+        self._sentinel_steps.append(step)
+        self._sentinel_rows.append(row)
+
+    def add_event(self, step: int, kind: str, detail: dict) -> None:
+        """Keeps an event of step ``step``."""
+        self._events.append(RunEvent(step, kind, dict(detail)))
 
     def append(self, step: int, series: StepSeries, profiles: StepProfiles | None = None) -> None:
         """Keeps the step (see :meth:`~backprobe.store.sink.StepSink.append`)."""

@@ -10,6 +10,7 @@ what arrived after the last flush.
 from __future__ import annotations
 
 import atexit
+import json
 import sys
 import threading
 import time
@@ -60,6 +61,8 @@ class RunWriter:
         self._pending_layers: list[LayerInfo] | None = None
         self._pending_rows: list[tuple[int, str, int, bytes]] = []
         self._pending_profiles: list[tuple[int, str, str, int, bytes]] = []
+        self._pending_sentinel: list[tuple[int, int, bytes]] = []
+        self._pending_events: list[tuple[int, int, str, str]] = []
         self._closed = False
         self._wake = threading.Event()
         self._thread = threading.Thread(
@@ -91,6 +94,16 @@ class RunWriter:
             self._pending_rows.extend(rows)
             self._pending_profiles.extend(profile_rows)
 
+    def append_sentinel(self, step: int, row: np.ndarray) -> None:
+        """Buffers one step's sentinel row (see :mod:`~backprobe.store.sentinel`)."""
+        with self._lock:
+            self._pending_sentinel.append((self.run_id, step, row.tobytes()))
+
+    def add_event(self, step: int, kind: str, detail: dict) -> None:
+        """Buffers an event of step ``step`` (see :class:`~backprobe.store.sentinel.RunEvent`)."""
+        with self._lock:
+            self._pending_events.append((self.run_id, step, kind, json.dumps(detail, default=str)))
+
     def amend(self, step: int, series: StepSeries) -> None:
         """Replace some series of step ``step``, appended already (the overhead measured to
         the run's end, at the last recorded step); written at the next flush."""
@@ -99,8 +112,14 @@ class RunWriter:
     def flush(self) -> None:
         """Write everything buffered so far in one transaction."""
         with self._lock:
-            pending = self._pending_layers is not None or self._pending_rows
-            if self._closed or not (pending or self._pending_profiles):
+            pending = (
+                self._pending_layers is not None
+                or self._pending_rows
+                or self._pending_profiles
+                or self._pending_sentinel
+                or self._pending_events
+            )
+            if self._closed or not pending:
                 return
             conn = self.db.conn
             conn.execute("BEGIN IMMEDIATE")
@@ -136,6 +155,14 @@ class RunWriter:
                     "VALUES (?, ?, ?, ?, ?)",
                     self._pending_profiles,
                 )
+                conn.executemany(
+                    "INSERT OR REPLACE INTO sentinel(run_id, step, data) VALUES (?, ?, ?)",
+                    self._pending_sentinel,
+                )
+                conn.executemany(
+                    "INSERT INTO events(run_id, step, kind, detail) VALUES (?, ?, ?, ?)",
+                    self._pending_events,
+                )
                 conn.execute("UPDATE runs SET updated=? WHERE id=?", (time.time(), self.run_id))
                 conn.execute("COMMIT")
             except BaseException:
@@ -144,6 +171,8 @@ class RunWriter:
             self._pending_layers = None
             self._pending_rows = []
             self._pending_profiles = []
+            self._pending_sentinel = []
+            self._pending_events = []
 
     def close(self, status: str, error: str | None = None) -> None:
         """Flush, mark the run ``status`` ("finished" or "failed"), release the file."""

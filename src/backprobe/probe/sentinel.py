@@ -1,0 +1,227 @@
+"""The sentinel: a few numbers of every training step, whatever the schedule.
+
+A spike lives one step. The schedule records full statistics at some steps only, so the
+probe also keeps, at *every* ``step()`` (recorded or not), what a spike needs to be
+placed (:mod:`~backprobe.store.sentinel` gives the stored row):
+
+- the loss given to ``step()``;
+- the gradient norm of each probed layer's own trainable parameters, read from ``.grad``
+  at ``step()`` (one fused ``torch._foreach_norm`` per device and dtype, stacked), and the
+  global norm over all of them (each parameter once, tied ones too);
+- the per-sample norm of the gradient at the model's output: a forward hook on the model
+  registers one tensor hook on its output (the first floating-point tensor of at least
+  one dimension that needs a gradient: the logits of a Hugging Face output, not its 0-d
+  loss), whose per-sample norms (a *sample* is an index along the output's first
+  dimension) of every forward of the step whose output got a gradient are concatenated
+  in the order of the forwards (micro-batches of an accumulated step follow each other).
+
+Everything stays on the device until ``step()``, where it is concatenated into one
+vector and read with the step's one host transfer: riding in the recorded step's
+transfer (:meth:`~backprobe.probe.stats.StepBuffer.add_extra`) or, on other steps, as
+its own. The host keeps the per-layer and global norms and, of the samples, their
+number, median, the total norm and the :data:`~backprobe.store.sentinel.TOP_SAMPLES`
+largest with their indices. Under a ``GradScaler`` the norms are unscaled. A compiled
+model's output hook runs only where it lies outside the compiled graph (the probe given
+the ``torch.compile`` wrapper); elsewhere the output norms of compiled steps are missing
+and the rest is kept. Under torch.distributed the samples are this rank's.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parameter import is_lazy
+
+from ..store.sentinel import TOP_SAMPLES, pack_row
+from .compiled import tracing
+from .norms import grouped_norms, local_values
+from .outputs import floating_tensors
+from .stats import row_norms
+
+
+def _in_backward() -> bool:
+    return torch._C._current_graph_task_id() != -1
+
+
+def output_tensor(output: object) -> torch.Tensor | None:
+    """The tensor of a model's output whose gradient the sentinel measures: the first
+    floating-point tensor of at least one dimension that needs a gradient, else the first
+    one that needs a gradient (a model returning its loss), else None."""
+    tensors = [t for t in floating_tensors(output) if t.requires_grad]
+    shaped = [t for t in tensors if t.dim() >= 1]
+    return shaped[0] if shaped else (tensors[0] if tensors else None)
+
+
+class _OutputHook:
+    """The model's forward hook: hands its output to the sentinel. Holds the sentinel
+    weakly, and a deep copy or pickle of the model gets an inert hook (a copy must not
+    feed the original's sentinel)."""
+
+    __slots__ = ("_sentinel",)
+
+    def __init__(self, sentinel: Sentinel | None) -> None:
+        self._sentinel = None if sentinel is None else weakref.ref(sentinel)
+
+    def __call__(self, module: nn.Module, args: tuple, output: object) -> None:
+        sentinel = None if self._sentinel is None else self._sentinel()
+        if sentinel is not None:
+            sentinel.on_output(output)
+
+    def __deepcopy__(self, memo: dict) -> _OutputHook:
+        return _OutputHook(None)
+
+    def __reduce__(self) -> tuple:
+        return (_OutputHook, (None,))
+
+
+@dataclass
+class Gathered:
+    """One step's sentinel values on the device, before the transfer: ``vector`` holds
+    the loss (when a tensor), the scale (when a scaler runs), the norms of the parameters
+    at ``present`` (positions in the sentinel's parameters, in vector order), then the
+    per-sample output-gradient norms (``samples`` of them)."""
+
+    vector: torch.Tensor | None
+    loss: float | None  # the loss when it was given as a number (not in the vector)
+    has_loss: bool  # the vector starts with the loss
+    has_scale: bool  # then the scale
+    present: np.ndarray
+    samples: int
+
+
+class Sentinel:
+    """The sentinel of one probe: its output hook and the per-step gathering.
+
+    ``params`` are the probe's (layer entry, parameter) pairs; the sentinel's layers are
+    the entries among them, in that order (registration order), and a parameter held by
+    two of them (tied) counts under each and once in the global norm.
+    """
+
+    def __init__(self, params: Sequence[tuple[int, nn.Parameter]]) -> None:
+        entries = list(dict.fromkeys(i for i, _ in params))
+        column = {entry: c for c, entry in enumerate(entries)}
+        self.entries = entries
+        unique: dict[int, tuple[int, nn.Parameter]] = {}  # id → (position, parameter)
+        pairs: list[tuple[int, int]] = []  # (parameter position, layer column)
+        for i, p in params:
+            position, _ = unique.setdefault(id(p), (len(unique), p))
+            pairs.append((position, column[i]))
+        self._params = [p for _, p in unique.values()]
+        self._pair_param = np.asarray([p for p, _ in pairs], np.int64)
+        self._pair_column = np.asarray([c for _, c in pairs], np.int64)
+        # per-sample norms of this step's outputs, one slot per forward in forward order
+        self._outputs: list[torch.Tensor | None] = []
+        self._epoch = 0
+
+    def hook(self) -> _OutputHook:
+        """The forward hook to register on the model."""
+        return _OutputHook(self)
+
+    def on_output(self, output: object) -> None:
+        """The model ran a forward: measure its output's gradient when it arrives (not
+        for forwards without gradient, recomputes inside backward, or compiled traces)."""
+        if tracing() or not torch.is_grad_enabled() or _in_backward():
+            return
+        t = output_tensor(output)
+        if t is not None:
+            epoch, slot = self._epoch, len(self._outputs)
+            self._outputs.append(None)
+            t.register_hook(lambda grad: self._on_grad(epoch, slot, grad))
+
+    def _on_grad(self, epoch: int, slot: int, grad: torch.Tensor) -> None:
+        if epoch == self._epoch and grad is not None:
+            self._outputs[slot] = row_norms(grad.detach()).float()
+
+    def next_step(self) -> None:
+        """The step ended: what hooks of its forwards bring later is ignored."""
+        self._epoch += 1
+        self._outputs = []
+
+    def gather(self, loss: torch.Tensor | float | None, scale: torch.Tensor | None) -> Gathered:
+        """The step's values on the device (no synchronisation), for one transfer."""
+        present = [
+            j
+            for j, p in enumerate(self._params)
+            if p.grad is not None and p.requires_grad and not is_lazy(p)
+        ]
+        values = [local_values(self._params[j].grad)[0] for j in present]  # type: ignore[arg-type]
+        groups = grouped_norms(values)
+        order = np.asarray([present[k] for positions, _ in groups for k in positions], np.int64)
+        parts: list[torch.Tensor] = []
+        has_loss = isinstance(loss, torch.Tensor)
+        if isinstance(loss, torch.Tensor):
+            parts.append(loss.detach().reshape(1))
+        if scale is not None:
+            parts.append(scale.detach().reshape(1))
+        parts.extend(norms for _, norms in groups)
+        outputs = [t for t in self._outputs if t is not None]
+        parts.extend(outputs)
+        samples = sum(t.shape[0] for t in outputs)
+        vector = None
+        if parts:
+            device = parts[0].device
+            vector = torch.cat([t.to(device, torch.float32, non_blocking=True) for t in parts])
+        return Gathered(
+            vector,
+            None if loss is None or isinstance(loss, torch.Tensor) else float(loss),
+            has_loss,
+            scale is not None,
+            order,
+            samples,
+        )
+
+    def row(self, gathered: Gathered, host: np.ndarray, grads_scaled: bool) -> np.ndarray:
+        """The stored row (see :mod:`~backprobe.store.sentinel`) from the gathered
+        vector's host values; ``grads_scaled`` when the parameter gradients still carry
+        the loss scale."""
+        at = 0
+        loss = gathered.loss if gathered.loss is not None else np.nan
+        if gathered.has_loss:
+            loss, at = float(host[0]), 1
+        scale = np.nan
+        if gathered.has_scale:
+            scale, at = float(host[at]), at + 1
+        n = gathered.present.size
+        norms = host[at : at + n].astype(np.float64)
+        outputs = host[at + n : at + n + gathered.samples].astype(np.float64)
+        if np.isfinite(scale) and scale > 0:
+            outputs = outputs / scale  # the backward pass started from the scaled loss
+            if grads_scaled:
+                norms = norms / scale
+        with np.errstate(over="ignore", invalid="ignore"):
+            squares = np.zeros(len(self._params))
+            squares[gathered.present] = norms * norms
+            had = np.zeros(len(self._params))
+            had[gathered.present] = 1.0
+            per_layer = np.bincount(
+                self._pair_column, squares[self._pair_param], minlength=len(self.entries)
+            )
+            has = np.bincount(self._pair_column, had[self._pair_param], len(self.entries)) > 0
+            layer_norms = np.where(has, np.sqrt(per_layer), np.nan)
+            grad_norm = float(np.sqrt(np.sum(norms * norms))) if n else np.nan
+            fields = {
+                "loss": loss,
+                "grad_norm": grad_norm,
+                "gradients": float(n),
+                "scale": scale,
+                **_output_fields(outputs),
+            }
+        ranked = np.argsort(-np.nan_to_num(outputs, nan=np.inf), kind="stable")[:TOP_SAMPLES]
+        return pack_row(fields, ranked.astype(np.float64), outputs[ranked], layer_norms)
+
+
+def _output_fields(outputs: np.ndarray) -> dict[str, float]:
+    """The output gradient's total norm, median sample norm and sample count (NaN norms
+    when no output gradient arrived)."""
+    if not outputs.size:
+        return {"samples": 0.0}
+    return {
+        "out_grad_norm": float(np.sqrt(np.sum(outputs * outputs))),
+        "out_grad_median": float(np.median(outputs)),
+        "samples": float(outputs.size),
+    }
