@@ -1,8 +1,8 @@
 """backprobe's EchoStateNetwork against ReservoirPy on the same task, side by side.
 
-Task (REFERENCES.md): Mackey-Glass (τ = 17, a = 0.2, b = 0.1, n = 10, x0 = 1.2, step 1),
-2000 points from ``backprobe.lab.tasks.mackey_glass``, rescaled to [−1, 1] as in
-ReservoirPy's tutorial; one-step-ahead forecast u_t → u_{t+1}; the first 80 % for
+Task (Mackey & Glass 1977, docs/references.md): Mackey-Glass (τ = 17, a = 0.2, b = 0.1,
+n = 10, x0 = 1.2, step 1), 2000 points from ``backprobe.lab.tasks.mackey_glass``, rescaled
+to [−1, 1] as in ReservoirPy's tutorial; one-step-ahead forecast u_t → u_{t+1}; the first 80 % for
 training (the first 100 steps of it as warm-up), the last 20 % for testing, predicted
 from the state the training run ended in.
 

@@ -5,13 +5,22 @@ Runs are kept in memory (db=None); storage is covered by test_experiments_quick.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 from rich.console import Console
 
 from backprobe.lab.experiments import get_experiment, run_experiment
-from backprobe.lab.experiments.feedforward import DepthConfig, _depth_rows, six_xi
+from backprobe.lab.experiments.base import PerSeed
+from backprobe.lab.experiments.feedforward import (
+    SCALE_SIGMA_W2,
+    DepthConfig,
+    _depth_rows,
+    depth_grid,
+    six_xi,
+)
+from backprobe.theory.meanfield import mean_field
 
 
 def _quick(name: str, *variants: str, settings: tuple[str, ...] = ()) -> dict[str, dict]:
@@ -74,39 +83,61 @@ def test_depth_sweep_deep_sigmoid_fails_where_shallow_relu_trains() -> None:
     assert m["sigmoid-xavier-d64"]["test_accuracy"] < 0.4
 
 
-def test_depth_scale_rows_compare_the_deepest_trainable_with_six_xi() -> None:
+def _per_seed(values: list[float]) -> PerSeed:
+    return PerSeed(dict(enumerate(values)))
+
+
+def test_depth_scale_rows_give_each_seeds_deepest_trainable_depth_against_six_xi() -> None:
     variants = {f"d{d}": {"depth": d} for d in (6, 12, 24, 48)}
     results = {
-        "d6": {"test_accuracy": [0.9, 0.8]},
-        "d12": {"test_accuracy": [0.7, 0.7]},
-        "d24": {"test_accuracy": [0.5, 0.8]},  # mean 0.65: trains
-        "d48": {"test_accuracy": [0.3, 0.2]},
+        "d6": {"test_accuracy": _per_seed([0.9, 0.8])},
+        "d12": {"test_accuracy": _per_seed([0.7, 0.7])},
+        "d24": {"test_accuracy": _per_seed([0.5, 0.8])},  # seed 1 trains here, seed 0 not
+        "d48": {"test_accuracy": _per_seed([0.3, 0.2])},
     }
     config = DepthConfig(trainable_accuracy=0.6)
-    (row,) = _depth_rows("x", {"g": list(variants)}, variants, results, config, {"g": 13.8})
-    assert row.value == 24 and row.verdict == "reproduced" and row.seeds == 2
-    (row,) = _depth_rows("x", {"g": list(variants)}, variants, results, config, {"g": 60.0})
-    assert row.verdict == "not reproduced"
-    (row,) = _depth_rows("x", {"g": ["d48"]}, variants, results, config, {"g": 60.0})
+    row, ratio = _depth_rows("x", {"g": list(variants)}, variants, results, config, {"g": 13.8})
+    assert row.values == (12.0, 24.0) and row.seed_ids == (0, 1) and row.value == 18
+    assert (row.low, row.high) == (12.0, 24.0)
+    assert row.verdict == "reproduced" and row.holds_on == "2/2 seeds"
+    assert ratio.values == pytest.approx((12 / 13.8, 24 / 13.8))
+    row, _ = _depth_rows("x", {"g": list(variants)}, variants, results, config, {"g": 30.0})
+    assert row.verdict == "partly reproduced" and row.holds_on == "1/2: fails on seed 0"
+    row, _ = _depth_rows("x", {"g": ["d48"]}, variants, results, config, {"g": 60.0})
     assert math.isnan(row.value) and row.verdict == "not reproduced"
-    # 6ξ from the mean-field module: χ1 < 1 in the ordered phase, deeper as σ_w grows.
+    # A seed that trains at the deepest depth tried gives a lower bound, and says so.
+    (row, _) = _depth_rows("x", {"g": ["d6", "d12"]}, variants, results, config, {"g": 13.8})
+    assert "lower bound" in row.note and "seeds 0, 1" in row.note
+
+
+def test_six_xi_is_the_correlation_depth_in_both_phases() -> None:
+    # Ordered phase: 6ξ_c = 6/|ln χ1|, deeper as σ_w grows; chaotic σ_w² = 4: 6ξ_c = 41.9
+    # (Schoenholz et al. 2017), where 6/ln χ1 would give 20.4.
+    assert six_xi(0.8) == pytest.approx(mean_field("tanh", 0.8**0.5, 0.05**0.5).trainable_depth)
     assert 10 < six_xi(0.8) < six_xi(1.0) < six_xi(1.2) < 60
+    assert six_xi(4.0) == pytest.approx(41.9, abs=0.05)
+    for s2 in SCALE_SIGMA_W2:
+        grid = depth_grid(six_xi(s2))
+        # Neighbours at most 15 % apart from 0.5 × 6ξ_c on.
+        near = [(a, b) for a, b in itertools.pairwise(grid) if a >= 0.5 * six_xi(s2)]
+        assert all(b / a <= 1.15 for a, b in near)
+        assert 2.2 * six_xi(s2) <= grid[-1] <= 2.5 * six_xi(s2) and grid[0] <= 0.45 * six_xi(s2)
 
 
-@pytest.mark.parametrize("variant", ["sw2=1-d6"])
+@pytest.mark.parametrize("variant", ["sw2=1-d9"])
 def test_depth_scale_shallow_mean_field_net_trains(variant: str) -> None:
-    m = _quick("depth-scale", variant, "sw2=0.8-d72")
-    assert m[variant]["test_accuracy"] > m["sw2=0.8-d72"]["test_accuracy"] + 0.2
+    m = _quick("depth-scale", variant, "sw2=0.8-d33")
+    assert m[variant]["test_accuracy"] > m["sw2=0.8-d33"]["test_accuracy"] + 0.2
 
 
 def test_autocomplete_summary_is_the_longest_filler_each_cell_solves() -> None:
     experiment = get_experiment("autocomplete")
     results = {
-        "rnn-L5": {"test_accuracy": [1.0]},
-        "rnn-L20": {"test_accuracy": [0.93]},
-        "rnn-L50": {"test_accuracy": [0.55]},
-        "lstm-L5": {"test_accuracy": [1.0]},
-        "lstm-L100": {"test_accuracy": [0.97]},
+        "rnn-L5": {"test_accuracy": _per_seed([1.0])},
+        "rnn-L20": {"test_accuracy": _per_seed([0.93])},
+        "rnn-L50": {"test_accuracy": _per_seed([0.55])},
+        "lstm-L5": {"test_accuracy": _per_seed([1.0])},
+        "lstm-L100": {"test_accuracy": _per_seed([0.97])},
     }
     assert experiment.summarise is not None
     rows = {r.variant.split(" ")[0]: r for r in experiment.summarise(results, None)}

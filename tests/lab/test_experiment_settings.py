@@ -110,7 +110,7 @@ def test_unknown_names_are_user_errors() -> None:
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ("steps=0", "steps.*expects int > 0, got '0'.*default 4000"),
+        ("steps=0", "steps.*expects int > 0, got '0'.*default 2000"),
         ("lr=-1", "lr.*expects float > 0, got '-1'"),
         ("lr=nan", "lr.*expects float > 0, got 'nan'"),
         ("momentum=1", r"momentum.*expects float in \[0, 1\), got '1'"),

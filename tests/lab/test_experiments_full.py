@@ -2,7 +2,7 @@
 
 Hours on a laptop CPU in all (the adding and temporal-order experiments dominate); each
 experiment is one test, run with its own number of seeds, two at a time. The checks are
-the table's verdicts (every expectation an experiment declares must be reproduced) plus,
+the table's verdicts (every expectation an experiment declares must hold on every seed) plus,
 for experiments without a published number, the direction the lab claims.
 """
 
@@ -51,10 +51,11 @@ def test_full_experiment_reproduces_what_it_declares(name: str, tmp_path: Path) 
         assert m["no-clip"]["max_grad_norm"] > 1e3 * m["clip"]["max_grad_norm"]
         assert m["clip"]["test_mse"] < 0.167
     if name == "adding":
-        # LSTM and GRU beat the baseline at T = 100-400 (REFERENCES.md): half of it at 200
+        # LSTM and GRU go far below the baseline at T = 150-400 (Le et al. 2015, Fig. 2;
+        # docs/references.md): at least half of it at 200
         assert m["lstm-T200"]["test_mse"] < 0.0835 and m["gru-T200"]["test_mse"] < 0.0835
-    if name == "esn":
-        assert m["mackey-glass"]["test_rmse"] < 1e-2
+    if name == "esn":  # far better than persistence; ReservoirPy's ratio is checked above
+        assert m["mackey-glass"]["test_rmse"] < 0.1 * m["mackey-glass"]["persistence_rmse"]
     if name == "depth-sweep":
         deepest = {r.variant.split(" ")[0]: r.value for r in results_rows(db, [name])
                    if r.metric == "max_trainable_depth"}  # fmt: skip

@@ -18,15 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from ..._format import compact_number
 from ...errors import LabConfigError, LabDefinitionError
 
 __all__ = [
     "Expectation",
     "Experiment",
+    "PerSeed",
     "Reporter",
     "Row",
     "RunContext",
+    "failing_seeds",
+    "summary_stats",
 ]
 
 #: ``report(step, total, loss, health)``: live progress of one run.
@@ -43,7 +48,8 @@ class RunContext:
 
     ``name`` is the run's name in the database, ``lab/<experiment>/<variant>/s<seed>``;
     ``stored_config`` is what the probe stores with the run: the experiment, variant,
-    seed, invocation id, profile (quick / full) and every config field.
+    seed, invocation id, profile (quick / full), the ``backprobe lab run`` command that
+    makes this variant's runs (``command``) and every config field.
     """
 
     experiment: str
@@ -54,6 +60,7 @@ class RunContext:
     profile: str
     config: Mapping[str, Any]
     report: Reporter = _no_report
+    command: str = ""
 
     @property
     def name(self) -> str:
@@ -68,6 +75,7 @@ class RunContext:
                 "seed": self.seed,
                 "invocation": self.invocation,
                 "profile": self.profile,
+                "command": self.command,
             },
             "config": dict(self.config),
         }
@@ -75,10 +83,11 @@ class RunContext:
 
 @dataclass(frozen=True)
 class Expectation:
-    """A published result, as a direction to check: ``metric op value``.
+    """A published result, as a direction to check on every seed: ``metric op value``.
 
-    ``op`` is "<" or ">"; the verdict is "reproduced" when the mean over seeds satisfies
-    it. ``reference`` says where the number comes from.
+    ``op`` is "<" or ">"; the table checks each seed's value and says on how many seeds
+    it holds. ``reference`` names the paper and the table or figure that reports the
+    number (docs/references.md gives the full citation).
     """
 
     metric: str
@@ -95,24 +104,116 @@ class Expectation:
         return f"{self.op} {compact_number(self.value)} ({self.reference})"
 
 
+class PerSeed(tuple[float, ...]):
+    """One metric's values, one per seed in seed order; ``seeds`` names the seeds.
+
+    A tuple of floats everywhere a sequence of values is expected (``np.mean`` works);
+    summaries that compare variants seed by seed read ``seeds``."""
+
+    seeds: tuple[int, ...]
+
+    def __new__(cls, values: Mapping[int, float]) -> PerSeed:
+        order = sorted(values)
+        self = super().__new__(cls, (float(values[s]) for s in order))
+        self.seeds = tuple(order)
+        return self
+
+    def by_seed(self) -> dict[int, float]:
+        return dict(zip(self.seeds, self, strict=True))
+
+
+def summary_stats(values: Sequence[float]) -> tuple[float, float, float, float]:
+    """(mean, min, max, std) over the finite values; a mean of ``inf`` when none is finite
+    but one overflowed, NaN (and NaN range) when every value is NaN."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        nothing = math.inf if any(math.isinf(v) for v in values) else math.nan
+        return nothing, math.nan, math.nan, math.nan
+    return (
+        math.fsum(finite) / len(finite),
+        min(finite),
+        max(finite),
+        float(np.std(finite)),
+    )
+
+
 @dataclass(frozen=True)
 class Row:
-    """A line of ``backprobe lab table``."""
+    """A line of ``backprobe lab table`` and of docs/results.md: one metric of one variant
+    (or a value derived across variants) over seeds.
+
+    ``values`` holds one number per seed of ``seed_ids``; ``failing`` is None when nothing
+    published is checked, else the seeds on which the claim fails (empty: it holds on
+    every seed). ``command`` is the ``backprobe lab run`` command that made the runs.
+    ``note`` is shown instead of a value when no seed measured one (an optional package
+    missing)."""
 
     experiment: str
     variant: str
     metric: str
-    value: float
-    spread: float  # std over seeds (0 for one seed)
-    seeds: int
-    reference: str
-    verdict: str  # "reproduced", "not reproduced" or "" (nothing published to check)
+    values: tuple[float, ...]
+    seed_ids: tuple[int, ...]
+    reference: str = ""
+    failing: tuple[int, ...] | None = None
     seconds: float = math.nan  # mean wall time of a run (start to finish in the run DB)
+    command: str = ""
+    note: str = ""
+
+    @property
+    def seeds(self) -> int:
+        return len(self.seed_ids)
+
+    @property
+    def value(self) -> float:
+        """The mean over seeds' finite values (see :func:`summary_stats`)."""
+        return summary_stats(self.values)[0]
+
+    @property
+    def low(self) -> float:
+        return summary_stats(self.values)[1]
+
+    @property
+    def high(self) -> float:
+        return summary_stats(self.values)[2]
+
+    @property
+    def spread(self) -> float:
+        """The standard deviation over seeds (0 for one seed)."""
+        return summary_stats(self.values)[3]
+
+    @property
+    def verdict(self) -> str:
+        """ "reproduced" on every seed, "partly reproduced" on some, "not reproduced" on
+        none; "" when nothing published is checked."""
+        if self.failing is None:
+            return ""
+        if not self.failing:
+            return "reproduced"
+        return "not reproduced" if len(self.failing) >= self.seeds else "partly reproduced"
+
+    @property
+    def holds_on(self) -> str:
+        """On how many seeds the claim holds: "3/3 seeds", "2/3: fails on seed 1",
+        "0/3 seeds"; "" when nothing is checked."""
+        if self.failing is None:
+            return ""
+        held = self.seeds - len(self.failing)
+        if not self.failing or held == 0:
+            return f"{held}/{self.seeds} seed{'s' if self.seeds > 1 else ''}"
+        which = ", ".join(str(s) for s in self.failing)
+        return f"{held}/{self.seeds}: fails on seed{'s' if len(self.failing) > 1 else ''} {which}"
+
+
+def failing_seeds(
+    values: Sequence[float], seeds: Sequence[int], check: Callable[[float], bool]
+) -> tuple[int, ...]:
+    """The seeds whose value does not pass ``check`` (a NaN never does)."""
+    return tuple(s for s, v in zip(seeds, values, strict=True) if not check(v))
 
 
 RunFn = Callable[[Any, RunContext], dict[str, float]]
 #: Rows derived across variants (a depth sweep's maximum trainable depth), from
-#: {variant: {metric: [value per seed]}} and the config the variants started from.
+#: {variant: {metric: PerSeed values}} and the config the variants started from.
 SummaryFn = Callable[[Mapping[str, Mapping[str, Sequence[float]]], Any], list[Row]]
 
 
@@ -131,7 +232,12 @@ class Experiment:
         metrics: the metrics the table shows, first the main one.
         expect: variant → expectations checked by the table.
         summarise: optional rows derived across variants.
-        seeds: seeds per variant for ``docs/results.md`` (``make results``).
+        seeds: seeds per variant for ``docs/results.md`` (``make results``): at least 3,
+            so that the page says on how many seeds a claim holds.
+        note: what docs/results.md says about the configuration (what was shortened
+            against the papers' and why).
+        missing: metric → what the table shows for a variant where every seed left it
+            NaN (an optional package that is not installed).
     """
 
     name: str
@@ -143,7 +249,9 @@ class Experiment:
     metrics: tuple[str, ...] = ()
     expect: Mapping[str, Sequence[Expectation]] = field(default_factory=dict)
     summarise: SummaryFn | None = None
-    seeds: int = 1
+    seeds: int = 3
+    note: str = ""
+    missing: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not dataclasses.is_dataclass(self.config):

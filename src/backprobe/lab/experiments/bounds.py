@@ -61,6 +61,7 @@ BOUNDS: dict[str, Bound] = {
             "embed",
             "units",
             "points",
+            "max_order",
             "count",
             "info",
             "delay",

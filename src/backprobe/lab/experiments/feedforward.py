@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ...theory.meanfield import mean_field
+from ...theory.correlation import correlation_depth
 from ..models import DeepMLP, MLPActivation
 from ..tasks import Task, classification_task, insurance_task
 from .base import Expectation, Experiment, Row, RunContext
@@ -212,8 +212,9 @@ def _depth_rows(
     config: DepthConfig,
     reference: Mapping[str, float] | None = None,
 ) -> list[Row]:
-    """One row per group of variants (same network but depth): the deepest that trains.
-    With ``reference`` (group → 6ξ), the verdict checks a factor of 2 either way."""
+    """One row per group of variants (same network but depth): the deepest that trains,
+    per seed. With ``reference`` (group → 6ξ_c), the verdict checks a factor of 2 either
+    way on each seed."""
     return reach_rows(
         experiment,
         groups,
@@ -224,7 +225,7 @@ def _depth_rows(
         threshold=config.trainable_accuracy,
         reference=None
         if reference is None
-        else {g: (v, "6ξ, Schoenholz et al. 2017") for g, v in reference.items()},
+        else {g: (v, f"6ξ_c, {_SCHOENHOLZ}") for g, v in reference.items()},
     )
 
 
@@ -253,29 +254,50 @@ DEPTH_SWEEP = register(
     )
 )
 
-# Mean-field networks: tanh, σ_b² = 0.05, three σ_w² in the ordered phase, where the
-# gradient's mean square shrinks by χ1 < 1 per layer and ξ = −1/ln χ1.
-SCALE_SIGMA_W2 = (0.8, 1.0, 1.2)
+# Mean-field networks: tanh, σ_b² = 0.05, three σ_w² in the ordered phase (the gradient's
+# mean square shrinks by χ1 < 1 per layer, ξ_c = ξ = −1/ln χ1) and σ_w² = 4 in the chaotic
+# phase (c* < 1, ξ_c = −1/ln χ_c): Schoenholz et al.'s trainable depth is 6ξ_c in both.
+SCALE_SIGMA_W2 = (0.8, 1.0, 1.2, 4.0)
 SCALE_SIGMA_B2 = 0.05
-SCALE_DEPTHS = (6, 12, 18, 24, 36, 48, 72)
+#: Depths from 0.4 to 2.5 times 6ξ_c, neighbours at most 15 % apart from 0.5 × 6ξ_c on,
+#: so that the deepest trainable depth is measured to within 15 % (the lab's earlier grid,
+#: 6 … 72 in steps of up to ×2, gave only bounds).
+SCALE_LOW, SCALE_HIGH, SCALE_RATIO = 0.4, 2.5, 1.15
+_SCHOENHOLZ = "Schoenholz et al. 2017, Fig. 5"
+
+
+def six_xi(sigma_w2: float, sigma_b2: float = SCALE_SIGMA_B2) -> float:
+    """Mean-field theory's trainable depth 6ξ_c for tanh at (σ_w², σ_b²): the correlation
+    depth scale, which in the ordered phase equals the gradient's 1/|ln χ1|."""
+    return correlation_depth("tanh", math.sqrt(sigma_w2), math.sqrt(sigma_b2)).trainable_depth
+
+
+def depth_grid(expected: float) -> tuple[int, ...]:
+    """Integer depths from ``SCALE_LOW`` to ``SCALE_HIGH`` times ``expected``, each the
+    largest at most ``SCALE_RATIO`` times the one before (one more where that is itself,
+    among the shallowest)."""
+    depths = [max(2, round(SCALE_LOW * expected))]
+    while (deeper := max(depths[-1] + 1, math.floor(depths[-1] * SCALE_RATIO))) <= (
+        SCALE_HIGH * expected
+    ):
+        depths.append(deeper)
+    return tuple(depths)
+
+
 _SCALE_VARIANTS: dict[str, dict[str, object]] = {}
 _SCALE_GROUPS: dict[str, list[str]] = {}
 for _s2 in SCALE_SIGMA_W2:
-    for _depth in SCALE_DEPTHS:
+    for _depth in depth_grid(six_xi(_s2)):
         _name = f"sw2={_s2:g}-d{_depth}"
         _SCALE_VARIANTS[_name] = {"sigma_w": math.sqrt(_s2), "depth": _depth}
         _SCALE_GROUPS.setdefault(f"tanh σ_w²={_s2:g}", []).append(_name)
 
 
-def six_xi(sigma_w2: float, sigma_b2: float = SCALE_SIGMA_B2) -> float:
-    """Mean-field theory's trainable depth 6ξ for tanh at (σ_w², σ_b²)."""
-    return mean_field("tanh", math.sqrt(sigma_w2), math.sqrt(sigma_b2)).trainable_depth
-
-
 DEPTH_SCALE = register(
     Experiment(
         name="depth-scale",
-        title="Measured trainable depth of tanh nets at 3 σ_w against mean-field 6ξ",
+        title="Measured trainable depth of tanh nets at 4 σ_w (3 ordered, 1 chaotic) against "
+        "mean-field 6ξ_c",
         config=DepthConfig,
         run=run_mlp,
         variants={
@@ -289,6 +311,11 @@ DEPTH_SCALE = register(
         },
         quick={"steps": 100, "n_train": 1024, "n_test": 512, "eval_every": 50},
         metrics=("test_accuracy",),
+        note="Each σ_w² on its own grid of depths from 0.4 to 2.5 × 6ξ_c, neighbours at "
+        "most 15 % apart from 0.5 × 6ξ_c on (the lab's earlier grid 6, 12, 18, 24, 36, 48, "
+        "72 bounded the depth within up to ×1.5); the chaotic σ_w² = 4 is new. 500 SGD "
+        "steps per network: Schoenholz et al. trained far longer, and the trainable depth "
+        "grows with training time.",
         summarise=lambda results, config: _depth_rows(
             "depth-scale",
             _SCALE_GROUPS,

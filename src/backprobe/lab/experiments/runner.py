@@ -12,6 +12,7 @@ import dataclasses
 import math
 import multiprocessing as mp
 import queue
+import shlex
 import time
 import uuid
 from collections.abc import Sequence
@@ -31,12 +32,13 @@ from .base import Experiment, RunContext
 from .registry import get_experiment
 from .settings import make_config, parse_settings
 
-__all__ = ["Job", "JobResult", "plan", "run_experiment"]
+__all__ = ["Job", "JobResult", "lab_command", "plan", "run_experiment", "run_jobs"]
 
 
 @dataclass(frozen=True)
 class Job:
-    """One run: an experiment's variant for one seed, with its full config."""
+    """One run: an experiment's variant for one seed, with its full config and the
+    ``backprobe lab run`` command that makes this variant's runs."""
 
     experiment: str
     variant: str
@@ -45,6 +47,28 @@ class Job:
     profile: str
     invocation: str
     db: Path | None
+    command: str = ""
+
+
+def lab_command(
+    name: str,
+    variant: str,
+    seeds: int,
+    first_seed: int = 0,
+    quick: bool = False,
+    settings: Sequence[str] = (),
+) -> str:
+    """``backprobe lab run NAME -v VARIANT --seeds N [--first-seed F] [--quick] [--set
+    k=v]…``: the command line that runs these seeds of one variant."""
+    parts = ["backprobe lab run", shlex.quote(name), "-v", shlex.quote(variant)]
+    parts += ["--seeds", str(seeds)]
+    if first_seed:
+        parts += ["--first-seed", str(first_seed)]
+    if quick:
+        parts.append("--quick")
+    for setting in settings:
+        parts += ["--set", shlex.quote(setting)]
+    return " ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -80,6 +104,7 @@ def plan(
     jobs = []
     for variant in experiment.variant_names(variants):
         config = make_config(experiment.config, experiment.variants[variant], base, user)
+        command = lab_command(experiment.name, variant, seeds, first_seed, quick, settings)
         for seed in range(first_seed, first_seed + seeds):
             jobs.append(
                 Job(
@@ -90,6 +115,7 @@ def plan(
                     profile,
                     invocation,
                     db,
+                    command,
                 )
             )
     return jobs
@@ -113,6 +139,7 @@ def _run_job(job: Job, progress: Any = None, index: int = 0) -> JobResult:
         profile=job.profile,
         config=job.config,
         report=report,
+        command=job.command,
     )
     start = time.perf_counter()
     with lab_threads(), torch.random.fork_rng(devices=[]):
@@ -129,7 +156,8 @@ class _Direct:
         self.put = update
 
 
-def _progress(console: Console) -> Progress:
+def _progress(console: Console, live: bool = True) -> Progress:
+    """One bar per run; ``live=False`` shows none (a log gets a line per run instead)."""
     return Progress(
         TextColumn("{task.description:<18}"),
         BarColumn(bar_width=12),
@@ -138,6 +166,7 @@ def _progress(console: Console) -> Progress:
         TextColumn("{task.fields[health]}"),
         TimeElapsedColumn(),
         console=console,
+        disable=not live,
     )
 
 
@@ -160,8 +189,6 @@ def run_experiment(
     """Run experiment ``name`` (every variant × ``seeds`` seeds) and return the results in
     plan order. Every run is stored in ``db`` with its config."""
     experiment = get_experiment(name)
-    if jobs < 1:
-        raise LabConfigError(f"Expected --jobs >= 1, got {jobs}.")
     planned = plan(
         experiment,
         settings=settings,
@@ -171,9 +198,28 @@ def run_experiment(
         quick=quick,
         db=db,
     )
+    return run_jobs(planned, jobs=jobs, console=console)
+
+
+def run_jobs(
+    planned: Sequence[Job],
+    *,
+    jobs: int = 1,
+    console: Console | None = None,
+    live: bool = True,
+    keep_going: bool = False,
+) -> list[JobResult]:
+    """Run ``planned`` runs (of any experiments) in this process or ``jobs`` worker
+    processes, in the given order as workers come free; results in plan order.
+
+    ``live``: one progress bar per run; otherwise one line per finished run (a log).
+    ``keep_going``: a run that raises is reported and left out of the results (its run
+    stays in the database as failed) instead of ending the others."""
+    if jobs < 1:
+        raise LabConfigError(f"Expected --jobs >= 1, got {jobs}.")
     console = console or Console()
     results: list[JobResult | None] = [None] * len(planned)
-    with _progress(console) as progress:
+    with _progress(console, live) as progress:
         bars = [
             progress.add_task(f"{j.variant} s{j.seed}", total=1, loss="", health="")
             for j in planned
@@ -185,9 +231,28 @@ def run_experiment(
                 bars[index], completed=step, total=total, loss=_fmt_loss(loss), health=health
             )
 
+        def finished(index: int, result: JobResult) -> None:
+            results[index] = result
+            if not live:
+                job, shown = result.job, get_experiment(result.job.experiment).metrics
+                console.print(
+                    f"{job.experiment} {job.variant} s{job.seed}: {result.seconds:.0f} s, "
+                    + ", ".join(
+                        f"{k} {_fmt_loss(result.metrics[k])}" for k in shown if k in result.metrics
+                    )
+                )
+
+        def failed(job: Job, error: BaseException) -> None:
+            if not keep_going:
+                raise error
+            console.print(f"{job.experiment} {job.variant} s{job.seed} failed: {error!r}")
+
         if jobs == 1 or len(planned) == 1:
             for i, job in enumerate(planned):
-                results[i] = _run_job(job, _Direct(update), i)
+                try:
+                    finished(i, _run_job(job, _Direct(update), i))
+                except Exception as exc:
+                    failed(job, exc)
         else:
             ctx = mp.get_context("spawn")
             with (
@@ -198,15 +263,20 @@ def run_experiment(
                 futures: list[Future[JobResult]] = [
                     pool.submit(_run_job, job, messages, i) for i, job in enumerate(planned)
                 ]
-                while True:
+                pending = set(range(len(futures)))
+                while pending:
                     while True:
                         try:
                             update(messages.get_nowait())
                         except queue.Empty:
                             break
-                    if all(f.done() for f in futures):
-                        break
+                    for i in sorted(pending):
+                        if futures[i].done():
+                            pending.discard(i)
+                            raised = futures[i].exception()
+                            if raised is None:
+                                finished(i, futures[i].result())
+                            else:
+                                failed(planned[i], raised)
                     time.sleep(0.1)
-                for i, future in enumerate(futures):
-                    results[i] = future.result()
     return [r for r in results if r is not None]

@@ -17,12 +17,54 @@ from .base import Experiment, Row
 from .runner import JobResult
 from .settings import describe_setting
 
-__all__ = ["print_experiments", "print_results", "print_rows"]
+__all__ = [
+    "VERDICT_MARK",
+    "print_experiments",
+    "print_results",
+    "print_rows",
+    "value_text",
+    "verdict_text",
+]
 
 
 def _fmt(value: float) -> str:
     """Numbers as the table writes them; NaN (a diverged run) and inf are shown."""
     return "NaN" if math.isnan(value) else compact_number(value)
+
+
+VERDICT_MARK = {
+    "reproduced": "✅",
+    "partly reproduced": "⚠️",
+    "not reproduced": "❌",
+}
+
+
+def value_text(row: Row) -> str:
+    """``mean (min–max)`` over the seeds; the row's note where no seed measured a value;
+    seeds whose value is NaN (a diverged run) are counted out loud."""
+    if row.note and all(math.isnan(v) for v in row.values):
+        return row.note
+    mean, low, high = row.value, row.low, row.high
+    if math.isnan(mean):
+        return "none" if "depth" in row.metric or "filler" in row.metric else "NaN (diverged)"
+    text = _fmt(mean)
+    if row.seeds > 1 and math.isfinite(low) and low != high:
+        text += f" ({_fmt(low)}–{_fmt(high)})"
+    nan = sum(math.isnan(v) for v in row.values)
+    if nan:
+        text += f", NaN on {nan} seed{'s' if nan > 1 else ''}"
+    if row.note:
+        text += f"; {row.note}"
+    return text
+
+
+def verdict_text(row: Row) -> str:
+    """The verdict and on how many seeds it holds: "✅ reproduced, 3/3 seeds", "⚠️
+    partly reproduced, 2/3: fails on seed 1", "❌ not reproduced, 0/3 seeds"; "" when
+    nothing published is checked."""
+    if not row.verdict:
+        return ""
+    return f"{VERDICT_MARK[row.verdict]} {row.verdict}, {row.holds_on}"
 
 
 def print_experiments(
@@ -65,29 +107,29 @@ def print_results(console: Console, experiment: Experiment, results: Sequence[Jo
 
 
 def print_rows(console: Console, rows: Sequence[Row]) -> None:
-    """The results table of ``backprobe lab table``."""
+    """The results table of ``backprobe lab table``: mean (min–max) over seeds and on how
+    many seeds the published direction holds."""
     if not rows:
         console.print("No lab runs yet: `backprobe lab run NAME` (`backprobe lab list`).")
         return
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for header in ("experiment", "variant", "metric", "value", "seeds", "published", "verdict"):
+    for header in ("experiment", "variant", "metric", "mean (range)", "seeds", "published",
+                   "holds on"):  # fmt: skip
         table.add_column(
             header,
-            justify="right" if header in ("value", "seeds") else "left",
+            justify="right" if header in ("mean (range)", "seeds") else "left",
             overflow="fold",
+            no_wrap=header == "variant",
         )
     for r in rows:
-        value = _fmt(r.value)
-        if r.seeds > 1 and math.isfinite(r.spread):
-            value += f" ± {compact_number(r.spread, significant=2)}"
-        style = {"reproduced": "green", "not reproduced": "red"}.get(r.verdict, "")
+        style = {"reproduced": "green", "partly reproduced": "yellow"}.get(r.verdict, "red")
         table.add_row(
             r.experiment,
             escape(r.variant),
-            r.metric,
-            value,
+            escape(r.metric),
+            escape(value_text(r)),
             str(r.seeds),
             escape(r.reference),
-            f"[{style}]{r.verdict}[/{style}]" if style else r.verdict,
+            f"[{style}]{r.verdict}, {escape(r.holds_on)}[/{style}]" if r.verdict else "",
         )
     console.print(table)

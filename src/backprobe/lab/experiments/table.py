@@ -2,13 +2,15 @@
 
 For each experiment and variant the table takes the newest invocation of
 ``backprobe lab run`` that ran it, reads each seed's final metrics (the last value the
-run recorded), and shows their mean over seeds beside the published reference and the
-verdict: "reproduced" when the mean satisfies the published direction.
+run recorded), and shows their mean and range over seeds beside the published reference
+and the verdict: on how many seeds the published direction holds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,8 +21,9 @@ import numpy as np
 from ...diagnose.verdict import verdict
 from ...store.db import RunDatabase
 from ...store.run import open_run
-from .base import Experiment, Row
+from .base import Experiment, PerSeed, Row, failing_seeds
 from .registry import experiments
+from .runner import lab_command
 from .settings import make_config
 
 __all__ = ["LabRun", "collect", "final_value", "results_rows"]
@@ -38,6 +41,7 @@ class LabRun:
     profile: str
     created: float
     seconds: float = math.nan
+    command: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -65,6 +69,7 @@ def collect(db: Path) -> list[LabRun]:
             profile=str(lab.get("profile", "")),
             created=info.created,
             seconds=info.updated - info.created,
+            command=str(lab.get("command", "")),
         )
         stored = open_run(db, info.id)
         names = stored.scalar_names
@@ -95,52 +100,76 @@ def _latest(runs: Sequence[LabRun]) -> dict[tuple[str, str], list[LabRun]]:
     return groups
 
 
-def _stats(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and std over the seeds' finite values; ``inf`` when none is finite but one
-    overflowed, NaN when all diverged to NaN."""
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return (math.inf if any(math.isinf(v) for v in values) else math.nan), math.nan
-    return float(np.mean(finite)), float(np.std(finite))
+def _command(runs: Sequence[LabRun]) -> str:
+    """The command that made these runs (stored with them); for runs stored before
+    commands were, the equivalent one rebuilt from their identity."""
+    stored = {r.command for r in runs if r.command}
+    if len(stored) == 1:
+        return stored.pop()
+    seeds = sorted(r.seed for r in runs)
+    return lab_command(
+        runs[0].experiment,
+        runs[0].variant,
+        len(seeds),
+        seeds[0],
+        quick=runs[0].profile.startswith("quick"),
+    )
 
 
 def _rows(experiment: Experiment, groups: dict[str, list[LabRun]]) -> list[Row]:
     rows = []
     for variant in experiment.variant_names():
-        runs = groups.get(variant)
+        runs = sorted(groups.get(variant, ()), key=lambda r: r.seed)
         if not runs:
             continue
         label = variant if runs[0].profile.startswith("full") else f"{variant} ({runs[0].profile})"
         expectations = {e.metric: e for e in experiment.expect.get(variant, ())}
+        command = _command(runs)
         for metric in experiment.metrics:
-            values = [r.metrics[metric] for r in runs if metric in r.metrics]
-            if not values:  # not measured by this variant (RMSE of a classifier)
+            measured = [r for r in runs if metric in r.metrics]
+            if not measured:  # not measured by this variant (RMSE of a classifier)
                 continue
-            mean, spread = _stats(values)
+            values = tuple(r.metrics[metric] for r in measured)
+            seeds = tuple(r.seed for r in measured)
             expected = expectations.get(metric)
-            verdict = ""
-            if expected is not None:
-                verdict = "reproduced" if expected.holds(mean) else "not reproduced"
+            note = ""
+            if all(math.isnan(v) for v in values):
+                note = experiment.missing.get(metric, "")
             rows.append(
                 Row(
                     experiment=experiment.name,
                     variant=label,
                     metric=metric,
-                    value=mean,
-                    spread=0.0 if len(runs) == 1 else spread,
-                    seeds=len(runs),
+                    values=values,
+                    seed_ids=seeds,
                     reference="" if expected is None else str(expected),
-                    verdict=verdict,
-                    seconds=float(np.mean([r.seconds for r in runs])),
+                    failing=None
+                    if expected is None or note
+                    else failing_seeds(values, seeds, expected.holds),
+                    seconds=float(np.mean([r.seconds for r in measured])),
+                    command=command,
+                    note=note,
                 )
             )
     if experiment.summarise is not None and groups:
         per_variant = {
-            v: {m: [r.metrics.get(m, math.nan) for r in runs] for m in _metric_names(runs)}
+            v: {
+                m: PerSeed({r.seed: r.metrics.get(m, math.nan) for r in runs})
+                for m in _metric_names(runs)
+            }
             for v, runs in groups.items()
         }
-        rows.extend(experiment.summarise(per_variant, make_config(experiment.config)))
+        commands = sorted({_invocation_command(runs) for runs in groups.values()})
+        rows.extend(
+            dataclasses.replace(row, command=row.command or "; ".join(commands))
+            for row in experiment.summarise(per_variant, make_config(experiment.config))
+        )
     return rows
+
+
+def _invocation_command(runs: Sequence[LabRun]) -> str:
+    """``backprobe lab run NAME --seeds N …`` for the invocation that made ``runs``."""
+    return re.sub(r" -v \S+", "", _command(runs))
 
 
 def _metric_names(runs: Sequence[LabRun]) -> list[str]:
