@@ -44,11 +44,13 @@ bench: $(VENV)/.installed-bench
 zoo: $(VENV)/.installed-dev
 	$(BIN)/python -m tests.zoo.table --out docs/zoo.md
 
-# The lab's full experiments (hours on a laptop CPU), then docs/results.md from their runs.
-# RESULTS="adding copy" reruns only those; RESULTS= rewrites the page from stored runs.
+# The lab's full experiments, three seeds each (about an hour on 2 cores with JOBS=2), then
+# docs/results.md from the stored runs. RESULTS="adding copy" reruns only those;
+# RESULTS= rewrites the page from the stored runs. The bench extra brings ReservoirPy, which
+# the ESN rows compare with (without it they say so).
 RESULTS ?= all
 JOBS    ?= 2
-results: $(VENV)/.installed-base
+results: $(VENV)/.installed-bench
 	$(BIN)/python -m backprobe.lab.experiments.results --run $(RESULTS) --jobs $(JOBS) \
 		--db backprobe-runs/results.db --out docs/results.md
 
