@@ -253,6 +253,7 @@ def test_the_loggers_get_the_chosen_statistics_on_lightnings_step_axis(tmp_path)
     first, last = probe.layers.index("net.0"), probe.layers.index("net.4")
     metrics = trainer.callback_metrics
     assert float(metrics["backprobe/grad_norm/net.4"]) == pytest.approx(grad[-1, last], rel=1e-6)
+    # an MLP's chain: its first linear layer against the last one
     assert float(metrics["backprobe/first_last_ratio"]) == pytest.approx(
         grad[-1, first] / grad[-1, last], rel=1e-6
     )

@@ -268,6 +268,9 @@ def test_install_hands_the_statistics_and_the_preclip_norm_to_tensorboard(tmp_pa
         np.testing.assert_allclose(in_history, values, rtol=1e-6, err_msg=name)
     ratio = [s.value for s in events.Scalars("train/backprobe/first_last_ratio")]
     assert len(ratio) == STEPS and all(r > 0 for r in ratio)
+    # the verdict's ratio, step by step: GPT-2's tied embedding and head do not read 1
+    assert np.median(ratio) == pytest.approx(bp.verdict(probe).ratio, rel=1e-5)
+    assert all(abs(r - 1) > 1e-3 for r in ratio)
 
     # The Trainer's last log (its summary, after the last step) gets the verdict and the
     # findings: numbers for every target, the text for TensorBoard's text tab.

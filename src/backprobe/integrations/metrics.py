@@ -7,8 +7,10 @@ targets) get, tagged ``<prefix>/…``:
 - ``grad_norm_preclip``: the global L2 norm of the gradients before clipping (what the
   frameworks log as their own ``grad_norm``), shown first;
 - ``grad_norm_postclip``: the same after the framework's clipping;
-- ``first_last_ratio``: the gradient norm of the first layer with parameters over the
-  last one's, at this step;
+- ``first_last_ratio``: the verdict's first / last gradient ratio
+  (:func:`~backprobe.diagnose.depth.first_to_last_ratio`) at this step: the layer at the
+  input end of the depth chain against the one nearest the loss, tied layers compared
+  by their backward signal, so that a GPT-2's tied embedding and head do not read 1;
 - ``grad_norm/<layer>``: the gradient norm of five layers with parameters (the first,
   second, middle, second-to-last and last);
 
@@ -30,10 +32,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..diagnose.depth import first_to_last_ratio
 from ..diagnose.finding import SEVERITIES, Finding
 from ..diagnose.verdict import Status, Verdict
 from ..errors import ProbeConfigError
-from ..store.view import USER_PREFIX, LayerInfo, StepProfiles, StepSeries
+from ..store.view import USER_PREFIX, LayerInfo, MemoryRun, StepProfiles, StepSeries
 
 #: The scalars recorded with each step around clipping, in the order they are shown.
 PRECLIP, POSTCLIP = "grad_norm_preclip", "grad_norm_postclip"
@@ -174,12 +177,22 @@ class LoggedMetrics:
                 values[f"{self.prefix}/{name}"] = float(np.asarray(series[USER_PREFIX + name])[0])
         grad = np.asarray(series["grad_norm"], dtype=np.float64)
         finite = [i for i in self._shown if math.isfinite(grad[i])]
-        if "first_last_ratio" in self.metrics and len(finite) >= 2 and grad[finite[-1]] > 0:
-            values[f"{self.prefix}/first_last_ratio"] = float(grad[finite[0]] / grad[finite[-1]])
+        if "first_last_ratio" in self.metrics:
+            ratio = self._verdict_ratio(step, series)
+            if ratio is not None and math.isfinite(ratio):
+                values[f"{self.prefix}/first_last_ratio"] = ratio
         if "layer_grad_norm" in self.metrics:
             for i in finite:
                 values[f"{self.prefix}/grad_norm/{self._layers[i].name}"] = float(grad[i])
         self.latest = (step, values)
+
+    def _verdict_ratio(self, step: int, series: StepSeries) -> float | None:
+        """The verdict's first / last ratio on this step alone (a one-step run, so that
+        the logged number and the verdict choose their layers the same way)."""
+        one_step = MemoryRun()
+        one_step.set_layers(self._layers)
+        one_step.append(step, {k: v for k, v in series.items() if not k.startswith(USER_PREFIX)})
+        return first_to_last_ratio(one_step)
 
     def flush(self) -> None:
         """Nothing is buffered."""
