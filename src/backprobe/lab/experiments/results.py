@@ -63,15 +63,16 @@ def _claims(rows: Sequence[Row]) -> str:
     checked = [r for r in rows if r.verdict]
     counts = {v: sum(r.verdict == v for r in checked) for v in VERDICT_MARK}
     lines = [
-        f"{len(checked)} published directions checked, each on every seed: "
+        f"{len(checked)} published direction{'s' if len(checked) != 1 else ''} checked, "
+        "each on every seed: "
         f"{counts['reproduced']} hold on all seeds, {counts['partly reproduced']} on some, "
         f"{counts['not reproduced']} on none."
     ]
     for r in checked:
         if r.verdict != "reproduced":
             lines.append(
-                f"- {VERDICT_MARK[r.verdict]} **{r.experiment}** {r.variant}, {r.metric} "
-                f"{r.reference.split(' (')[0]}: {value_text(r)} — {r.holds_on}"
+                f"- {VERDICT_MARK[r.verdict]} **{r.experiment}** {r.variant}: {r.metric} "
+                f"{value_text(r)}, expected {r.reference} — {r.holds_on}"
             )
     return "\n".join(lines)
 
