@@ -23,19 +23,20 @@ NOT_PER_LAYER = {Field.LOSS, Field.SCALE, Field.EXTRA}
 
 class EveryKind(nn.Module):
     """Layers that give every statistic a value: parameters, a saturating and a
-    ReLU-family activation (dead units), and an LSTM (memory gates)."""
+    ReLU-family activation (dead units), attention, and an LSTM (memory gates)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.inp = nn.Linear(3, 8)
         self.tanh = nn.Tanh()
         self.relu = nn.ReLU()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
         self.lstm = nn.LSTM(8, 5, batch_first=True)
         self.out = nn.Linear(5, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.relu(self.tanh(self.inp(x)) - 0.5)  # shifted: some units die
-        seq, _ = self.lstm(h)
+        seq, _ = self.lstm(h + self.attn(h, h, h)[0])
         return self.out(seq[:, -1])
 
 

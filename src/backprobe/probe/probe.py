@@ -42,6 +42,7 @@ from ..store import DEFAULT_DB, LayerInfo, MemoryRun, RunView, RunWriter
 from ..store.sentinel import LAYERS_KEY, RunEvent, SentinelSeries
 from ..store.sink import StepSink, check_sinks
 from ..store.view import ALL_SERIES, USER_PREFIX, SparseRows
+from .attention import AttentionWatch
 from .blocks import block_candidates, is_block_call
 from .budget import DEFAULT_BUDGET, BudgetSchedule, StepClock
 from .compiled import MEASURED_BY, EagerSteps, tracing
@@ -270,6 +271,7 @@ class Probe(RunView):
             for i, m in enumerate(self._modules)
             if is_recurrent(m)
         }
+        self._attention = AttentionWatch(unwrap(model))
         self._scalars: dict[str, torch.Tensor] = {}
         # (layer, parameter) pairs for the parameter norms, in registration order
         self._params = [
@@ -368,6 +370,7 @@ class Probe(RunView):
         )
         for watch in self._watches.values():
             watch.start(timed)
+        self._attention.start(self._recording)
         self._scalars = {}
         self._ran = {}
         if self._recording and self._order is None and not self._param_handles:
@@ -396,6 +399,7 @@ class Probe(RunView):
         self._buffer = self._fresh_buffer()
         for watch in self._watches.values():
             watch.start(False)
+        self._attention.start(False)
         if self._updates is not None:
             self._updates.settle(wait=True)
         if self._sink is not None:
@@ -661,6 +665,7 @@ class Probe(RunView):
             for key, entry in watch.measure(buffer, scale).items()
         }
         scalars = {name: buffer.add_extra(v) for name, v in self._scalars.items()}
+        attention = self._attention.measure(buffer)
         sentinel = self._sentinel.gather(loss, scale)
         at = None if sentinel.vector is None else buffer.add_extra(sentinel.vector)
         host = buffer.to_host(process_group(), len(self._modules))
@@ -673,6 +678,7 @@ class Probe(RunView):
             self._fix_layer_order()
         assert self._sink is not None and self._layer_info is not None
         series = self._series(stats)
+        series.update(self._attention.series(host, attention, self._modules, self._position))
         series["gradients"] = np.array([float(gradients)])
         series["overhead"] = np.array([self._step_clock.overhead()])
         self._warn_unmeasured()

@@ -100,6 +100,12 @@ LAYER_STATISTICS: tuple[LayerStatistic, ...] = (
     LayerStatistic("update_to_weight", Combine.MEASURED),
     # Probe(optimizer=Adam/AdamW): median lr / (√v̂ + ε) over the layer's parameters
     LayerStatistic("adam_step", Combine.MEASURED),
+    # attention in the layer (an attention module, or the block holding one): the
+    # largest logit q·k/√d, the mean entropy of the attention distributions (nats), and
+    # the lowest head's mean entropy
+    LayerStatistic("attn_logit_max", Combine.MEASURED),
+    LayerStatistic("attn_entropy", Combine.MEASURED),
+    LayerStatistic("attn_entropy_min", Combine.MEASURED),
 )
 #: Stored names of the per-layer series, each [layers] per recorded step.
 LAYER_SERIES: tuple[str, ...] = tuple(stat.name for stat in LAYER_STATISTICS)

@@ -29,6 +29,10 @@ STEP_SERIES: tuple[str, ...] = (
     # the run's end): time recording added, as a fraction of the training time without it
     # (NaN before it was measured or stored)
     "overhead",
+    # [1] the model output's largest |value| and root-mean-square (its logits for a
+    # classifier or language model; see probe.attention), NaN if it gave no tensor
+    "output_max",
+    "output_rms",
 )
 #: Statistics computed from the stored ones.
 DERIVED_SERIES: tuple[str, ...] = ("grad_to_weight", "gain", "nonfinite")
