@@ -50,9 +50,11 @@ zoo: $(VENV)/.installed-dev
 # the ESN rows compare with (without it they say so).
 RESULTS ?= all
 JOBS    ?= 2
+# RESUME=1 skips the runs the database already holds finished with the same config.
+RESUME  ?=
 results: $(VENV)/.installed-bench
 	$(BIN)/python -m backprobe.lab.experiments.results --run $(RESULTS) --jobs $(JOBS) \
-		--db backprobe-runs/results.db --out docs/results.md
+		--db backprobe-runs/results.db --out docs/results.md $(if $(RESUME),--resume)
 
 clean:
 	rm -rf $(VENV) backprobe-runs .pytest_cache .ruff_cache

@@ -259,10 +259,10 @@ DEPTH_SWEEP = register(
 # phase (c* < 1, ξ_c = −1/ln χ_c): Schoenholz et al.'s trainable depth is 6ξ_c in both.
 SCALE_SIGMA_W2 = (0.8, 1.0, 1.2, 4.0)
 SCALE_SIGMA_B2 = 0.05
-#: Depths from 0.4 to 2.5 times 6ξ_c, neighbours at most 15 % apart from 0.5 × 6ξ_c on,
+#: Depths from 0.5 to 2.2 times 6ξ_c, neighbours at most 15 % apart from 0.5 × 6ξ_c on,
 #: so that the deepest trainable depth is measured to within 15 % (the lab's earlier grid,
 #: 6 … 72 in steps of up to ×2, gave only bounds).
-SCALE_LOW, SCALE_HIGH, SCALE_RATIO = 0.4, 2.5, 1.15
+SCALE_LOW, SCALE_HIGH, SCALE_RATIO, SCALE_DEEPEST = 0.5, 2.2, 1.15, 40
 _SCHOENHOLZ = "Schoenholz et al. 2017, Fig. 5"
 
 
@@ -273,13 +273,13 @@ def six_xi(sigma_w2: float, sigma_b2: float = SCALE_SIGMA_B2) -> float:
 
 
 def depth_grid(expected: float) -> tuple[int, ...]:
-    """Integer depths from ``SCALE_LOW`` to ``SCALE_HIGH`` times ``expected``, each the
+    """Integer depths from ``SCALE_LOW`` to ``SCALE_HIGH`` times ``expected`` (at least to
+    ``SCALE_DEEPEST`` layers, cheap where ``expected`` is small), each the
     largest at most ``SCALE_RATIO`` times the one before (one more where that is itself,
     among the shallowest)."""
     depths = [max(2, round(SCALE_LOW * expected))]
-    while (deeper := max(depths[-1] + 1, math.floor(depths[-1] * SCALE_RATIO))) <= (
-        SCALE_HIGH * expected
-    ):
+    top = max(SCALE_HIGH * expected, SCALE_DEEPEST)
+    while (deeper := max(depths[-1] + 1, math.floor(depths[-1] * SCALE_RATIO))) <= top:
         depths.append(deeper)
     return tuple(depths)
 
@@ -311,7 +311,8 @@ DEPTH_SCALE = register(
         },
         quick={"steps": 100, "n_train": 1024, "n_test": 512, "eval_every": 50},
         metrics=("test_accuracy",),
-        note="Each σ_w² on its own grid of depths from 0.4 to 2.5 × 6ξ_c, neighbours at "
+        note="Each σ_w² on its own grid of depths from 0.5 to 2.2 × 6ξ_c (at least to "
+        "40 layers), neighbours at "
         "most 15 % apart from 0.5 × 6ξ_c on (the lab's earlier grid 6, 12, 18, 24, 36, 48, "
         "72 bounded the depth within up to ×1.5); the chaotic σ_w² = 4 is new. 500 SGD "
         "steps per network: Schoenholz et al. trained far longer, and the trainable depth "

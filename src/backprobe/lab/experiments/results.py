@@ -5,7 +5,8 @@
 
 ``--run`` names the experiments to (re)run first, with their full configuration and
 their own number of seeds (``--quick`` for the CI-sized ones), all their runs in one
-pool of ``--jobs`` worker processes, the longest first; the page is then written from
+pool of ``--jobs`` worker processes, the longest first (``--resume``: less the runs the
+database already holds finished with the same config); the page is then written from
 the run database alone (``--run`` with no names: only the page), so that runs made by hand
 (``backprobe lab run``) count too. Every row gives the mean and range over its seeds,
 on how many seeds the published direction holds, and the command that made its runs.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import math
 import os
 import platform
@@ -148,13 +150,28 @@ def _cost(job: Job) -> float:
     return float(c.get("steps") or 1) * span * factor
 
 
-def ordered_jobs(names: Sequence[str], quick: bool, db: Path | None) -> list[Job]:
-    """Every run of the experiments ``names`` with their own seeds, longest first."""
+def ordered_jobs(
+    names: Sequence[str], quick: bool, db: Path | None, resume: bool = False
+) -> list[Job]:
+    """Every run of the experiments ``names`` with their own seeds, longest first; with
+    ``resume``, less those ``db`` already holds finished with the same profile and
+    config (the page takes them as the newest invocation's, see ``table``)."""
     planned = [
         job
         for name in names
         for job in plan(get_experiment(name), seeds=get_experiment(name).seeds, quick=quick, db=db)
     ]
+    if resume and db is not None and db.exists():
+        done = {
+            (r.experiment, r.variant, r.seed, r.profile, json.dumps(r.config, sort_keys=True))
+            for r in collect(db)
+        }
+        planned = [
+            j
+            for j in planned
+            if (j.experiment, j.variant, j.seed, j.profile, json.dumps(j.config, sort_keys=True))
+            not in done
+        ]
     return sorted(planned, key=_cost, reverse=True)
 
 
@@ -167,12 +184,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="run the quick configurations")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip runs the database holds finished with the same config",
+    )
     parser.add_argument("--note", default="", help="a paragraph for the page's introduction")
     args = parser.parse_args(argv)
     names = [e.name for e in experiments()] if "all" in args.run else list(args.run)
     console = Console()
     if names:
-        jobs = ordered_jobs(names, args.quick, args.db)
+        jobs = ordered_jobs(names, args.quick, args.db, resume=args.resume)
         console.print(f"{len(jobs)} runs of {', '.join(names)}, {args.jobs} at a time")
         run_jobs(jobs, jobs=args.jobs, console=console, live=False, keep_going=True)
     path = write_results(args.db, args.out, args.note)

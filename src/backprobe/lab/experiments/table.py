@@ -42,6 +42,7 @@ class LabRun:
     created: float
     seconds: float = math.nan
     command: str = ""
+    config: dict[str, object] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -70,6 +71,7 @@ def collect(db: Path) -> list[LabRun]:
             created=info.created,
             seconds=info.updated - info.created,
             command=str(lab.get("command", "")),
+            config=dict(info.config.get("config") or {}),
         )
         stored = open_run(db, info.id)
         names = stored.scalar_names
@@ -89,15 +91,20 @@ def collect(db: Path) -> list[LabRun]:
 
 
 def _latest(runs: Sequence[LabRun]) -> dict[tuple[str, str], list[LabRun]]:
-    """(experiment, variant) → the runs of the newest invocation that ran it."""
-    newest: dict[tuple[str, str], str] = {}
+    """(experiment, variant) → one run per seed: the newest invocation's runs, and for
+    seeds it did not run, the newest earlier run with the same profile and config (so
+    that an interrupted ``make results`` resumes without rerunning what it finished)."""
+    newest: dict[tuple[str, str], LabRun] = {}
     for run in runs:  # oldest first: later invocations overwrite
-        newest[(run.experiment, run.variant)] = run.invocation
-    groups: dict[tuple[str, str], list[LabRun]] = defaultdict(list)
-    for run in runs:
-        if newest[(run.experiment, run.variant)] == run.invocation:
-            groups[(run.experiment, run.variant)].append(run)
-    return groups
+        newest[(run.experiment, run.variant)] = run
+    groups: dict[tuple[str, str], dict[int, LabRun]] = defaultdict(dict)
+    for run in runs:  # oldest first: a later run of a seed replaces an earlier one
+        last = newest[(run.experiment, run.variant)]
+        if run.invocation == last.invocation or (
+            run.profile == last.profile and run.config == last.config
+        ):
+            groups[(run.experiment, run.variant)][run.seed] = run
+    return {key: [by_seed[s] for s in sorted(by_seed)] for key, by_seed in groups.items()}
 
 
 def _command(runs: Sequence[LabRun]) -> str:
