@@ -14,7 +14,7 @@ from backprobe.lab.experiments import Expectation, Row, get_experiment, run_expe
 from backprobe.lab.experiments.base import failing_seeds
 from backprobe.lab.experiments.registry import EXPERIMENTS
 from backprobe.lab.experiments.results import ordered_jobs, write_results
-from backprobe.lab.experiments.runner import lab_command
+from backprobe.lab.experiments.runner import lab_command, run_jobs
 from backprobe.lab.experiments.show import value_text, verdict_text
 from backprobe.lab.experiments.table import results_rows
 
@@ -94,3 +94,28 @@ def test_the_page_is_written_from_the_stored_runs(
     assert "| 0, 1, 2 |" in page and "[references.md](references.md)" in page
     assert "1 published direction checked" in page  # the claims, counted
     assert "## adding" in page and "*No runs stored yet.*" in page
+
+
+def test_an_interrupted_make_results_resumes_where_it_stopped(tmp_path: Path) -> None:
+    db = tmp_path / "results.db"
+    run_experiment(
+        "insurance", variants=["seeds-net"], seeds=2, quick=True, db=db, console=Console(quiet=True)
+    )
+    left = ordered_jobs(["insurance"], quick=True, db=db, resume=True)
+    assert ("seeds-net", 0) not in {(j.variant, j.seed) for j in left}
+    assert len(left) == 3 * len(get_experiment("insurance").variants) - 2
+    run_jobs([j for j in left if j.variant == "seeds-net"], console=Console(quiet=True))
+    (row,) = [r for r in results_rows(db, ["insurance"]) if r.metric == "test_accuracy"]
+    assert row.seed_ids == (0, 1, 2)  # two invocations, one configuration
+    assert row.command == "backprobe lab run insurance -v seeds-net --seeds 3 --quick"
+    # A run with another configuration starts afresh: only its own seeds count.
+    run_experiment(
+        "insurance",
+        variants=["seeds-net"],
+        settings=["steps=20"],
+        quick=True,
+        db=db,
+        console=Console(quiet=True),
+    )
+    (row,) = [r for r in results_rows(db, ["insurance"]) if r.metric == "test_accuracy"]
+    assert row.seed_ids == (0,) and "quick+set" in row.variant
