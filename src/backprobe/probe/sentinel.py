@@ -143,42 +143,51 @@ class Sentinel:
         self._outputs = []
 
     def gather(self, loss: torch.Tensor | float | None, scale: torch.Tensor | None) -> Gathered:
-        """The step's values on the device (no synchronisation), for one transfer."""
+        """The step's values on the device (no synchronisation), for one transfer: two
+        kernels besides the norms' (a stack of the scalars, a concatenation)."""
         present = [
             j
             for j, p in enumerate(self._params)
             if p.grad is not None and p.requires_grad and not is_lazy(p)
         ]
-        values = [local_values(self._params[j].grad)[0] for j in present]  # type: ignore[arg-type]
+        grads = [self._params[j].grad for j in present]
+        values = [
+            g if type(g) is torch.Tensor and not g.is_sparse else local_values(g)[0]  # type: ignore[arg-type]
+            for g in grads
+        ]
         groups = grouped_norms(values)
         order = np.asarray([present[k] for positions, _ in groups for k in positions], np.int64)
-        parts: list[torch.Tensor] = []
+        scalars: list[torch.Tensor] = []
         has_loss = isinstance(loss, torch.Tensor)
         if isinstance(loss, torch.Tensor):
-            parts.append(loss.detach().reshape(1))
+            scalars.append(loss.detach().reshape(()))
         if scale is not None:
-            parts.append(scale.detach().reshape(1))
-        parts.extend(norms for _, norms in groups)
+            scalars.append(scale.detach().reshape(()))
+        parts = [norms for _, norms in groups]
+        if scalars:
+            parts.insert(0, torch.stack(scalars))
         outputs = [t for t in self._outputs if t is not None]
         parts.extend(outputs)
-        samples = sum(t.shape[0] for t in outputs)
         vector = None
         if parts:
             device = parts[0].device
-            vector = torch.cat([t.to(device, torch.float32, non_blocking=True) for t in parts])
+            if any(t.device != device for t in parts):  # a model spread over devices
+                parts = [t.to(device, non_blocking=True) for t in parts]
+            vector = torch.cat(parts)
         return Gathered(
             vector,
             None if loss is None or isinstance(loss, torch.Tensor) else float(loss),
             has_loss,
             scale is not None,
             order,
-            samples,
+            sum(t.shape[0] for t in outputs),
         )
 
     def row(self, gathered: Gathered, host: np.ndarray, grads_scaled: bool) -> np.ndarray:
         """The stored row (see :mod:`~backprobe.store.sentinel`) from the gathered
-        vector's host values; ``grads_scaled`` when the parameter gradients still carry
-        the loss scale."""
+        vector's host values (float64); ``grads_scaled`` when the parameter gradients
+        still carry the loss scale."""
+        host = np.asarray(host, np.float64)  # squares of float32 norms overflow float32
         at = 0
         loss = gathered.loss if gathered.loss is not None else np.nan
         if gathered.has_loss:
@@ -187,41 +196,32 @@ class Sentinel:
         if gathered.has_scale:
             scale, at = float(host[at]), at + 1
         n = gathered.present.size
-        norms = host[at : at + n].astype(np.float64)
-        outputs = host[at + n : at + n + gathered.samples].astype(np.float64)
-        if np.isfinite(scale) and scale > 0:
+        norms = host[at : at + n]
+        outputs = host[at + n : at + n + gathered.samples]
+        if scale > 0 and scale < np.inf:
             outputs = outputs / scale  # the backward pass started from the scaled loss
             if grads_scaled:
                 norms = norms / scale
-        with np.errstate(over="ignore", invalid="ignore"):
-            squares = np.zeros(len(self._params))
-            squares[gathered.present] = norms * norms
-            had = np.zeros(len(self._params))
-            had[gathered.present] = 1.0
-            per_layer = np.bincount(
-                self._pair_column, squares[self._pair_param], minlength=len(self.entries)
-            )
-            has = np.bincount(self._pair_column, had[self._pair_param], len(self.entries)) > 0
-            layer_norms = np.where(has, np.sqrt(per_layer), np.nan)
-            grad_norm = float(np.sqrt(np.sum(norms * norms))) if n else np.nan
-            fields = {
-                "loss": loss,
-                "grad_norm": grad_norm,
-                "gradients": float(n),
-                "scale": scale,
-                **_output_fields(outputs),
-            }
-        ranked = np.argsort(-np.nan_to_num(outputs, nan=np.inf), kind="stable")[:TOP_SAMPLES]
-        return pack_row(fields, ranked.astype(np.float64), outputs[ranked], layer_norms)
-
-
-def _output_fields(outputs: np.ndarray) -> dict[str, float]:
-    """The output gradient's total norm, median sample norm and sample count (NaN norms
-    when no output gradient arrived)."""
-    if not outputs.size:
-        return {"samples": 0.0}
-    return {
-        "out_grad_norm": float(np.sqrt(np.sum(outputs * outputs))),
-        "out_grad_median": float(np.median(outputs)),
-        "samples": float(outputs.size),
-    }
+        squares = np.zeros(len(self._params))
+        squares[gathered.present] = norms * norms  # float64: no overflow from float32 norms
+        had = np.zeros(len(self._params))
+        had[gathered.present] = 1.0
+        columns = len(self.entries)
+        per_layer = np.bincount(self._pair_column, squares[self._pair_param], columns)
+        has = np.bincount(self._pair_column, had[self._pair_param], columns) > 0
+        layer_norms = np.where(has, np.sqrt(per_layer), np.nan)
+        fields = {
+            "loss": loss,
+            "grad_norm": float(np.sqrt(norms @ norms)) if n else np.nan,
+            "gradients": float(n),
+            "scale": scale,
+            "samples": float(outputs.size),
+        }
+        # largest first, NaN (a non-finite sample) before all
+        ranked = np.argsort(np.where(np.isnan(outputs), -np.inf, -outputs), kind="stable")
+        if outputs.size:
+            middle = outputs[ranked[(outputs.size - 1) // 2]] + outputs[ranked[outputs.size // 2]]
+            fields["out_grad_norm"] = float(np.sqrt(outputs @ outputs))
+            fields["out_grad_median"] = float(middle / 2)
+        top = ranked[:TOP_SAMPLES]
+        return pack_row(fields, top.astype(np.float64), outputs[top], layer_norms)
