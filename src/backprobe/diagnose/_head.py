@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..store.sentinel import RunEvent, SentinelSeries
 from ..store.view import LayerInfo, RunView, SparseRows
 
 
@@ -41,6 +42,19 @@ class RunHead(RunView):
     @property
     def scalar_names(self) -> list[str]:
         return self._run.scalar_names
+
+    def _last_step(self) -> int:
+        steps = self.steps
+        return int(steps[-1]) if steps.size else -1
+
+    @property
+    def sentinel(self) -> SentinelSeries:
+        """The sentinel's steps up to the last recorded step kept."""
+        return self._run.sentinel.until(self._last_step())
+
+    @property
+    def events(self) -> list[RunEvent]:
+        return [e for e in self._run.events if e.step <= self._last_step()]
 
     @property
     def recurrent_layers(self) -> list[str]:

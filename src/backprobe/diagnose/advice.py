@@ -198,3 +198,33 @@ TIME_VANISHING_REMEDIES = (LSTM, RECURRENT_ORTHOGONAL, IRNN, REGULARISE)
 #: For LSTM / GRU, where the memory gate, not W_hh, carries the gradient through time.
 GATED_VANISHING_REMEDIES = (FORGET_BIAS, ADAM)
 TIME_EXPLODING_REMEDIES = (CLIP, RECURRENT_ORTHOGONAL, TRUNCATE, LSTM)
+
+GUARD_SKIP = Remedy(
+    "Guard the loop: skip the update of a spiking step",
+    'guard = backprobe.Guard(probe, optimizer, on_spike="skip")  # then guard.step(loss) '
+    "in place of probe.step(loss); optimizer.step()",
+    "The spike detector judges each step as it ends and drops the update of a spike, so "
+    "one bad batch cannot throw the weights away (PaLM skipped the batches around its "
+    "loss spikes, Chowdhery et al. 2022).",
+)
+GUARD_CLIP = Remedy(
+    "Guard the loop: clip spiking steps to the usual gradient norm",
+    'guard = backprobe.Guard(probe, optimizer, on_spike="clip")',
+    "At a spike the gradient is rescaled to the running median of its norm: the step keeps "
+    "its direction at its usual length, and ordinary steps are left alone.",
+)
+GUARD_LR = Remedy(
+    "Guard the loop: lower the learning rate after a spike",
+    'guard = backprobe.Guard(probe, optimizer, on_spike="scale_lr", lr_factor=0.1, lr_steps=100)',
+    "Smaller steps for a while after each spike, while the layers that spiked settle.",
+)
+SPIKE_REFERENCES = ("Chowdhery et al. 2022 (PaLM, §5.1)", "Pascanu et al. 2013")
+
+
+def spike_remedies(bad_batch: bool) -> tuple[Remedy, ...]:
+    """Ranked for a spike: carried by a few samples (``bad_batch``, or a non-finite
+    step), skip their update first; spread over the batch (an instability of the
+    network), slow the steps down first."""
+    if bad_batch:
+        return (GUARD_SKIP, CLIP, GUARD_CLIP, lower_lr())
+    return (lower_lr(), WARMUP, GUARD_LR, GUARD_CLIP, CLIP)

@@ -25,6 +25,7 @@ Kind = Literal[
     "learning_rate",
     "initialisation",
     "plateau",
+    "spike",
 ]
 Severity = Literal["info", "warning", "error"]
 

@@ -14,6 +14,7 @@ from .blowup import blowup_findings, find_blowup
 from .depth import dead_findings, depth_findings, saturation_findings
 from .finding import Finding
 from .misuse import no_gradient_findings
+from .spikes import spike_findings
 from .thresholds import DiagnoseThresholds
 from .training import (
     UpdateRule,
@@ -40,14 +41,16 @@ def diagnose(
 
     ``lr`` (and ``optimizer``, ``"sgd"`` or ``"adam"``) let the learning-rate rule
     estimate the update size; see :mod:`backprobe.diagnose.training`. A run with no
-    recorded step has no finding. After the first non-finite step only the
-    non-finite and learning-rate rules look further; after a blow-up of the gradient norm
-    (see :mod:`backprobe.diagnose.blowup`) the other rules read only the steps up to where
-    its growth began; steps without any gradient are named (``no_gradient``), not judged.
+    recorded step has no finding but its spikes. After the first non-finite step only the
+    non-finite, learning-rate and spike rules look further (spikes are judged on every
+    step's sentinel values, :mod:`backprobe.diagnose.spikes`); after a blow-up of the
+    gradient norm (see :mod:`backprobe.diagnose.blowup`) the other rules read only the
+    steps up to where its growth began; steps without any gradient are named
+    (``no_gradient``), not judged.
     """
     t = thresholds or DiagnoseThresholds()
-    if run.steps.size == 0:
-        return []
+    if run.steps.size == 0:  # the sentinel's every-step values may hold spikes still
+        return sort_findings(spike_findings(run, t))
     from .through_time import through_time_findings
 
     findings: list[Finding] = no_gradient_findings(run)
@@ -57,6 +60,7 @@ def diagnose(
     growth = None if stop is None else growth_before(run, stop, t.growth_window)[0]
     blowup = find_blowup(run, t, stop, growth)
     findings += blowup_findings(run, t, blowup, None if stop is None else int(run.steps[stop]))
+    findings += spike_findings(run, t)
     if blowup is not None:
         stop = blowup.began + 1
     finite = run if stop is None else RunHead(run, stop)

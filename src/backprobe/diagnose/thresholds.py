@@ -56,6 +56,14 @@ class DiagnoseThresholds:
     the last state's (a loss at every step keeps it flat), vanishing through time is at
     most a warning, and a warning only with a memory horizon below
     ``time_memory_warning`` steps; else info (see :mod:`backprobe.diagnose.through_time`).
+
+    Spikes (the sentinel's every-step values, :mod:`backprobe.diagnose.spikes`). Each
+    step is compared with the median and MAD of the ``spike_window`` steps before it, once
+    they hold ``spike_warmup`` values. A gradient norm (global or a layer's) is a spike at
+    ``spike_ratio`` times its running median and ``spike_z`` robust standard deviations
+    (1.4826·MAD) of its logarithm above it; a layer only while its gradient is at least
+    ``spike_layer_share`` of the global norm. The samples of a spike step are named when
+    the output gradient rose at least ``spike_sample_ratio`` times its running median.
     """
 
     vanishing_warning: float = 1e-3
@@ -81,6 +89,12 @@ class DiagnoseThresholds:
     time_exploding: float = 1e3
     time_exploding_error: float = 1e6
     time_memory_warning: int = 10
+    spike_window: int = 64
+    spike_warmup: int = 20
+    spike_ratio: float = 10.0
+    spike_z: float = 6.0
+    spike_sample_ratio: float = 3.0
+    spike_layer_share: float = 0.1
 
     def __post_init__(self) -> None:
         pairs = (
@@ -105,4 +119,20 @@ class DiagnoseThresholds:
             raise BackprobeError(
                 f"Expected growth_window ≥ 2 and plateau_min_steps ≥ 2, but got "
                 f"{self.growth_window} and {self.plateau_min_steps}."
+            )
+        if not 2 <= self.spike_warmup <= self.spike_window:
+            raise BackprobeError(
+                f"Expected 2 ≤ spike_warmup ≤ spike_window, but got {self.spike_warmup} and "
+                f"{self.spike_window}: the baseline needs that many steps to judge one."
+            )
+        if not (
+            min(self.spike_ratio, self.spike_sample_ratio) > 1
+            and self.spike_z > 0
+            and 0 <= self.spike_layer_share <= 1
+        ):
+            raise BackprobeError(
+                f"Expected spike ratios above 1, spike_z > 0 and 0 ≤ spike_layer_share ≤ 1, "
+                f"but got spike_ratio={self.spike_ratio!r}, spike_sample_ratio="
+                f"{self.spike_sample_ratio!r}, spike_z={self.spike_z!r}, spike_layer_share="
+                f"{self.spike_layer_share!r}."
             )

@@ -13,7 +13,7 @@ Each finding kind maps to one status (:data:`STATUS_OF_KIND`):
 finding kinds                                             status
 ========================================================  =================
 ``no_gradient`` (nothing was measured to judge)           ``unknown``
-``exploding``, ``exploding_through_time``                 ``exploding``
+``exploding``, ``exploding_through_time``, ``spike``      ``exploding``
 ``nonfinite``                                             ``nonfinite``
 ``vanishing``, ``vanishing_through_time``, ``plateau``,   ``vanishing``
 ``saturation``, ``dead_units`` (they starve gradients)
@@ -47,6 +47,7 @@ STATUS_OF_KIND: dict[Kind, Status] = {
     "no_gradient": "unknown",
     "exploding": "exploding",
     "exploding_through_time": "exploding",
+    "spike": "exploding",
     "nonfinite": "nonfinite",
     "vanishing": "vanishing",
     "vanishing_through_time": "vanishing",
