@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .diagnose.rules import diagnose as findings
     from .diagnose.verdict import Verdict, verdict
     from .probe import Probe
+    from .remedies.guard import Guard
     from .report.html import write_report
     from .report.text import print_summary as summary
     from .store import open_run
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 _LAZY: dict[str, Where] = {
     "check": ".diagnose.check",
     "Finding": ".diagnose.finding",
+    "Guard": ".remedies.guard",
     "Remedy": ".diagnose.finding",
     "findings": (".diagnose.rules", "diagnose"),
     "Prescription": ".diagnose.prescribe",
@@ -49,6 +51,7 @@ _LAZY: dict[str, Where] = {
 __all__ = [
     "BackprobeError",
     "Finding",
+    "Guard",
     "Prescription",
     "Probe",
     "Remedy",

@@ -4,7 +4,8 @@ Initialisation (:func:`init_`), activation swap (:func:`swap_activations_`), cli
 (:func:`clip_grad_norm_`, :func:`clip_grad_value_`, :class:`AdaptiveClipper`), truncated
 BPTT (:func:`truncated_bptt`), Pascanu's regulariser (:func:`pascanu_omega`), echo state
 networks (:class:`EchoStateNetwork`) and optimisers / schedulers built from a short spec
-(:func:`build_optimizer`, :func:`build_scheduler`). :func:`apply_remedy` applies a
+(:func:`build_optimizer`, :func:`build_scheduler`), and a :class:`Guard` that skips, clips or
+slows the update of a spiking step. :func:`apply_remedy` applies a
 finding's machine-applicable remedy to a model in place. Each module's docstring holds a
 runnable example; ``tests/remedies/test_docstrings.py`` runs them all.
 """
@@ -21,6 +22,7 @@ from .clipping import (
     global_grad_norm,
 )
 from .esn import EchoStateNetwork
+from .guard import Guard
 from .init import SCHEMES, InitReport, LSUVLayer, init_
 from .optim import build_optimizer, build_scheduler, parse_spec
 from .regularizer import omega_terms, pascanu_omega
@@ -33,6 +35,7 @@ __all__ = [
     "ClipResult",
     "EchoStateNetwork",
     "FunctionalCall",
+    "Guard",
     "InitReport",
     "LSUVLayer",
     "SavedTensorMeter",
