@@ -143,6 +143,7 @@ def show(
     findings stored by `backprobe diagnose`."""
     from .diagnose.storage import load_findings
     from .report.console import output_console
+    from .report.guard import print_guard
     from .report.recording import measurement_lines, schedule_line
     from .report.text import print_findings, print_summary
     from .store.run import open_run
@@ -153,6 +154,7 @@ def show(
     for line in filter(None, [schedule_line(stored), *measurement_lines(stored)]):
         console.print(f"[dim]{escape(line)}[/dim]")
     print_summary(stored, step=step, console=console, params_only=params_only, horizon=not time)
+    print_guard(stored, console)
     if time:
         from .report.through_time import print_time_profiles
 

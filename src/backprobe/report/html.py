@@ -28,6 +28,7 @@ from .._format import compact_number, counted
 from .._version import __version__
 from ..diagnose.rules import diagnose
 from ..errors import BackprobeError, ReportPathError
+from .guard import guard_heading, guard_rows, sentinel_line, sentinel_of
 from .recording import measurement_lines, schedule_line
 from .text import log_span, role_marks
 
@@ -228,6 +229,9 @@ def _describe(run: RunView) -> tuple[str, str, str | None]:
     if schedule:
         parts.append(schedule)
     parts.extend(measurement_lines(run))
+    line = sentinel_line(run)
+    if line:
+        parts.append(line)
     info = getattr(run, "info", None)
     if info is not None:
         started = dt.datetime.fromtimestamp(info.created).strftime("%Y-%m-%d %H:%M:%S")
@@ -258,7 +262,7 @@ def run_context(
 
     title, meta, notice = _describe(run)
     recorded = _recorded_steps(run).size > 0
-    if not recorded:
+    if not recorded and not len(sentinel_of(run)):
         findings = None
     elif findings is None:
         findings = diagnose(run)
@@ -272,6 +276,8 @@ def run_context(
         "table": [],
         "recurrent": [],
         "figures": [],
+        "guard_heading": guard_heading(run) if len(sentinel_of(run)) else None,
+        "guard": guard_rows(run) if len(sentinel_of(run)) else [],
     }
     if not recorded:
         context.update(verdict="no recorded step yet: nothing to judge", verdict_status="unknown")
