@@ -23,7 +23,7 @@ def register(experiment: Experiment) -> Experiment:
 
 def _load() -> None:
     """Import the modules that define experiments (they register on import)."""
-    from . import feedforward, reservoir, sequences  # noqa: F401
+    from . import feedforward, glorot, isometry, reservoir, sequences  # noqa: F401
 
 
 def experiments() -> list[Experiment]:
