@@ -15,7 +15,10 @@ Workloads (``--workload``, default all four):
 Variants of each workload: ``plain`` training; the ``read floor`` (:class:`ReadFloor`:
 every tensor a recorded step must see read once, nothing computed; for the compiled
 workload run eagerly, as a recorded step of a compiled model is); ``backprobe`` (the
-default probe, its overhead budget of 2 %); ``backprobe every step`` (``every=1``); and
+default probe, its overhead budget of 2 %); ``backprobe every step`` (``every=1``);
+``backprobe sentinel only`` (a schedule that records no step: what every step pays for
+the sentinel, the loss, gradient norms and output-gradient samples kept at each step);
+and
 for the MLP, peers when installed (``pip install -e ".[bench]"``): Lightning's
 ``grad_norm`` and TensorBoard's ``add_histogram`` for every parameter's gradient.
 
@@ -63,7 +66,12 @@ from torch import nn
 import backprobe as bp
 
 WORKLOADS = ("mlp", "lstm", "gpt2", "gpt2-compiled")
-PROBES = ("backprobe", "backprobe every step")
+PROBES = ("backprobe", "backprobe every step", "backprobe sentinel only")
+
+
+def never(step: int) -> bool:
+    """The schedule of the sentinel-only probe: no step recorded."""
+    return False
 
 
 def make_model(depth: int, width: int, seed: int = 0) -> nn.Sequential:
@@ -206,7 +214,7 @@ class Variant:
             return lambda loss, step: None
         if self.name in PROBES:
             db = tmp / f"{self.name.replace(' ', '_')}.db"
-            every = 1 if self.name == "backprobe every step" else None
+            every = {"backprobe every step": 1, "backprobe sentinel only": never}.get(self.name)
             self.probe = bp.Probe(self.model, every=every, db=db, name=self.name, time_batch=8)
             probe = self.probe
             return lambda loss, step: probe.step(loss)

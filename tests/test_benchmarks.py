@@ -35,3 +35,5 @@ def test_each_workload_prints_its_floor_budget_and_every_step_rows(workload):
         assert "x (" in cells[3]  # a ratio with its interquartile range
         assert cells[5].strip().endswith("%")  # the share of steps recorded
     assert probes[-1][5].strip() == "100 %"  # every step
+    (sentinel,) = [row.split("|") for row in rows[1:] if "sentinel only" in row]
+    assert "x (" in sentinel[3] and sentinel[5].strip() == "0 %"  # the sentinel alone
