@@ -228,3 +228,46 @@ def spike_remedies(bad_batch: bool) -> tuple[Remedy, ...]:
     if bad_batch:
         return (GUARD_SKIP, CLIP, GUARD_CLIP, lower_lr())
     return (lower_lr(), WARMUP, GUARD_LR, GUARD_CLIP, CLIP)
+
+
+QK_NORM = Remedy(
+    "Normalise queries and keys (QK-norm)",
+    "q, k = F.layer_norm(q, q.shape[-1:]), F.layer_norm(k, k.shape[-1:])  # before q @ k.T",
+    "A LayerNorm on each head's queries and keys bounds their norms, so the attention "
+    "logits cannot grow with the weights (Dehghani et al. 2023; Wortsman et al. 2023 show "
+    "it removes the instability in small models at high learning rates).",
+)
+SIGMA_REPARAM = Remedy(
+    "Reparametrise the attention weights by their spectral norm (σReparam)",
+    "torch.nn.utils.parametrizations.spectral_norm(attention.q_proj)  # and k_proj",
+    "Dividing W by its largest singular value bounds how far q·k can grow; Zhai et al. "
+    "2023's σReparam adds a learnable scale and keeps the attention entropy from "
+    "collapsing.",
+)
+Z_LOSS = Remedy(
+    "Add the z-loss on the output logits",
+    "loss = loss + 1e-4 * torch.logsumexp(logits, dim=-1).pow(2).mean()",
+    "Penalises log Z, the log of the softmax's normaliser, so the output logits stay near "
+    "the log-probabilities instead of drifting (Chowdhery et al. 2022; Wortsman et al. "
+    "2023).",
+)
+WEIGHT_DECAY = Remedy(
+    "Decay the weights",
+    "torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)",
+    "Pulls every weight toward 0 a little at each step, so the blocks' outputs, and the "
+    "residual stream they add up to, cannot grow without bound.",
+)
+ATTENTION_WARMUP = Remedy(
+    "Warm the learning rate up",
+    "torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=1000)",
+    "Adam's first steps move every weight by about the learning rate; small ones while "
+    "the attention settles keep the logits from jumping (Wortsman et al. 2023: longer "
+    "warm-up lowers the sensitivity to the learning rate).",
+)
+ATTENTION_REFERENCES = (
+    "Dehghani et al. 2023 (ViT-22B, QK-norm)",
+    "Wortsman et al. 2023",
+    "Zhai et al. 2023 (entropy collapse)",
+)
+OUTPUT_LOGIT_REFERENCES = ("Chowdhery et al. 2022 (PaLM, z-loss)", "Wortsman et al. 2023")
+UPDATE_REFERENCES = ("CS231n: update/weight ratio ~1e-3 (a rule of thumb)", "Wortsman et al. 2023")

@@ -26,6 +26,9 @@ Kind = Literal[
     "initialisation",
     "plateau",
     "spike",
+    "logit_growth",
+    "entropy_collapse",
+    "stream_growth",
 ]
 Severity = Literal["info", "warning", "error"]
 

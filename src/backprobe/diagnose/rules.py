@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ..store.view import RunView
 from ._head import RunHead
+from .attention import attention_findings
 from .blowup import blowup_findings, find_blowup
 from .depth import dead_findings, depth_findings, saturation_findings
 from .finding import Finding
@@ -70,4 +71,5 @@ def diagnose(
         findings += saturation_findings(finite, t)
         findings += dead_findings(finite, t)
         findings += plateau_findings(finite, t)
+        findings += attention_findings(finite, t)
     return sort_findings(findings)

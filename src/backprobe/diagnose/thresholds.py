@@ -36,6 +36,41 @@ class DiagnoseThresholds:
     warning (×100 the norm), above ``lr_too_large_error`` an error, below
     ``lr_too_small`` a warning.
 
+    Measured updates (``Probe(optimizer=)`` records ``update_to_weight``, see
+    :mod:`backprobe.diagnose.updates`). The update-to-weight ratio of each recorded step
+    is the median over layers; its median over the first and over the last
+    ``trend_window`` recorded steps is judged. Above ``update_too_large`` (3·10⁻², 30×
+    the rule of thumb) in either window is a warning; one step above
+    ``update_too_large_error`` (0.3: a third of the weights replaced at once) is an
+    error. Measured on a 2-hidden-layer ReLU MLP and 2- and 4-layer GPT-2s: healthy Adam
+    runs (lr 3·10⁻⁴ to 10⁻²) stay below 2·10⁻² in both windows although their first
+    step reaches 5·10⁻² (0.27 for the MLP at lr 10⁻², which still trains); runs that
+    stalled at chance (the MLP under Adam at 10⁻¹: 2.7 at its first step; under SGD with
+    momentum 0.9 at lr 1.0: 8.7·10⁻² over its first window) are caught. Below
+    ``update_too_small`` (10⁻⁵, 100× under the rule of thumb) in every recorded step is a
+    warning: a converged run's updates shrink with its
+    gradient (1.7·10⁻⁴ for the MLP under SGD at loss 7·10⁻⁴), so only far below the band
+    is the learning rate itself to blame.
+
+    Attention and residual stream (:mod:`backprobe.diagnose.attention`). Windows of
+    ``trend_window`` recorded steps at the start and at the end of the run are compared.
+    A layer's largest attention logit at or above ``attn_logit_warning`` (50) at the end
+    and at least ``logit_rise`` times its value at the start is logit growth: at a logit
+    50 above another key's, that key's weight is e⁻⁵⁰ ≈ 2·10⁻²² of it, far below float32's
+    resolution (Gemma 2 soft-caps its attention logits at 50); the rise
+    keeps a pretrained model whose logits were large from the start from being flagged.
+    The model output's largest |logit| at or above ``output_logit_warning`` (30, Gemma 2's
+    cap on the final logits) with the same rise, in a model with attention, is output
+    logit growth. A layer's mean attention entropy at the end below ``entropy_collapse``
+    (0.1) of its start is entropy collapse: a query with entropy H spreads its attention
+    over about e^H keys, and a tenth of the start (≈ log n for n keys) is n^0.1: 2 of 1,024
+    keys. A healthy 4-layer GPT-2 learning to copy kept 0.3 of it (its sharpest layer).
+    A residual block's stream (its RMS from ``act_mean`` and ``act_std``) at the end at
+    least ``stream_growth`` (100) times its RMS at the first recorded step is stream
+    growth: a warning alongside logit growth or entropy collapse, else info (healthy
+    GPT-2 runs grew their stream ×10 to ×300 from a 0.02-std initialisation, diverging
+    ones ×1000).
+
     Non-finite. The growth of the total gradient norm over the last recorded steps
     before the first NaN/inf, per step: above ``nonfinite_growth`` the NaN is called the
     end of a blow-up, else a sudden numerical fault. At most ``growth_window`` steps are
@@ -95,6 +130,15 @@ class DiagnoseThresholds:
     spike_z: float = 6.0
     spike_sample_ratio: float = 3.0
     spike_layer_share: float = 0.1
+    update_too_large: float = 3e-2
+    update_too_large_error: float = 0.3
+    update_too_small: float = 1e-5
+    trend_window: int = 10
+    attn_logit_warning: float = 50.0
+    output_logit_warning: float = 30.0
+    logit_rise: float = 2.0
+    entropy_collapse: float = 0.1
+    stream_growth: float = 100.0
 
     def __post_init__(self) -> None:
         pairs = (
@@ -107,6 +151,9 @@ class DiagnoseThresholds:
             ("init_ratio_low", "init_ratio_high", None),
             ("time_vanishing_error", "time_vanishing", 1.0),
             ("time_exploding", "time_exploding_error", None),
+            ("update_too_small", "update_too_large", None),
+            ("update_too_large", "update_too_large_error", None),
+            ("entropy_collapse", "entropy_collapse", 1.0),
         )
         for low, high, cap in pairs:
             a, b = getattr(self, low), getattr(self, high)
@@ -119,6 +166,11 @@ class DiagnoseThresholds:
             raise BackprobeError(
                 f"Expected growth_window ≥ 2 and plateau_min_steps ≥ 2, but got "
                 f"{self.growth_window} and {self.plateau_min_steps}."
+            )
+        if self.trend_window < 1 or min(self.logit_rise, self.stream_growth) < 1:
+            raise BackprobeError(
+                f"Expected trend_window ≥ 1 and logit_rise, stream_growth ≥ 1, but got "
+                f"{self.trend_window}, {self.logit_rise!r} and {self.stream_growth!r}."
             )
         if not 2 <= self.spike_warmup <= self.spike_window:
             raise BackprobeError(

@@ -1,8 +1,10 @@
 """Rules on how a run trained: the first non-finite value, the learning rate for the
 gradient scale, and a loss plateau while the early layers starve.
 
-The learning-rate rule needs the size of the update, which the probe does not record
-(it records ||g|| and ||θ|| per layer, before the optimizer steps). It uses, best first:
+The learning-rate rule needs the size of the update. A probe given the optimizer measures
+it (``Probe(optimizer=)``: the rule of :mod:`backprobe.diagnose.updates` judges it);
+otherwise the probe records ||g|| and ||θ|| per layer, before the optimizer steps, and
+the rule uses, best first:
 
 1. a learning rate that the caller passes (``lr=``), or a recorded scalar ``"lr"``
    (``probe.record_scalar("lr", lr)``), or ``"lr"`` in the run's config: the update is
@@ -30,6 +32,7 @@ from ._steps import no_gradient_rows, param_layers, total_grad_norms
 from .depth import relative_profiles
 from .finding import Finding
 from .thresholds import DiagnoseThresholds
+from .updates import measured_ratios, update_findings
 
 #: The update rule the learning-rate rule assumes when it turns ``lr`` into an update
 #: size: ``"sgd"`` (update lr·||g||) or ``"adam"`` (every element moves by about lr).
@@ -216,8 +219,13 @@ def learning_rate_findings(
 ) -> list[Finding]:
     """Update-to-weight ratio far from ~1e-3: too large (median over layers above
     ``lr_too_large``) or, when the learning rate is known, too small (every layer below
-    ``lr_too_small``). Only steps before the first non-finite one count."""
+    ``lr_too_small``). Only steps before the first non-finite one count. A run that
+    measured its updates (``Probe(optimizer=)``) is judged on them instead
+    (:mod:`backprobe.diagnose.updates`)."""
     optimizer = update_rule(optimizer)
+    measured = measured_ratios(run, first_nonfinite_row(run))
+    if measured is not None:
+        return update_findings(run, t, measured)
     layers = param_layers(run)
     if layers.size == 0 or run.steps.size == 0:
         return []

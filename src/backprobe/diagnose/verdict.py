@@ -13,7 +13,9 @@ Each finding kind maps to one status (:data:`STATUS_OF_KIND`):
 finding kinds                                             status
 ========================================================  =================
 ``no_gradient`` (nothing was measured to judge)           ``unknown``
-``exploding``, ``exploding_through_time``, ``spike``      ``exploding``
+``exploding``, ``exploding_through_time``, ``spike``,     ``exploding``
+``logit_growth``, ``entropy_collapse``,
+``stream_growth`` (attention, residual stream)
 ``nonfinite``                                             ``nonfinite``
 ``vanishing``, ``vanishing_through_time``, ``plateau``,   ``vanishing``
 ``saturation``, ``dead_units`` (they starve gradients)
@@ -48,6 +50,9 @@ STATUS_OF_KIND: dict[Kind, Status] = {
     "exploding": "exploding",
     "exploding_through_time": "exploding",
     "spike": "exploding",
+    "logit_growth": "exploding",
+    "entropy_collapse": "exploding",
+    "stream_growth": "exploding",
     "nonfinite": "nonfinite",
     "vanishing": "vanishing",
     "vanishing_through_time": "vanishing",
