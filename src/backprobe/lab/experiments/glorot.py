@@ -243,6 +243,7 @@ SATURATION = register(
             "init_std_ratio",
             "test_accuracy",
         ),
+        missing={"exit_step": "none (never saturated, or saturated to the end)"},
         expect={
             "sigmoid-standard": [
                 Expectation("top_mean_low", "<", SATURATED, f"{_PAPER}, Fig. 2"),

@@ -45,14 +45,15 @@ def value_text(row: Row) -> str:
     if row.note and all(math.isnan(v) for v in row.values):
         return row.note
     mean, low, high = row.value, row.low, row.high
+    reach = "depth" in row.metric or "filler" in row.metric  # NaN: no size reached
     if math.isnan(mean):
-        return "none" if "depth" in row.metric or "filler" in row.metric else "NaN (diverged)"
+        return "none" if reach else "NaN (diverged)"
     text = _fmt(mean)
     if row.seeds > 1 and math.isfinite(low) and low != high:
         text += f" ({_fmt(low)}–{_fmt(high)})"
     nan = sum(math.isnan(v) for v in row.values)
     if nan:
-        text += f", NaN on {nan} seed{'s' if nan > 1 else ''}"
+        text += f", {'none' if reach else 'NaN'} on {nan} seed{'s' if nan > 1 else ''}"
     if row.note:
         text += f"; {row.note}"
     return text
