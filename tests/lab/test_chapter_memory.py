@@ -3,25 +3,20 @@ chapter prints its table, the tanh RNN's time view and a conclusion built from t
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
 import pytest
-from rich.console import Console
 
 from backprobe import open_run
 from backprobe.lab.chapter_memory import CELL_LABELS, MEMORY_QUICK
-from backprobe.lab.demo import run_demo
 
 
 @pytest.fixture(scope="module")
-def chapter(tmp_path_factory):
-    db = tmp_path_factory.mktemp("ch2") / "runs.db"
-    out = io.StringIO()
-    console = Console(file=out, width=80, color_system=None)
-    result = run_demo(db=db, quick=True, seed=0, console=console, chapters=[2])[0]
-    return db, out.getvalue(), result
+def chapter(quick_demo):
+    """(db, the quick demo's output, chapter 2's result) from the session's quick demo."""
+    db, text, results = quick_demo
+    return db, text, results[1]
 
 
 def test_one_stored_run_per_model_and_filler(chapter):

@@ -21,7 +21,6 @@ from backprobe.lab.demo import (
     ChapterResult,
     DemoContext,
     TrainingSetup,
-    run_demo,
     train_side_by_side,
 )
 from backprobe.lab.tasks import classification_task
@@ -33,18 +32,18 @@ MARGIN = 0.15
 
 
 @pytest.fixture(scope="module")
-def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, ChapterResult]:
-    """Run the quick demo once for the module: (db, console output, chapter 1 result)."""
-    db = tmp_path_factory.mktemp("demo") / "runs.db"
-    out = io.StringIO()
-    console = Console(file=out, width=80, color_system=None)
-    results = run_demo(db=db, quick=True, seed=0, console=console)
-    assert len(results) == len(CHAPTERS)
-    return db, out.getvalue(), results[0]
+def chapter_one(
+    quick_demo: tuple[Path, str, list[ChapterResult]],
+) -> tuple[Path, str, ChapterResult]:
+    """The quick demo's run (every chapter, shared by the session): (db, console output,
+    chapter 1's result)."""
+    db, text, results = quick_demo
+    assert [r.number for r in results] == [c.number for c in CHAPTERS]
+    return db, text, results[0]
 
 
-def test_three_runs_are_stored(quick_demo: tuple[Path, str, ChapterResult]) -> None:
-    db, _, chapter = quick_demo
+def test_three_runs_are_stored(chapter_one: tuple[Path, str, ChapterResult]) -> None:
+    db, _, chapter = chapter_one
     with RunDatabase(db, read_only=True) as database:
         runs = database.runs()
     runs = [r for r in runs if r.name.startswith("demo/ch1/")]
@@ -60,9 +59,9 @@ def test_three_runs_are_stored(quick_demo: tuple[Path, str, ChapterResult]) -> N
 
 
 def test_deep_sigmoid_vanishes_in_the_stored_run(
-    quick_demo: tuple[Path, str, ChapterResult],
+    chapter_one: tuple[Path, str, ChapterResult],
 ) -> None:
-    db, _, chapter = quick_demo
+    db, _, chapter = chapter_one
     stored = open_run(db, "demo/ch1/deep-sigmoid")
     v = verdict(stored)
     assert v.status == "vanishing"
@@ -74,9 +73,9 @@ def test_deep_sigmoid_vanishes_in_the_stored_run(
 
 
 def test_short_sigmoid_and_deep_relu_are_healthy(
-    quick_demo: tuple[Path, str, ChapterResult],
+    chapter_one: tuple[Path, str, ChapterResult],
 ) -> None:
-    db, _, chapter = quick_demo
+    db, _, chapter = chapter_one
     for key in ("short-sigmoid", "deep-relu-he"):
         v = verdict(open_run(db, f"demo/ch1/{key}"))
         assert v.status == "healthy", (key, v.message)
@@ -84,9 +83,9 @@ def test_short_sigmoid_and_deep_relu_are_healthy(
 
 
 def test_only_the_deep_sigmoid_network_fails_to_learn(
-    quick_demo: tuple[Path, str, ChapterResult],
+    chapter_one: tuple[Path, str, ChapterResult],
 ) -> None:
-    _, _, chapter = quick_demo
+    _, _, chapter = chapter_one
     short, deep, relu = (
         chapter.model(k) for k in ("short-sigmoid", "deep-sigmoid", "deep-relu-he")
     )
@@ -100,9 +99,9 @@ def test_only_the_deep_sigmoid_network_fails_to_learn(
 
 
 def test_output_tells_the_story_in_80_columns(
-    quick_demo: tuple[Path, str, ChapterResult],
+    chapter_one: tuple[Path, str, ChapterResult],
 ) -> None:
-    _, text, chapter = quick_demo
+    _, text, chapter = chapter_one
     lines = text.splitlines()
     assert max(len(line) for line in lines) <= 80
     assert "Chapter 1: the short network vs the long network" in text

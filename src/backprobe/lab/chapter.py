@@ -42,7 +42,8 @@ ResultT = TypeVar("ResultT", bound=KeyedResult)
 class ChapterResult(Generic[ResultT]):
     """What a chapter measured: one result per trained model, in training order
     (chapter 1: :class:`~backprobe.lab.demo.ModelResult`; chapter 2:
-    :class:`~backprobe.lab.chapter_memory.MemoryResult`)."""
+    :class:`~backprobe.lab.chapter_memory.MemoryResult`; chapter 3:
+    :class:`~backprobe.lab.chapter_spikes.SpikeResult`)."""
 
     number: int
     title: str

@@ -13,7 +13,9 @@ accuracy and how far the first layer's weights moved: the chain rule multiplies 
 sigmoid derivative (at most 1/4) per layer, so the long sigmoid network's first layers
 get ~nothing and learn nothing. Every run is stored in the run database.
 
-Chapter 2, "the short memory of RNNs", lives in :mod:`backprobe.lab.chapter_memory`.
+Chapter 2, "the short memory of RNNs", lives in :mod:`backprobe.lab.chapter_memory`;
+chapter 3, a transformer that spikes (post-LN against pre-LN, and the guard), in
+:mod:`backprobe.lab.chapter_spikes`.
 
 Chapters are plain functions in :data:`CHAPTERS`; later chapters append to it and reuse
 :func:`train_side_by_side`, :func:`print_profile` and :func:`comparison_table`.
@@ -43,6 +45,7 @@ from ..report.text import log_bar, verdict_text
 from ..store import DEFAULT_DB, open_run
 from .chapter import Chapter, ChapterResult, DemoContext
 from .chapter_memory import MEMORY_TITLE, chapter_short_memory
+from .chapter_spikes import SPIKES_TITLE, chapter_spikes
 from .models import DeepMLP, Init, MLPActivation
 from .tasks import Task, classification_task
 from .training import Trainee, lab_threads, train_lockstep
@@ -535,6 +538,7 @@ def _tell_story(ctx: DemoContext, short: ModelResult, deep: ModelResult, relu: M
 CHAPTERS: list[Chapter] = [
     Chapter(1, "the short network vs the long network", chapter_short_vs_long),
     Chapter(2, MEMORY_TITLE, chapter_short_memory),
+    Chapter(3, SPIKES_TITLE, chapter_spikes),
 ]
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "MLPActivation",
     "Readout",
     "RecurrentModel",
+    "TransformerLM",
 ]
 
 #: The hidden-layer nonlinearities a :class:`DeepMLP` is built with.
@@ -281,3 +282,45 @@ class RecurrentModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"cell={self.cell}, readout={self.readout}"
+
+
+class TransformerLM(nn.Module):
+    """A small causal transformer language model: token embedding plus learned
+    positions, ``layers`` ``nn.TransformerEncoderLayer`` blocks (an MLP of
+    4 × width, ReLU, no dropout), a linear head; token ids [B, T] in, logits [B, T, vocab] out.
+
+    ``pre_ln`` chooses where LayerNorm sits (Xiong et al. 2020): post-LN (the original
+    transformer, ``x = LN(x + f(x))``) normalises the residual stream after each block;
+    pre-LN (``x = x + f(LN(x))``, with a final LayerNorm before the head) leaves the
+    stream unnormalised and the gradient an identity path to every block.
+    """
+
+    def __init__(
+        self,
+        vocab: int,
+        length: int,
+        *,
+        width: int = 64,
+        heads: int = 4,
+        layers: int = 8,
+        pre_ln: bool = False,
+    ) -> None:
+        super().__init__()
+        self.pre_ln = pre_ln
+        self.embed = nn.Embedding(vocab, width)
+        self.positions = nn.Parameter(0.02 * torch.randn(length, width))
+        block = nn.TransformerEncoderLayer(
+            width, heads, 4 * width, dropout=0.0, norm_first=pre_ln, batch_first=True
+        )
+        self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width) if pre_ln else nn.Identity()
+        self.head = nn.Linear(width, vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        length = tokens.shape[1]
+        mask = nn.Transformer.generate_square_subsequent_mask(length, device=tokens.device)
+        x = self.embed(tokens) + self.positions[:length]
+        return self.head(self.norm(self.blocks(x, mask=mask, is_causal=True)))
+
+    def extra_repr(self) -> str:
+        return f"pre_ln={self.pre_ln}"

@@ -31,6 +31,7 @@ __all__ = [
     "insurance_task",
     "latch_task",
     "mackey_glass",
+    "markov_text",
     "temporal_order_task",
 ]
 
@@ -616,3 +617,36 @@ def mackey_glass(
         k4 = f(x + step * k3, d1)
         xs.append(x + step * (k1 + 2 * k2 + 2 * k3 + k4) / 6.0)
     return torch.tensor(xs[lag:], dtype=torch.float64)
+
+
+# --- Language modelling -------------------------------------------------------------------
+
+
+def markov_text(
+    n: int, length: int, *, vocab: int = 32, sharpness: float = 3.0, seed: int = 0
+) -> torch.Tensor:
+    """Token sequences of a first-order Markov chain: a language a small transformer
+    learns in a few hundred steps.
+
+    The transition matrix is the same for every ``seed`` (rows ``softmax(sharpness · z)``,
+    z standard normal from a fixed generator), so that all seeds speak one language:
+    a model that ignores its context predicts the tokens' overall frequencies (a loss
+    near 3.1 nats at the default sizes), one that reads the previous token reaches the
+    chain's entropy (about 1.5 nats). ``seed`` draws the sequences.
+
+    Returns:
+        int64 [n, length + 1]: inputs are ``[:, :-1]``, next-token targets ``[:, 1:]``.
+    """
+    if n < 1 or length < 1 or vocab < 2 or sharpness <= 0:
+        raise LabConfigError(
+            f"Expected n >= 1, length >= 1, vocab >= 2 and sharpness > 0, got {n=}, "
+            f"{length=}, {vocab=}, {sharpness=}."
+        )
+    language = torch.Generator().manual_seed(1234)
+    transitions = torch.softmax(sharpness * torch.randn(vocab, vocab, generator=language), -1)
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.empty(n, length + 1, dtype=torch.long)
+    tokens[:, 0] = torch.randint(vocab, (n,), generator=g)
+    for t in range(length):  # sequential by nature: each token depends on the previous
+        tokens[:, t + 1] = torch.multinomial(transitions[tokens[:, t]], 1, generator=g)[:, 0]
+    return tokens

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..probe import Probe
 from ..remedies.clipping import clip_grad_norm_, global_grad_norm
+from ..remedies.guard import Guard
 
 __all__ = ["Trainee", "cross_entropy_loss", "lab_threads", "train_lockstep"]
 
@@ -48,7 +49,9 @@ class Trainee:
     """One network of the loop, and what the loop measured of it so far.
 
     ``clip`` > 0 rescales its global gradient norm to at most ``clip`` before the probe
-    records the step (Pascanu et al.'s Algorithm 1). The loop fills in ``loss_value``
+    records the step (Pascanu et al.'s Algorithm 1). A ``guard`` (over the trainee's probe
+    and optimizer) ends each step in their place and may skip or slow the update on a
+    spike (:class:`~backprobe.remedies.guard.Guard`). The loop fills in ``loss_value``
     (the task loss of the latest step), ``grad_norm`` (the global gradient norm of the
     latest step before clipping, when clipping or ``measure_norm``), ``steps`` (steps
     trained), ``diverged_at`` (the step whose loss was not finite) and ``stopped``
@@ -60,6 +63,7 @@ class Trainee:
     probe: Probe
     loss: LossFn = cross_entropy_loss
     clip: float = 0.0
+    guard: Guard | None = None
     loss_value: float = math.nan
     grad_norm: float = math.nan
     steps: int = 0
@@ -150,12 +154,17 @@ def train_lockstep(
                 post_mortem = trainee.post_mortem
                 task_loss = _backward(step, trainee, x, y, measure_norm)
                 before_probe_step(step, trainee)
-                recorded = trainee.probe.step(task_loss)
+                guard = None if post_mortem else trainee.guard
+                recorded = trainee.probe.recording
+                if guard is not None:
+                    guard.step(task_loss)  # the probe's step and the update
+                else:
+                    trainee.probe.step(task_loss)
                 trainee.steps = step + 1
                 if post_mortem:
                     trainee.stopped = True
                     continue
-                if trainee.diverged_at is None:
+                if trainee.diverged_at is None and guard is None:
                     trainee.optimizer.step()
                 trainee.optimizer.zero_grad(set_to_none=True)
                 after_update(step, trainee, recorded)

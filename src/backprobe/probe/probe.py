@@ -326,6 +326,12 @@ class Probe(RunView):
     def attached(self) -> bool:
         return bool(self._handles)
 
+    @property
+    def recording(self) -> bool:
+        """Whether the step in progress (the one the next ``step()`` ends) is recorded:
+        the schedule's answer, fixed when the previous step ended."""
+        return self._recording
+
     def attach(self) -> Probe:
         """Register the hooks and open the run; calling it again does nothing."""
         if self._closed:
