@@ -356,6 +356,7 @@ trainer:
         unsupported: ignore
         metrics: [grad_norm_preclip]
         config: {{note: yaml}}
+        updates: true
 """
     )
     cli = LightningCLI(
@@ -366,6 +367,60 @@ trainer:
     assert run.layers == ["net.0", "net.1", "net.3", "net.4"]
     assert run.info.config["note"] == "yaml" and "net.2" in run.info.config["probe"]["exclude"]
     assert set(cli.trainer.callback_metrics) == {"backprobe/grad_norm_preclip"}
+    assert np.isfinite(run.history("update_to_weight")[:, 0]).all()  # updates: true
+
+
+class AdamTiny(Tiny):
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+class UpdatesByHand(L.Callback):
+    """||Δθ|| / ||θ|| of one module's parameters around each training batch."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.ratios = name, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        module = pl_module.get_submodule(self.name)
+        self.before = [p.detach().clone() for p in module.parameters()]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        pairs = zip(pl_module.get_submodule(self.name).parameters(), self.before, strict=True)
+        delta = torch.cat([(a.detach() - b).flatten() for a, b in pairs])
+        weight = torch.cat([b.flatten() for b in self.before])
+        self.ratios.append(float(delta.double().norm() / weight.double().norm()))
+
+
+@pytest.mark.parametrize("scaled", [False, True], ids=["fp32", "fp16-grad-scaler"])
+def test_updates_are_each_recorded_steps_own_although_the_backward_runs_in_the_closure(
+    tmp_path, scaled
+):
+    """Lightning runs the backward inside optimizer.step(closure), after the optimizer's
+    pre-hook (under a GradScaler, before scaler.step and its hooks): either way each
+    recorded step gets the update that followed its own gradients."""
+    from lightning.pytorch.plugins import MixedPrecision
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    by_hand = UpdatesByHand("net.2")
+    callback = BackprobeCallback(every=2, db=None, updates=True)
+    trainer = L.Trainer(
+        callbacks=[callback, by_hand],
+        max_steps=5,
+        accelerator="cpu",
+        devices=1,
+        plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)] if scaled else None,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(AdamTiny(), DataLoader(data(5), batch_size=5))
+    probe = callback.probe
+    assert probe.steps.tolist() == [0, 2, 4]
+    measured = probe.history("update_to_weight")[:, probe.layers.index("net.2")]
+    np.testing.assert_allclose(measured, np.asarray(by_hand.ratios)[[0, 2, 4]], rtol=1e-5)
+    assert (probe.history("adam_step")[:, probe.layers.index("net.2")] > 0).all()
 
 
 class Starved(Tiny):

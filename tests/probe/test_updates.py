@@ -129,6 +129,35 @@ def test_updates_belong_to_recorded_steps_only(make_probe):
     np.testing.assert_allclose(measured, hand[[0, 2, 4]], rtol=2e-6)
 
 
+@pytest.mark.parametrize("every", [1, 2])
+def test_a_backward_inside_the_optimizers_closure_gets_its_own_update(make_probe, every):
+    """opt.step(closure) with the backward and probe.step() in the closure (Lightning's
+    automatic optimisation): the step is recorded after the pre-hook, before the update,
+    and the update that follows is still its own, not the next recorded step's."""
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    probe = make_probe(model, optimizer=opt, every=every)
+    hand = []
+    with probe:
+        for _ in range(STEPS):
+            x = torch.randn(8, 6)
+
+            def closure(x=x):
+                opt.zero_grad()
+                loss = model(x).pow(2).mean()
+                loss.backward()
+                probe.step(loss)
+                return loss
+
+            before = [p.detach().clone() for p in model.parameters()]
+            opt.step(closure)
+            hand.append(hand_ratios(model, before))
+    recorded = list(range(0, STEPS, every))
+    assert probe.steps.tolist() == recorded
+    measured = probe.history("update_to_weight")[:, linear_columns(probe)]
+    np.testing.assert_allclose(measured, np.asarray(hand)[recorded], rtol=2e-6)
+
+
 def test_a_step_the_optimizer_skips_keeps_nan(make_probe):
     """No opt.step() between a recorded step and the next (a GradScaler that found an
     inf, an accumulation boundary elsewhere): that step has no update; the next step's

@@ -143,6 +143,10 @@ class DriverCallback:
         metrics: which statistics the framework's logs get (see
             :mod:`~backprobe.integrations.metrics`); the run database keeps all of them.
         prefix: first part of their names.
+        updates: also measure the update the framework's optimizer applies after each
+            recorded step (``update_to_weight`` per layer, Adam's ``adam_step``; see
+            :mod:`~backprobe.probe.updates`). Off by default: on a recorded step it holds
+            a copy of the probed parameters from before the optimizer step to after it.
     """
 
     def __init__(
@@ -161,8 +165,10 @@ class DriverCallback:
         sinks: Sequence[StepSink] = (),
         metrics: Sequence[str] = DEFAULT_METRICS,
         prefix: str = "backprobe",
+        updates: bool = False,
     ) -> None:
         super().__init__()
+        self.updates = updates
         options = {
             "every": every,
             "budget": budget,

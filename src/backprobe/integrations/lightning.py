@@ -66,7 +66,8 @@ class BackprobeCallback(DriverCallback, Callback):
 
     Takes the options of :class:`~backprobe.integrations._driver.DriverCallback`
     (``every`` counts optimizer steps), each settable from a LightningCLI config. The
-    GradScaler is taken from the trainer.
+    GradScaler is taken from the trainer; ``updates=True`` measures the updates of its
+    optimizer (of the first, when the module configures several).
 
     After ``fit``, ``callback.probe`` reads the run (``history``, ``summary``, …).
     """
@@ -85,9 +86,11 @@ class BackprobeCallback(DriverCallback, Callback):
             version = logger.version
             version = version if isinstance(version, str) else f"version_{version}"
             name = f"{logger.name}/{version}" if logger.name else version
+        optimizers = trainer.optimizers
         self._driver.start(
             pl_module,
             scaler=self._scaler,
+            optimizer=optimizers[0] if self.updates and optimizers else None,
             root=trainer.default_root_dir,
             name=name,
             config={"hparams": dict(pl_module.hparams)},

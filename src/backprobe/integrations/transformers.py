@@ -70,14 +70,8 @@ class BackprobeTrainerCallback(DriverCallback, TrainerCallback):
 
     Takes the options of :class:`~backprobe.integrations._driver.DriverCallback`
     (``every`` counts optimizer steps; the run's name defaults to ``run_name``, else the
-    model's class name). The GradScaler is taken from the Trainer's optimizer.
-
-    Args:
-        updates: also measure the update the Trainer's optimizer applies after each
-            recorded step (``update_to_weight`` per layer, Adam's ``adam_step``; see
-            :mod:`~backprobe.probe.updates`). Off by default: on a recorded step it
-            holds a copy of the probed parameters from before the optimizer step to
-            after it.
+    model's class name). The GradScaler is taken from the Trainer's optimizer, and so is
+    the optimizer whose updates ``updates=True`` measures.
 
     After ``train``, ``callback.probe`` reads the run (``history``, ``summary``, …).
     Hand it to the Trainer with :meth:`install` (or, with less, in ``callbacks=[…]``).
@@ -87,10 +81,6 @@ class BackprobeTrainerCallback(DriverCallback, TrainerCallback):
     _loss_hook: RemovableHandle | None = None
     #: whether the Trainer divided the loss by the step's item count
     _normalised = False
-
-    def __init__(self, *args: Any, updates: bool = False, **options: Any) -> None:
-        super().__init__(*args, **options)
-        self.updates = updates
 
     def install(self, trainer: Trainer) -> BackprobeTrainerCallback:
         """Add this callback to ``trainer`` so that it gets what ``callbacks=[…]`` cannot

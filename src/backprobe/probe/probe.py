@@ -623,6 +623,8 @@ class Probe(RunView):
         self._sentinel.next_step()
         self._buffer = self._fresh_buffer()
         self._begin_step()
+        if recorded and self._updates is not None:
+            self._updates.step_ended()
         return recorded
 
     def record_scalar(self, name: str, value: torch.Tensor | float) -> None:

@@ -24,7 +24,11 @@ gradients. The optimizer's step hooks (``register_step_pre_hook`` /
 ``probe.step()`` (and before the next one) and amend that step's row. A recorded step
 after which the optimizer does not step before the next ``probe.step()`` keeps NaN: a
 ``GradScaler`` that skipped the step for an inf, gradient accumulation that steps later, a
-loop that ends or detaches the probe first. Parameters in the optimizer's groups that the
+loop that ends or detaches the probe first. A loop whose backward runs inside
+``opt.step(closure)`` (Lightning's automatic optimisation, LBFGS-style closures) records
+the step between the two hooks, before the update: the probe's ``step()`` then takes the
+copy itself (:meth:`UpdateWatch.step_ended`) and the post-hook of that same
+``opt.step()`` measures it. Parameters in the optimizer's groups that the
 probe does not probe are left alone; a probed layer whose parameters the optimizer does
 not step gets NaN.
 
@@ -167,6 +171,7 @@ class UpdateWatch:
         # parameters and their copies
         self._taken: tuple[int, list[tuple[int, nn.Parameter]], list[nn.Parameter], list] | None
         self._taken = None
+        self._inside = False  # between the pre-hook and the post-hook of an opt.step()
         self._pending: list[_Measured] = []
 
     def hooks(self) -> list[RemovableHandle]:
@@ -188,8 +193,20 @@ class UpdateWatch:
     def before_step(self) -> None:
         """Pre-hook: copy the parameters if this step's update belongs to a recorded step."""
         self.settle(wait=False)
+        self._inside, self._taken = True, None  # a copy whose post-hook never ran is stale
+        self._take()
+
+    def step_ended(self) -> None:
+        """The probe's ``step()`` just ended a recorded step: inside an ``opt.step()``
+        whose closure ran the backward, the update is still to come, so copy now."""
+        if self._inside:
+            self._take()
+
+    def _take(self) -> None:
+        """Copy the stepped parameters for the due recorded step, unless it has its copy
+        or its measurement already."""
         step = self._due()
-        if step is None or step == self._last:
+        if step is None or step == self._last or self._taken is not None:
             return
         pairs = self._stepped()
         distinct = list({id(p): p for _, p in pairs}.values())
@@ -203,6 +220,7 @@ class UpdateWatch:
         """Post-hook: the norms of θ (before) and of Δθ, per parameter, and Adam's step
         per entry, on their way to the host."""
         taken, self._taken = self._taken, None
+        self._inside = False
         if taken is None:
             return
         step, pairs, distinct, before = taken
