@@ -31,8 +31,9 @@ app = typer.Typer(
     name="backprobe",
     help=(
         "See, explain and cure vanishing and exploding gradients in PyTorch models.\n\n"
-        "Start with `backprobe demo`: it trains a short and two deep networks side by side "
-        "and shows, layer by layer, where the gradient vanishes. Every run is stored in a "
+        "Start with `backprobe demo`: deep networks whose gradient vanishes, recurrent nets "
+        "that forget, a transformer that spikes, each shown layer by layer (or time step by "
+        "time step) beside its cure. Every run is stored in a "
         "run database (default ./backprobe-runs/runs.db); `backprobe runs` lists them and "
         "`backprobe show RUN` summarises one."
     ),
@@ -76,10 +77,12 @@ def demo(
     ] = False,
     seed: Annotated[int, typer.Option(help="Random seed for data and weights.")] = 0,
 ) -> None:
-    """Watch gradients vanish: a short vs a 50-layer network, sigmoid vs ReLU + He init.
+    """Watch gradients vanish and explode, in three chapters of about a minute each.
 
-    Trains each model on the same synthetic task with the probe attached, prints its
-    per-layer gradient profile and verdict, and stores every run in the run database.
+    1: a short vs a 50-layer network, sigmoid vs ReLU + He init. 2: the short memory of
+    RNNs (tanh RNN, LSTM, GRU, per time step). 3: a transformer that spikes, post-LN vs
+    pre-LN, and the guard. Each model trains with the probe attached; its gradient
+    profile, verdict and findings are printed and every run is stored in the run database.
     """
     from .lab.demo import run_demo
 
