@@ -215,6 +215,9 @@ RunFn = Callable[[Any, RunContext], dict[str, float]]
 #: Rows derived across variants (a depth sweep's maximum trainable depth), from
 #: {variant: {metric: PerSeed values}} and the config the variants started from.
 SummaryFn = Callable[[Mapping[str, Mapping[str, Sequence[float]]], Any], list[Row]]
+#: The paper's figure drawn from stored runs: {variant: seed 0's run} → a matplotlib
+#: Figure (typed loosely: the lab's registry never imports matplotlib).
+FigureFn = Callable[[Mapping[str, Any]], Any]
 
 
 @dataclass(frozen=True)
@@ -238,6 +241,8 @@ class Experiment:
             against the papers' and why).
         missing: metric → what the table shows for a variant where every seed left it
             NaN (an optional package that is not installed).
+        figure: draws the paper's figure from each variant's stored seed-0 run;
+            docs/results.md shows it under the experiment's table, with ``caption``.
     """
 
     name: str
@@ -252,6 +257,8 @@ class Experiment:
     seeds: int = 3
     note: str = ""
     missing: Mapping[str, str] = field(default_factory=dict)
+    figure: FigureFn | None = None
+    caption: str = ""
 
     def __post_init__(self) -> None:
         if not dataclasses.is_dataclass(self.config):

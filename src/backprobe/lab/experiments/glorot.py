@@ -173,9 +173,9 @@ def run_saturation(config: SaturationConfig, ctx: RunContext) -> dict[str, float
 
 def activation_figure(runs: Mapping[str, RunView]) -> Figure:
     """The activations of each hidden layer over training, one panel per run (``runs``:
-    title → a stored run of :func:`run_saturation`): the mean as a line with the standard
-    deviation as vertical bars (Glorot & Bengio's Figure 2) and the 1st and 99th
-    percentiles as markers (their Figure 3)."""
+    variant, or a panel title, → a stored run of :func:`run_saturation`): the mean as a
+    line with the standard deviation as vertical bars (Glorot & Bengio's Figure 2) and the
+    1st and 99th percentiles as markers (their Figure 3)."""
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -205,14 +205,21 @@ def activation_figure(runs: Mapping[str, RunView]) -> Figure:
             )
             for s in ("p1", "p99"):
                 ax.plot(steps[bars], series[s][kept][bars], "x", ms=3, color=colours[i - 1])
-        ax.set_title(title, fontsize="medium")
+        ax.set_title(_TITLES.get(title, title), fontsize="medium")
         ax.set_xlabel("training step (thousands)")
-    axes[0].set_ylabel("activation value (mean ± std; × 1st / 99th percentile)")
+    axes[0].set_ylabel("activation: mean ± std, × p1 / p99")
     axes[0].legend(fontsize="small")
     return fig
 
 
 _PAPER = "Glorot & Bengio 2010"
+#: Panel titles of :func:`activation_figure` by variant.
+_TITLES = {
+    "sigmoid-standard": "sigmoid, standard init",
+    "tanh-standard": "tanh, standard init",
+    "tanh-normalised": "tanh, normalised init",
+    "sigmoid-normalised": "sigmoid, normalised init",
+}
 SATURATION = register(
     Experiment(
         name="saturation",
@@ -244,6 +251,12 @@ SATURATION = register(
             "test_accuracy",
         ),
         missing={"exit_step": "none (never saturated, or saturated to the end)"},
+        figure=activation_figure,
+        caption="Each hidden layer's activations on 300 fixed test images over training, "
+        "seed 0, drawn as Glorot & Bengio's Figures 2 and 3: the mean as a line, the "
+        "standard deviation as bars, the 1st and 99th percentiles as crosses. With sigmoid "
+        "and the standard init the top layer (layer 4) falls to 0 at once and stays there "
+        "for most of training; tanh's layers stay centred on 0.",
         expect={
             "sigmoid-standard": [
                 Expectation("top_mean_low", "<", SATURATED, f"{_PAPER}, Fig. 2"),

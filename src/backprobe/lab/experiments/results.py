@@ -27,13 +27,15 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from .base import Row
+from ...report.figures import save
+from ...store import RunDatabase, open_run
+from .base import Experiment, Row
 from .registry import experiments, get_experiment
 from .runner import Job, plan, run_jobs
 from .show import VERDICT_MARK, value_text, verdict_text
 from .table import collect, results_rows
 
-__all__ = ["main", "markdown", "ordered_jobs", "write_results"]
+__all__ = ["draw_figure", "main", "markdown", "ordered_jobs", "write_results"]
 
 
 def _cell(text: str) -> str:
@@ -95,6 +97,21 @@ def _wall_time(db: Path) -> str:
     )
 
 
+def draw_figure(experiment: Experiment, db: Path, folder: Path) -> Path | None:
+    """Draw ``experiment``'s paper figure from each variant's newest seed-0 run in
+    ``db`` into ``folder/<name>.png``; None when it has no figure or a variant has no
+    such run."""
+    if experiment.figure is None:
+        return None
+    names = {v: f"lab/{experiment.name}/{v}/s0" for v in experiment.variants}
+    with RunDatabase(db, read_only=True) as database:
+        stored = {r.name for r in database.runs()}
+    if not set(names.values()) <= stored:
+        return None
+    runs = {v: open_run(db, name) for v, name in names.items()}
+    return save(experiment.figure(runs), folder / f"{experiment.name}.png")
+
+
 def write_results(db: Path, out: Path, note: str = "") -> Path:
     """Write the results page for every experiment with runs in ``db``; ``note`` is a
     paragraph put under the introduction (how the runs were made, what is missing)."""
@@ -115,7 +132,11 @@ def write_results(db: Path, out: Path, note: str = "") -> Path:
         if not mine:
             sections.append(f"{head}\n\n*No runs stored yet.*\n")
             continue
-        sections.append(f"{head}\n\n{markdown(mine)}")
+        section = f"{head}\n\n{markdown(mine)}"
+        drawn = draw_figure(e, db, out.parent / "images")
+        if drawn is not None:
+            section += f"\n![{e.name}](images/{drawn.name})\n\n*{e.caption}*\n"
+        sections.append(section)
     body = "\n".join(sections)
     text = f"""# Lab results
 
