@@ -14,8 +14,11 @@ from backprobe.errors import ProbeConfigError
 from backprobe.probe.budget import WARMUP_STEPS, BudgetSchedule, StepClock
 
 
-def _simulate(budget: float, base: float, cost: float, steps: int) -> tuple[StepClock, list]:
-    """Steps of ``base`` seconds, ``base + cost`` when recorded, under a budget."""
+def _simulate(
+    budget: float, base: float, cost: float, steps: int, stalls: dict[int, float] | None = None
+) -> tuple[StepClock, list]:
+    """Steps of ``base`` seconds, ``base + cost`` when recorded, under a budget; a step
+    in ``stalls`` takes that many seconds more."""
     clock = StepClock()
     schedule = BudgetSchedule(clock, budget)
     recorded = []
@@ -23,7 +26,8 @@ def _simulate(budget: float, base: float, cost: float, steps: int) -> tuple[Step
         record = schedule(step)
         if record:
             recorded.append(step)
-        clock.observe(step, base + (cost if record else 0.0), record)
+        seconds = base + (cost if record else 0.0) + (stalls or {}).get(step, 0.0)
+        clock.observe(step, seconds, record)
     return clock, recorded
 
 
@@ -36,10 +40,21 @@ def test_budget_spaces_recordings_by_cost_over_budget(cost):
     assert np.all(np.abs(gaps - max(cost / 0.02, 1)) <= 1)
 
 
-def test_a_cheap_recording_is_taken_at_every_step():
+def test_a_cheap_recording_is_taken_at_almost_every_step():
+    """Free recording: every step but those that keep the base fresh (one in 33)."""
     clock, recorded = _simulate(0.02, 1.0, 0.001, 200)
-    assert len(recorded) > 190
+    assert len(recorded) > 180
     assert clock.overhead() <= 0.02
+
+
+def test_a_stalled_first_unrecorded_step_does_not_make_recording_look_free():
+    """The first unrecorded step after the warm-up stalls (×1.5): a base from it alone
+    would make a 30 % recording look free and every later step recorded, the base never
+    timed again. Three unrecorded steps and a refreshed base keep the budget."""
+    first = WARMUP_STEPS
+    clock, recorded = _simulate(0.02, 1.0, 0.3, 2000, stalls={first: 0.5, first + 1: 0.5})
+    assert len(recorded) < 0.1 * 2000
+    assert clock.overhead() <= 0.02 and clock.base == 1.0
 
 
 def test_stalls_do_not_count_as_recording_cost():
