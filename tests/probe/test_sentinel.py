@@ -83,6 +83,21 @@ def test_every_step_has_its_loss_norms_and_samples_whatever_the_schedule(make_pr
         np.testing.assert_allclose(sentinel.top_norms[row, :6], samples[order], rtol=1e-5)
 
 
+@pytest.mark.parametrize("every, read", [(1, 0), (never, 6)], ids=["recorded", "unrecorded"])
+def test_a_recorded_step_reads_the_gradients_once(make_probe, monkeypatch, every, read):
+    """At a recorded step the sentinel takes the norms the step's statistics just took;
+    at other steps it reads the six gradients itself."""
+    import backprobe.probe.sentinel as sentinel_module
+
+    counted: list[int] = []
+    own = sentinel_module.grouped_norms
+    monkeypatch.setattr(
+        sentinel_module, "grouped_norms", lambda values: counted.append(len(values)) or own(values)
+    )
+    by_hand(model(), 3, make_probe, every=every)
+    assert counted == [read] * 3
+
+
 def test_the_stored_run_reads_the_sentinel_back(tmp_path):
     db = tmp_path / "runs.db"
     probe = bp.Probe(model(), db=db, name="s", every=never)

@@ -652,11 +652,11 @@ class Probe(RunView):
     def _record(self, loss: torch.Tensor | float | None) -> None:
         buffer = self._buffer
         trainable = [(i, p) for i, p in self._params if p.requires_grad and not is_lazy(p)]
-        weights = add_tensor_norms(
+        weights, _ = add_tensor_norms(
             buffer, [(i, p.detach()) for i, p in trainable], Field.PARAM_NORM
         )
         with_grad = [(i, p.grad) for i, p in trainable if p.grad is not None]
-        grads = add_tensor_norms(buffer, with_grad, Field.PARAM_GRAD_NORM)
+        grads, grad_norms = add_tensor_norms(buffer, with_grad, Field.PARAM_GRAD_NORM)
         gradients = len({id(g) for _, g in with_grad})
         self._check_gradients(gradients, buffer)
         if loss is not None:
@@ -674,7 +674,10 @@ class Probe(RunView):
         }
         scalars = {name: buffer.add_extra(v) for name, v in self._scalars.items()}
         attention = self._attention.measure(buffer)
-        sentinel = self._sentinel.gather(loss, scale)
+        # the sentinel's gradient norms are the ones just taken (in float64 under
+        # torch.distributed, which the sentinel's float32 row does not take)
+        known = grad_norms if process_group() is None else None
+        sentinel = self._sentinel.gather(loss, scale, known)
         at = None if sentinel.vector is None else buffer.add_extra(sentinel.vector)
         host = buffer.to_host(process_group(), len(self._modules))
         self._keep_sentinel(sentinel, None if at is None else host.entry(at))

@@ -29,7 +29,7 @@ and the rest is kept. Under torch.distributed the samples are this rank's.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,6 +94,15 @@ class Gathered:
     samples: int
 
 
+def _stacked(norms: list[tuple[int, torch.Tensor]]) -> list[tuple[list[int], torch.Tensor]]:
+    """0-d norms ``(position, norm)`` as :func:`~backprobe.probe.norms.grouped_norms`
+    gives them: one stacked vector per device and dtype, with the positions it holds."""
+    groups: dict[tuple[torch.device, torch.dtype], list[tuple[int, torch.Tensor]]] = {}
+    for position, norm in norms:
+        groups.setdefault((norm.device, norm.dtype), []).append((position, norm))
+    return [([k for k, _ in g], torch.stack([n for _, n in g])) for g in groups.values()]
+
+
 class Sentinel:
     """The sentinel of one probe: its output hook and the per-step gathering.
 
@@ -142,20 +151,34 @@ class Sentinel:
         self._epoch += 1
         self._outputs = []
 
-    def gather(self, loss: torch.Tensor | float | None, scale: torch.Tensor | None) -> Gathered:
+    def gather(
+        self,
+        loss: torch.Tensor | float | None,
+        scale: torch.Tensor | None,
+        known: Mapping[int, torch.Tensor] | None = None,
+    ) -> Gathered:
         """The step's values on the device (no synchronisation), for one transfer: two
-        kernels besides the norms' (a stack of the scalars, a concatenation)."""
+        kernels besides the norms' (a stack of the scalars, a concatenation).
+
+        ``known``: gradient norms a recorded step has just taken (0-d, by ``id`` of the
+        gradient, as the sentinel takes them); those gradients are not read again (one
+        pass over the gradients instead of two: 1.4 ms a step on the 16×512 MLP).
+        """
         present = [
             j
             for j, p in enumerate(self._params)
             if p.grad is not None and p.requires_grad and not is_lazy(p)
         ]
         grads = [self._params[j].grad for j in present]
+        known = known or {}
+        reused = [k for k, g in enumerate(grads) if id(g) in known]
+        fresh = [k for k, g in enumerate(grads) if id(g) not in known]
         values = [
             g if type(g) is torch.Tensor and not g.is_sparse else local_values(g)[0]  # type: ignore[arg-type]
-            for g in grads
+            for g in (grads[k] for k in fresh)
         ]
-        groups = grouped_norms(values)
+        groups = _stacked([(k, known[id(grads[k])]) for k in reused])
+        groups += [([fresh[k] for k in at], norms) for at, norms in grouped_norms(values)]
         order = np.asarray([present[k] for positions, _ in groups for k in positions], np.int64)
         scalars: list[torch.Tensor] = []
         has_loss = isinstance(loss, torch.Tensor)

@@ -155,7 +155,7 @@ def _float64(dtype: torch.dtype) -> torch.dtype:
 
 def add_tensor_norms(
     buffer: StepBuffer, items: list[tuple[int, torch.Tensor]], kind: Field
-) -> list[torch.Tensor]:
+) -> tuple[list[torch.Tensor], dict[int, torch.Tensor]]:
     """One entry of ``kind`` per ``(layer, tensor)``: its norm, accumulated in float32
     (float64 for float64 tensors), one stacked vector per device and dtype. A sparse
     tensor's norm is that of its coalesced values; an FSDP2 ``DTensor``'s, that of this
@@ -163,12 +163,14 @@ def add_tensor_norms(
     combined in :func:`~backprobe.probe.distributed.gather_step`, which also needs exact
     norms: float64 under torch.distributed).
 
-    Returns the tensors in entry order, for :func:`refine_norms`.
+    Returns the tensors in entry order, for :func:`refine_norms`, and each tensor's norm
+    on the device (0-d) by ``id`` of the tensor, for the sentinel to reuse.
     """
     local = [local_values(t) for _, t in items]
     values = [v for v, _ in local]
     dtype = _float64 if process_group() is not None else accumulator
     ordered: list[torch.Tensor] = []
+    by_tensor: dict[int, torch.Tensor] = {}
     for positions, norms in grouped_norms(values, dtype):
         buffer.add_elements(
             [items[i][0] for i in positions],
@@ -178,7 +180,8 @@ def add_tensor_norms(
             shards=[local[i][1] for i in positions],
         )
         ordered.extend(values[i] for i in positions)
-    return ordered
+        by_tensor.update((id(items[i][1]), norms[k]) for k, i in enumerate(positions))
+    return ordered, by_tensor
 
 
 def refine_norms(host: HostStep, kind: Field, tensors: list[torch.Tensor]) -> None:
