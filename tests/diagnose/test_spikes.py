@@ -75,6 +75,18 @@ def test_a_planted_outlier_sample_is_named_with_its_step(make_probe):
     assert "sample 5" in finding.summary and "step 60" in finding.summary
 
 
+def test_a_spike_the_run_got_over_is_information(make_probe):
+    """The same bad batch, but 80 steps after it: the loss (0.02 before, 868 at the spike,
+    0.2-0.9 for a while) comes back within 1.5 times where it was, so the spike is named
+    as information and the verdict is about the network, not the batch."""
+    probe = make_probe(mlp(), every=25)
+    regression(probe, STEP + 80, outlier)
+    (finding,) = spike_findings(probe)
+    assert finding.where["step"] == STEP and finding.where["samples"] == [5]
+    assert finding.severity == "info" and finding.summary.endswith("the run got over it")
+    assert bp.verdict(probe).status == "healthy"
+
+
 def test_a_stored_run_gives_the_same_spike_finding(tmp_path):
     db = tmp_path / "runs.db"
     probe = bp.Probe(mlp(), db=db, name="outlier", every=25)

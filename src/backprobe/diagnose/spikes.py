@@ -318,6 +318,35 @@ def _episodes(spikes: list[Spike], steps: np.ndarray) -> list[list[Spike]]:
     return episodes
 
 
+def _below(ratio: float, bar: float) -> bool:
+    """A ratio not judged (NaN) or below ``bar``."""
+    return not math.isfinite(ratio) or ratio < bar
+
+
+def _got_over(series: SentinelSeries, episode: list[Spike], t: DiagnoseThresholds) -> bool:
+    """Whether the run got over a spike episode (see
+    :class:`~backprobe.diagnose.thresholds.DiagnoseThresholds`): its loss back near its
+    running median later in the run, or a rise of single layers only."""
+    first = episode[0]
+    if any(s.nonfinite for s in episode):
+        return False
+    if all(
+        _below(s.grad_ratio, t.spike_ratio) and _below(s.loss_ratio, t.spike_recovered)
+        for s in episode
+    ):
+        return True  # single layers rose; the global norm and the loss hardly did
+    if not math.isfinite(first.loss_ratio) or first.loss_ratio <= 0:
+        return False
+    loss = series.field("loss")
+    baseline = loss[int(np.searchsorted(series.steps, first.step))] / first.loss_ratio
+    after = loss[int(np.searchsorted(series.steps, episode[-1].step)) + 1 :]
+    after = after[np.isfinite(after)]
+    if after.size < t.spike_recovery or not math.isfinite(baseline):
+        return False
+    medians = np.median(sliding_window_view(after, t.spike_recovery), axis=1)
+    return bool((medians <= t.spike_recovered * baseline).any())
+
+
 def _strength(episode: list[Spike]) -> float:
     """How far an episode's largest rise went: non-finite first, then by ratio."""
     ratios = [r for s in episode for r in (s.grad_ratio, s.loss_ratio, *(v for _, v in s.layers))]
@@ -398,6 +427,7 @@ def spike_findings(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
     for episode in sorted(strongest, key=lambda e: e[0].step):
         first = episode[0]
         handled = all(s.step in guarded for s in episode)
+        survived = not handled and _got_over(series, episode, t)
         rose, where = _describe(first)
         more = f" over {len(episode)} steps" if len(episode) > 1 else ""
         of = f" (one of {len(episodes)} spike episodes)" if len(episodes) > 1 else ""
@@ -405,9 +435,10 @@ def spike_findings(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
         findings.append(
             Finding(
                 kind="spike",
-                severity="info" if handled else "warning",
+                severity="info" if handled or survived else "warning",
                 summary=f"spike at step {first.step}{more}: {rose}{where}{of}"
-                + ("; the guard acted on it" if handled else ""),
+                + ("; the guard acted on it" if handled else "")
+                + ("; the run got over it" if survived else ""),
                 where={
                     "step": first.step,
                     "layers": [name for name, _ in first.layers],

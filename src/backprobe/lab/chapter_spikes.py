@@ -99,7 +99,7 @@ class SpikeResult:
 
     ``block_grads`` is each block's feed-forward output layer's gradient norm at step 0,
     input → output [layers] (the probe's first recorded step); ``final_loss`` the mean
-    loss of the last tenth of the steps; ``spikes`` the run's spike findings; ``actions``
+    loss of the last tenth of the steps; ``spikes`` the run's spike findings, by step; ``actions``
     the guard's actions as (step, action).
     """
 
@@ -225,11 +225,14 @@ def train_transformers(ctx: DemoContext, setup: SpikeSetup) -> list[SpikeResult]
                 final_loss=float(curve[-tail:].mean()),
                 best_loss=float(np.nanmin(curve)),
                 block_grads=grads,
-                spikes=[
-                    f
-                    for f in diagnose(run, lr=setup.peak_lr, optimizer="adam")
-                    if f.kind == "spike"
-                ],
+                spikes=sorted(
+                    (
+                        f
+                        for f in diagnose(run, lr=setup.peak_lr, optimizer="adam")
+                        if f.kind == "spike"
+                    ),
+                    key=lambda f: f.where["step"],
+                ),
                 actions=[(e.step, e.kind) for e in run.events],
             )
         )
