@@ -39,8 +39,15 @@ def trend(values: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
     return typical(values[:size]), typical(values[-size:])
 
 
-def _named(run: RunView, hit: np.ndarray) -> list[str]:
-    return [run.layers[i] for i in np.flatnonzero(hit)]
+def _hits(layers: list[str], hit: np.ndarray) -> list[tuple[str, int]]:
+    """(name, column) of each column of ``hit`` that is True; ``layers`` names the
+    columns."""
+    return [(layers[i], int(i)) for i in np.flatnonzero(hit)]
+
+
+def _by_name(hits: list[tuple[str, int]], values: np.ndarray) -> dict[str, float | None]:
+    """``values`` at the hit columns, by layer name (for ``Finding.evidence``)."""
+    return {name: clean(values[i]) for name, i in hits}
 
 
 def _logit_growth(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
@@ -52,7 +59,8 @@ def _logit_growth(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
         hit = (end >= t.attn_logit_warning) & (end >= t.logit_rise * start)
     findings = []
     if hit.any():
-        names = _named(run, hit)
+        hits = _hits(run.layers, hit)
+        names = [name for name, _ in hits]
         worst = int(np.nanargmax(np.where(hit, end, np.nan)))
         findings.append(
             Finding(
@@ -64,8 +72,8 @@ def _logit_growth(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
                 ),
                 where={"layers": names},
                 evidence={
-                    "attn_logit_max_start": {n: clean(start[i]) for n, i in _pairs(run, hit)},
-                    "attn_logit_max_end": {n: clean(end[i]) for n, i in _pairs(run, hit)},
+                    "attn_logit_max_start": _by_name(hits, start),
+                    "attn_logit_max_end": _by_name(hits, end),
                     "threshold": t.attn_logit_warning,
                 },
                 cause=(
@@ -117,10 +125,6 @@ def _logit_growth(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
     return findings
 
 
-def _pairs(run: RunView, hit: np.ndarray) -> list[tuple[str, int]]:
-    return [(run.layers[i], int(i)) for i in np.flatnonzero(hit)]
-
-
 def _entropy_collapse(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
     entropy = run.history("attn_entropy")
     if run.steps.size < 2 or not np.isfinite(entropy).any():
@@ -130,7 +134,8 @@ def _entropy_collapse(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
         hit = end < t.entropy_collapse * start
     if not hit.any():
         return []
-    names = _named(run, hit)
+    hits = _hits(run.layers, hit)
+    names = [name for name, _ in hits]
     lowest = int(np.nanargmin(np.where(hit, end / start, np.nan)))
     lowest_head = trend(run.history("attn_entropy_min"), t.trend_window)[1]
     return [
@@ -143,9 +148,9 @@ def _entropy_collapse(run: RunView, t: DiagnoseThresholds) -> list[Finding]:
             ),
             where={"layers": names},
             evidence={
-                "attn_entropy_start": {n: clean(start[i]) for n, i in _pairs(run, hit)},
-                "attn_entropy_end": {n: clean(end[i]) for n, i in _pairs(run, hit)},
-                "attn_entropy_min_end": {n: clean(lowest_head[i]) for n, i in _pairs(run, hit)},
+                "attn_entropy_start": _by_name(hits, start),
+                "attn_entropy_end": _by_name(hits, end),
+                "attn_entropy_min_end": _by_name(hits, lowest_head),
                 "fraction": t.entropy_collapse,
             },
             cause=(
@@ -182,7 +187,8 @@ def _stream_growth(run: RunView, t: DiagnoseThresholds, unstable: bool) -> list[
         hit = growth >= t.stream_growth
     if not hit.any():
         return []
-    names = [run.layers[blocks[i]] for i in np.flatnonzero(hit)]
+    hits = _hits([run.layers[b] for b in blocks], hit)
+    names = [name for name, _ in hits]
     top = int(np.nanargmax(np.where(hit, growth, np.nan)))
     return [
         Finding(
@@ -194,12 +200,8 @@ def _stream_growth(run: RunView, t: DiagnoseThresholds, unstable: bool) -> list[
             ),
             where={"layers": names},
             evidence={
-                "stream_rms_first": {
-                    n: clean(first[i]) for n, i in zip(names, np.flatnonzero(hit), strict=True)
-                },
-                "stream_rms_end": {
-                    n: clean(end[i]) for n, i in zip(names, np.flatnonzero(hit), strict=True)
-                },
+                "stream_rms_first": _by_name(hits, first),
+                "stream_rms_end": _by_name(hits, end),
                 "growth": t.stream_growth,
             },
             cause=(
