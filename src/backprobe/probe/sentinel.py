@@ -6,7 +6,8 @@ placed (:mod:`~backprobe.store.sentinel` gives the stored row):
 
 - the loss given to ``step()``;
 - the gradient norm of each probed layer's own trainable parameters, read from ``.grad``
-  at ``step()`` (one fused ``torch._foreach_norm`` per device and dtype, stacked), and the
+  at ``step()`` (one vector of norms per device and dtype:
+  :func:`~backprobe.probe.norms.grouped_norms`), and the
   global norm over all of them (each parameter once, tied ones too);
 - the per-sample norm of the gradient at the model's output: a forward hook on the model
   registers one tensor hook on its output (the first floating-point tensor of at least

@@ -36,7 +36,7 @@ from ..activations import Saturation
 from ..errors import BackprobeError
 from ..store.statistics import LAYER_STATISTICS, Combine, LayerStatistic
 from .distributed import process_group
-from .norms import accumulator, foreach_norms, grouped_norms, local_values
+from .norms import accumulator, grouped_norms, local_values, stacked_norms
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -206,7 +206,7 @@ def refine_norms(host: HostStep, kind: Field, tensors: list[torch.Tensor]) -> No
     for k in redo:
         by_device[tensors[k].device].append(k)
     for device_redo in by_device.values():
-        exact = torch.stack(foreach_norms([tensors[k] for k in device_redo], torch.float64))
+        exact = stacked_norms([tensors[k] for k in device_redo], torch.float64)
         host.values[positions[device_redo]] = exact.cpu().numpy()
 
 

@@ -13,7 +13,7 @@ Three rules, each a thin layer over PyTorch's own ``torch.nn.utils.clip_grad_*``
   threshold has to be tuned.
 
 Each returns a :class:`ClipResult` of 0-d tensors on the gradients' device: the global
-norms are reduced with ``torch._foreach_norm`` per (device, dtype) group
+norms are reduced per (device, dtype) group
 (:func:`~backprobe.probe.norms.global_norm`) and nothing is moved to the host, so
 clipping adds no CPU↔GPU synchronisation to the step. When a
 ``probe`` is given, both norms are recorded on it as ``clip/pre_norm`` and
