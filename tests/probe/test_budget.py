@@ -198,3 +198,41 @@ def test_detaching_and_attaching_again_keeps_the_schedule(make_probe):
         probe.step()
         model.zero_grad()
     assert probe.steps.tolist()[:WARMUP_STEPS] == list(range(WARMUP_STEPS))
+
+
+def test_the_sentinel_is_measured_apart_from_recording():
+    """Unrecorded steps of 1.1 s of which the sentinel took 0.1 s: training alone is
+    1.0 s, the sentinel's overhead 10 %; a recorded step 0.2 s slower is recording's."""
+    clock = StepClock()
+    for step in range(1, 41):
+        recorded = step % 4 == 0
+        clock.observe(step, 1.3 if recorded else 1.1, recorded, sentinel=0.1)
+    assert clock.sentinel_overhead() == pytest.approx(0.1)
+    assert clock.overhead() == pytest.approx(10 * 0.2 / (40 * 1.0))
+
+
+def test_the_probe_measures_a_slow_sentinel(make_probe, monkeypatch):
+    """A sentinel made 3 ms slow on 6 ms training steps: the probe stores about 50 % as
+    the sentinel's overhead and leaves it out of recording's."""
+    from backprobe.probe.sentinel import Sentinel
+
+    row = Sentinel.row
+
+    def slow_row(self, *args, **kwargs):
+        time.sleep(0.003)
+        return row(self, *args, **kwargs)
+
+    monkeypatch.setattr(Sentinel, "row", slow_row)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+    probe = make_probe(model, every=lambda step: step % 4 == 0).attach()
+    x = torch.randn(2, 4)
+    for _ in range(40):
+        model(x).sum().backward()
+        time.sleep(0.006)
+        probe.step()
+        model.zero_grad()
+    probe.close()
+    assert 0.35 < probe.sentinel_overhead < 0.8
+    assert probe.overhead < 0.2
+    stored = probe.history("sentinel_overhead").ravel()
+    assert stored[-1] == pytest.approx(probe.sentinel_overhead, rel=1e-6)

@@ -29,8 +29,13 @@ def _recorded_run(tmp_path, **options) -> object:
 def test_a_run_shows_its_schedule_and_measured_overhead(tmp_path):
     run = _recorded_run(tmp_path, every=2)
     overhead = measured_overhead(run)
+    sentinel = measured_overhead(run, "sentinel_overhead")
     assert overhead is not None and overhead >= 0
-    assert schedule_line(run) == f"schedule every_2, measured overhead {100 * overhead:.1f} %"
+    assert sentinel is not None and sentinel > 0  # the sentinel ran at the unrecorded steps
+    assert schedule_line(run) == (
+        f"schedule every_2, measured overhead {100 * overhead:.1f} % "
+        f"+ sentinel {100 * sentinel:.1f} % (every step)"
+    )
     assert measurement_lines(run) == [
         "layer statistics: full batch, by forward and backward hooks; a compiled model "
         "runs eagerly at recorded steps"

@@ -2,13 +2,23 @@
 allows, instead of a guessed ``every``.
 
 Between two ``Probe.step()`` calls lies one training step, recorded or not; the probe
-times each with its own clock (:class:`StepClock`). Unrecorded steps give the cost of
-training alone (``base``: the median of the latest ones, so that a compilation or a
-stall does not count), recorded ones the cost of recording on top of it (``cost``: the
-median of the latest recorded steps, less ``base``). The measured overhead is the time
-recording added over the run, as a fraction of the time training alone would have
-taken: ``recorded steps × cost / (steps × base)``. Medians, because a shared machine
-stalls now and then, and a stall is no cost of recording.
+times each with its own clock (:class:`StepClock`). Unrecorded steps give ``base`` (the
+median of the latest ones, so that a compilation or a stall does not count), recorded
+ones the cost of recording on top of it (``cost``: the median of the latest recorded
+steps, less ``base``). Every step also pays the sentinel (:mod:`~backprobe.probe.sentinel`:
+the loss, the gradient norms, the output-gradient samples), whose own time the probe
+takes at each unrecorded step (``sentinel``: the median of the latest); training alone
+is ``base − sentinel``. The measured overhead is the time recording added over the run,
+as a fraction of the time training alone would have taken: ``recorded steps × cost /
+(steps × (base − sentinel))``; the sentinel's share, ``sentinel / (base − sentinel)``,
+is reported beside it. Medians, because a shared machine stalls now and then, and a
+stall is no cost of recording.
+
+The budget spaces the recordings, not the sentinel: the sentinel runs at every step by
+design (a spike lives one step), so no schedule can thin it, and counting it against
+the budget would leave nothing to record where it alone takes more (the gradient norms
+are one pass over every gradient: about 2 % of a 16×512 MLP's step on a 2-core CPU).
+The probe's whole cost is the two together, and both are stored with the run.
 
 :class:`BudgetSchedule` records a step only when that overhead, with the step's
 expected cost (the median of the latest recorded steps) added, stays within the budget:
@@ -58,12 +68,14 @@ class StepClock:
     def __init__(self) -> None:
         self._unrecorded: deque[float] = deque(maxlen=_WINDOW)
         self._recorded: deque[float] = deque(maxlen=_WINDOW)
+        self._sentinel: deque[float] = deque(maxlen=_WINDOW)  # its time at unrecorded steps
         self.steps = 0  # steps counted (all but step 0)
         self.recorded_steps = 0
         self.last_unrecorded: int | None = None  # the latest unrecorded step timed
 
-    def observe(self, step: int, seconds: float, recorded: bool) -> None:
-        """Count one step's duration (step 0, the set-up, is not counted)."""
+    def observe(self, step: int, seconds: float, recorded: bool, sentinel: float = 0.0) -> None:
+        """Count one step's duration, and at an unrecorded step the seconds of it that the
+        sentinel took (step 0, the set-up, is not counted)."""
         if step == 0:
             return
         self.steps += 1
@@ -72,6 +84,7 @@ class StepClock:
             self._recorded.append(seconds)
         else:
             self._unrecorded.append(seconds)
+            self._sentinel.append(min(sentinel, seconds))
             self.last_unrecorded = step
 
     @property
@@ -92,15 +105,30 @@ class StepClock:
             return None
         return max(statistics.median(self._recorded) - base, 0.0)
 
+    def _training(self) -> float | None:
+        """Seconds of a step without the probe: ``base`` less the sentinel's median."""
+        base = self.base
+        if base is None:
+            return None
+        return base - statistics.median(self._sentinel)
+
     def overhead(self, extra_recorded: int = 0, extra_steps: int = 0) -> float:
-        """The measured overhead (a fraction of the training time without recording), NaN
-        before a step of each kind; with ``extra_*``: as if that many more steps (of which
-        ``extra_recorded`` recorded ones of the usual cost) had run."""
-        base, cost = self.base, self.recorded_cost
+        """The measured overhead of recording (a fraction of the training time without
+        the probe), NaN before a step of each kind; with ``extra_*``: as if that many more
+        steps (of which ``extra_recorded`` recorded ones of the usual cost) had run."""
+        training, cost = self._training(), self.recorded_cost
         steps = self.steps + extra_steps
-        if base is None or cost is None or base <= 0 or steps == 0:
+        if training is None or cost is None or training <= 0 or steps == 0:
             return float("nan")
-        return (self.recorded_steps + extra_recorded) * cost / (steps * base)
+        return (self.recorded_steps + extra_recorded) * cost / (steps * training)
+
+    def sentinel_overhead(self) -> float:
+        """The sentinel's measured overhead (a fraction of the training time without the
+        probe), NaN before an unrecorded step."""
+        training = self._training()
+        if training is None or training <= 0:
+            return float("nan")
+        return statistics.median(self._sentinel) / training
 
 
 class BudgetSchedule:

@@ -426,10 +426,20 @@ class Probe(RunView):
         self._closed = True
 
     def _store_final_overhead(self, sink: RunWriter | MemoryRun) -> None:
-        overhead = self._step_clock.overhead()
-        if self._last_recorded is not None and math.isfinite(overhead):
-            sink.amend(self._last_recorded, {"overhead": np.array([overhead])})
+        measured = self._measured_overheads()
+        finite = {name: value for name, value in measured.items() if np.isfinite(value).all()}
+        if self._last_recorded is not None and finite:
+            sink.amend(self._last_recorded, finite)
             self._reader = None
+
+    def _measured_overheads(self) -> dict[str, np.ndarray]:
+        """The stored series of the overheads measured so far (see
+        :mod:`~backprobe.probe.budget`): recording's, and the sentinel's."""
+        clock = self._step_clock
+        return {
+            "overhead": np.array([clock.overhead()]),
+            "sentinel_overhead": np.array([clock.sentinel_overhead()]),
+        }
 
     def __enter__(self) -> Probe:
         return self.attach()
@@ -608,6 +618,7 @@ class Probe(RunView):
                 "around the training loop, or call probe.attach() first."
             )
         recorded = self._recording
+        started = time.perf_counter()
         if recorded:
             self._record(loss)
         else:  # the sentinel alone, in a transfer of its own
@@ -616,7 +627,8 @@ class Probe(RunView):
             self._keep_sentinel(gathered, None if vector is None else vector.cpu().numpy())
         now = time.perf_counter()
         if self._step_started is not None:
-            self._step_clock.observe(self._step, now - self._step_started, recorded)
+            sentinel = now - started + self._sentinel.hook_seconds
+            self._step_clock.observe(self._step, now - self._step_started, recorded, sentinel)
         self._step_started = now
         self._step += 1
         self._epoch += 1
@@ -691,7 +703,7 @@ class Probe(RunView):
         series = self._series(stats)
         series.update(self._attention.series(host, attention, self._modules, self._position))
         series["gradients"] = np.array([float(gradients)])
-        series["overhead"] = np.array([self._step_clock.overhead()])
+        series.update(self._measured_overheads())
         self._warn_unmeasured()
         series.update({USER_PREFIX + name: host.entry(e) for name, e in scalars.items()})
         profiles = {
@@ -928,6 +940,13 @@ class Probe(RunView):
         training time without it (NaN before a recorded and an unrecorded step were
         timed; see :mod:`~backprobe.probe.budget`)."""
         return self._step_clock.overhead()
+
+    @property
+    def sentinel_overhead(self) -> float:
+        """The sentinel's measured overhead so far: its time at every step (loss, gradient
+        norms, output-gradient samples), as a fraction of the training time without the
+        probe, on top of :attr:`overhead` (NaN before an unrecorded step was timed)."""
+        return self._step_clock.sentinel_overhead()
 
     @property
     def run_id(self) -> int | None:

@@ -29,6 +29,7 @@ and the rest is kept. Under torch.distributed the samples are this rank's.
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -127,6 +128,7 @@ class Sentinel:
         # per-sample norms of this step's outputs, one slot per forward in forward order
         self._outputs: list[torch.Tensor | None] = []
         self._epoch = 0
+        self.hook_seconds = 0.0  # the output hooks' time in this step (for the budget)
 
     def hook(self) -> _OutputHook:
         """The forward hook to register on the model."""
@@ -137,20 +139,25 @@ class Sentinel:
         for forwards without gradient, recomputes inside backward, or compiled traces)."""
         if tracing() or not torch.is_grad_enabled() or _in_backward():
             return
+        started = time.perf_counter()
         t = output_tensor(output)
         if t is not None:
             epoch, slot = self._epoch, len(self._outputs)
             self._outputs.append(None)
             t.register_hook(lambda grad: self._on_grad(epoch, slot, grad))
+        self.hook_seconds += time.perf_counter() - started
 
     def _on_grad(self, epoch: int, slot: int, grad: torch.Tensor) -> None:
         if epoch == self._epoch and grad is not None:
+            started = time.perf_counter()
             self._outputs[slot] = row_norms(grad.detach()).float()
+            self.hook_seconds += time.perf_counter() - started
 
     def next_step(self) -> None:
         """The step ended: what hooks of its forwards bring later is ignored."""
         self._epoch += 1
         self._outputs = []
+        self.hook_seconds = 0.0
 
     def gather(
         self,

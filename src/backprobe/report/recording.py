@@ -9,11 +9,12 @@ from ..errors import BackprobeError
 from ..store.view import RunView
 
 
-def measured_overhead(run: RunView) -> float | None:
-    """The overhead the probe measured at its last recorded step where it had (a fraction
-    of the training time), None when the run holds none."""
+def measured_overhead(run: RunView, series: str = "overhead") -> float | None:
+    """An overhead the probe measured (``series``: recording's, or the sentinel's
+    ``"sentinel_overhead"``), at its last recorded step where it had (a fraction of the
+    training time), None when the run holds none."""
     try:
-        values = run.history("overhead").ravel()
+        values = run.history(series).ravel()
     except BackprobeError:  # a probe with nothing recorded yet
         return None
     finite = values[np.isfinite(values)]
@@ -21,15 +22,21 @@ def measured_overhead(run: RunView) -> float | None:
 
 
 def schedule_line(run: RunView) -> str | None:
-    """'recorded at budget 2%, measured overhead 1.8 %', or None when the run says
-    neither."""
+    """'schedule budget 2%, measured overhead 1.8 % + sentinel 2.4 %', or None when the
+    run says neither."""
     every = run.probe_config.get("every")
     overhead = measured_overhead(run)
+    sentinel = measured_overhead(run, "sentinel_overhead")
     parts = []
     if every:
         parts.append(f"schedule {every}")
     if overhead is not None:
-        parts.append(f"measured overhead {100 * overhead:.1f} %")
+        measured = f"measured overhead {100 * overhead:.1f} %"
+        if sentinel is not None:
+            measured += f" + sentinel {100 * sentinel:.1f} % (every step)"
+        parts.append(measured)
+    elif sentinel is not None:
+        parts.append(f"measured sentinel overhead {100 * sentinel:.1f} % (every step)")
     return ", ".join(parts) or None
 
 

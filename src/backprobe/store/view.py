@@ -29,6 +29,9 @@ STEP_SERIES: tuple[str, ...] = (
     # the run's end): time recording added, as a fraction of the training time without it
     # (NaN before it was measured or stored)
     "overhead",
+    # [1] the sentinel's measured overhead (its time at every step, recorded or not) as a
+    # fraction of the training time without the probe, on top of "overhead"
+    "sentinel_overhead",
     # [1] the model output's largest |value| and root-mean-square (its logits for a
     # classifier or language model; see probe.attention), NaN if it gave no tensor
     "output_max",
