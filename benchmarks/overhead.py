@@ -31,8 +31,8 @@ included, against the mean of those two. Before the rounds every variant trains
 table gives the median time per step, the median and interquartile range of the
 per-round ratios, the ratio of the total times over all rounds (what a budget's
 recordings, rarer than one per round, cost on the whole), the share of steps recorded,
-and the overhead the probe measured with its own clock (none when every step is
-recorded: it has no unrecorded step to compare with).
+and the overheads the probe measured with its own clock: recording's (none when every
+step is recorded: it has no unrecorded step to compare with) and the sentinel's.
 
 Peak memory (MLP only) is measured per variant in a fresh subprocess: the process's peak
 resident memory over the timed steps, with the kernel's high-water mark reset after a
@@ -64,6 +64,7 @@ import torch
 from torch import nn
 
 import backprobe as bp
+from backprobe.probe.norms import grouped_norms
 
 WORKLOADS = ("mlp", "lstm", "gpt2", "gpt2-compiled")
 PROBES = ("backprobe", "backprobe every step", "backprobe sentinel only")
@@ -190,8 +191,9 @@ class ReadFloor:
 
     def step(self) -> None:
         grads = [p.grad for p in self.params if p.grad is not None]
-        norms = torch._foreach_norm([p.detach() for p in self.params] + grads)
-        torch.cat([*self.sums, torch.stack(norms)]).cpu().numpy()
+        # the norms taken as the probe takes them (one BLAS dot each on the CPU)
+        norms = [n for _, n in grouped_norms([p.detach() for p in self.params] + grads)]
+        torch.cat([*self.sums, *norms]).cpu().numpy()
         self.sums = []
 
 
@@ -337,7 +339,8 @@ class Timings:
 
 def time_workload(name: str, args: argparse.Namespace, tmp: Path) -> tuple[Timings, dict]:
     """Run the rounds of workload ``name``; return the timings and, per probe variant,
-    the share of steps recorded and the overhead the probe measured."""
+    the share of steps recorded and the overheads the probe measured (recording's, the
+    sentinel's)."""
     workload = make_workload(name, args.quick)
     names = available_variants(name)
     variants = {n: Variant(n, workload, tmp) for n in names}
@@ -364,9 +367,22 @@ def time_workload(name: str, args: argparse.Namespace, tmp: Path) -> tuple[Timin
     total_steps = args.warmup + args.rounds * args.steps
     for n, v in variants.items():
         if v.probe is not None:
-            probes[n] = (len(v.probe.steps) / total_steps, v.probe.overhead)
+            probes[n] = (
+                len(v.probe.steps) / total_steps,
+                v.probe.overhead,
+                v.probe.sentinel_overhead,
+            )
             v.probe.close()
     return timings, probes
+
+
+def _measured(overhead: float | None, sentinel: float | None) -> str:
+    """'1.9 % + 3.1 %': the overheads a probe measured, recording's and the sentinel's
+    ('-' for what it did not measure: recording when every step is recorded)."""
+    if overhead is None or sentinel is None or sentinel != sentinel:
+        return "-"  # no unrecorded step: neither was measured
+    cells = ["-" if v != v else f"{100 * v:.1f} %" for v in (overhead, sentinel)]
+    return " + ".join(cells)
 
 
 def print_table(
@@ -383,21 +399,21 @@ def print_table(
     )
     print(
         "| variant | ms / step | ratio to plain (median, IQR) | all rounds | recorded | "
-        "measured overhead | peak memory (MB) |"
+        "overhead measured (recording + sentinel) | peak memory (MB) |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
     total_plain = sum(timings.plain)
     for name, times in timings.times.items():
         ratios = [t / p for t, p in zip(times, timings.plain, strict=True)]
         q1, median, q3 = statistics.quantiles(ratios, n=4)
-        share, overhead = probes.get(name, (None, None))
+        share, overhead, sentinel = probes.get(name, (None, None, None))
         cells = [
             name,
             f"{1e3 * statistics.median(times):.1f}",
             f"{median:.3f}x ({q1:.3f}-{q3:.3f})",
             f"{sum(times) / total_plain:.3f}x",
             "-" if share is None else f"{100 * share:.0f} %",
-            "-" if overhead is None or overhead != overhead else f"{100 * overhead:.1f} %",
+            _measured(overhead, sentinel),
             "-" if name not in memory else f"{memory[name]:.0f}",
         ]
         print("| " + " | ".join(cells) + " |", flush=True)
