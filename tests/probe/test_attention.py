@@ -383,3 +383,20 @@ def test_training_is_bitwise_unchanged_and_unrecorded_steps_carry_no_hook(make_p
     # after steps 0 and 2 the next step is unrecorded / recorded: hooks only before the latter
     assert hooks[0] == 0 and hooks[1] > 0
     assert np.isfinite(attention_rows(probe)).all()
+
+
+def test_block_statistics_skip_queries_that_attend_to_nothing():
+    """One block of large logits (near one-hot rows) with a mask that leaves one query of
+    one sequence no key: that query counts for neither the entropy nor the queries."""
+    torch.manual_seed(0)
+    q, k = torch.randn(3, 2, 5, 4) * 3, torch.randn(3, 2, 7, 4) * 3
+    allowed = torch.rand(3, 1, 5, 7) > 0.4
+    allowed[:, :, :, 0] = True
+    allowed[1, 0, 2] = False  # query 2 of sequence 1 attends to nothing
+    raw = q @ k.transpose(-1, -2)
+    peak, sums, counts = attention._block_stats(raw, allowed, None)
+    largest, mean, lowest = hand(q, k, allowed, 1.0)
+    assert float(peak) == pytest.approx(largest, rel=1e-6)
+    assert counts.tolist() == [14.0, 14.0]  # 3 sequences x 5 queries, less one, per head
+    assert float(sums.sum() / counts.sum()) == pytest.approx(mean, rel=1e-5)
+    assert float((sums / counts).min()) == pytest.approx(lowest, rel=1e-5)
