@@ -222,3 +222,34 @@ def test_a_series_keeps_its_layout():
     assert series.layer_grad_norm[0].tolist() == [row[-2], row[-1]]
     assert len(series.until(2)) == 0 and len(series.until(3)) == 1
     assert len(SentinelSeries.empty(layers)) == 0
+
+
+def test_an_unrecorded_step_is_stored_at_the_next_step_or_when_asked(make_probe):
+    """An unrecorded step's values travel to the host without a synchronisation and are
+    stored when the next step() begins; asking for them (last_sentinel, the run's view,
+    detach) reads them at once."""
+    probe, expected = by_hand(model(), 3, make_probe, every=never)
+    assert probe._pending is not None and probe._pending.step == 2  # still on its way
+    step, row = probe.last_sentinel
+    assert step == 2 and probe._pending is None
+    assert row[0] == pytest.approx(expected[2][0], rel=1e-6)  # the loss, the row's first field
+    assert probe.sentinel.steps.tolist() == [0, 1, 2]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_an_unrecorded_step_copies_into_pinned_memory_without_waiting(make_probe):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 2)).cuda()
+    probe = make_probe(net, every=never).attach()
+    x = torch.randn(6, 5, device="cuda")
+    totals = []
+    for _ in range(3):
+        net.zero_grad()
+        loss = net(x).pow(2).mean()
+        loss.backward()
+        totals.append(float(torch.cat([p.grad.reshape(-1) for p in net.parameters()]).norm()))
+        probe.step(loss)
+        pending = probe._pending
+        assert pending.event is not None and pending.host.is_pinned()
+    probe.close()
+    np.testing.assert_allclose(probe.sentinel.field("grad_norm"), totals, rtol=1e-5)

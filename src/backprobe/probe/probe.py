@@ -59,7 +59,7 @@ from .selection import (
     owns_parameters,
     select_layers,
 )
-from .sentinel import Gathered, Sentinel
+from .sentinel import Gathered, Pending, Sentinel
 from .stats import Field, StatSlots, StepBuffer, StepStats, add_tensor_norms, refine_norms
 from .through_time import TimeSettings, is_recurrent, make_watch
 from .updates import PerEntry, UpdateWatch
@@ -288,6 +288,8 @@ class Probe(RunView):
         )
         self._sentinel = Sentinel(self._params)  # every step: loss, norms, output samples
         self._last_sentinel: tuple[int, np.ndarray] | None = None
+        self._pending: Pending | None = None  # an unrecorded step's values on their way
+        self._pinned: torch.Tensor | None = None  # host memory they are copied into (CUDA)
         self._warned: set[int] = set()
         self._warned_missing: set[str] = set()
         self._warned_no_gradient = False
@@ -408,6 +410,7 @@ class Probe(RunView):
         self._attention.start(False)
         if self._updates is not None:
             self._updates.settle(wait=True)
+        self._settle_sentinel()
         if self._sink is not None:
             self._sink.flush()
         for sink in self._extra_sinks:
@@ -619,12 +622,13 @@ class Probe(RunView):
             )
         recorded = self._recording
         started = time.perf_counter()
+        self._settle_sentinel()  # the step before's, whose copy has finished by now
         if recorded:
             self._record(loss)
-        else:  # the sentinel alone, in a transfer of its own
+        else:  # the sentinel alone, in a transfer of its own, read at the next step()
             gathered = self._sentinel.gather(loss, self._current_scale())
-            vector = gathered.vector
-            self._keep_sentinel(gathered, None if vector is None else vector.cpu().numpy())
+            scaled = gathered.has_scale and self._grads_still_scaled()
+            self._pending, self._pinned = Pending.start(self._step, gathered, scaled, self._pinned)
         now = time.perf_counter()
         if self._step_started is not None:
             sentinel = now - started + self._sentinel.hook_seconds
@@ -692,7 +696,10 @@ class Probe(RunView):
         sentinel = self._sentinel.gather(loss, scale, known)
         at = None if sentinel.vector is None else buffer.add_extra(sentinel.vector)
         host = buffer.to_host(process_group(), len(self._modules))
-        self._keep_sentinel(sentinel, None if at is None else host.entry(at))
+        scaled = sentinel.has_scale and params_scaled
+        self._keep_sentinel(
+            self._step, sentinel, np.zeros(0) if at is None else host.entry(at), scaled
+        )
         refine_norms(host, Field.PARAM_NORM, weights)
         refine_norms(host, Field.PARAM_GRAD_NORM, grads)
         gates = {i: entry for (i, _, kind), entry in extras.items() if kind == "gates"}
@@ -717,20 +724,29 @@ class Probe(RunView):
             sink.append(self._step, series, profiles)
         self._reader = None
 
-    def _keep_sentinel(self, gathered: Gathered, host: np.ndarray | None) -> None:
-        """Store the sentinel's row of the step ending now, from its host values."""
-        scaled = gathered.has_scale and self._grads_still_scaled()
-        row = self._sentinel.row(gathered, np.zeros(0) if host is None else host, scaled)
+    def _keep_sentinel(self, step: int, gathered: Gathered, host: np.ndarray, scaled: bool) -> None:
+        """Store the sentinel's row of ``step`` from its host values; ``scaled`` when the
+        parameter gradients still carried the loss scale."""
+        row = self._sentinel.row(gathered, host, scaled)
         assert self._sink is not None
-        self._sink.append_sentinel(self._step, row)
-        self._last_sentinel = (self._step, row)
+        self._sink.append_sentinel(step, row)
+        self._last_sentinel = (step, row)
         self._reader = None
+
+    def _settle_sentinel(self) -> None:
+        """Store the row of the unrecorded step whose values are on their way to the host
+        (waiting for the copy if it has not finished)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._keep_sentinel(pending.step, pending.gathered, pending.values(), pending.scaled)
 
     @property
     def last_sentinel(self) -> tuple[int, np.ndarray] | None:
         """The step that ``step()`` ended last and its sentinel row, as stored (see
         :mod:`~backprobe.store.sentinel`); None before the first ``step()``. What a
-        :class:`~backprobe.Guard` judges."""
+        :class:`~backprobe.Guard` judges. Asking waits for the step's values to reach the
+        host (see :class:`~backprobe.probe.sentinel.Pending`)."""
+        self._settle_sentinel()
         return self._last_sentinel
 
     def record_event(self, kind: str, detail: dict, step: int | None = None) -> None:
@@ -930,6 +946,7 @@ class Probe(RunView):
             raise ProbeConfigError("Nothing recorded yet: attach the probe and train first.")
         if self._updates is not None:
             self._updates.settle(wait=True)
+        self._settle_sentinel()
         if self._reader is None:
             self._reader = self._sink.view()
         return self._reader

@@ -19,8 +19,12 @@ placed (:mod:`~backprobe.store.sentinel` gives the stored row):
 Everything stays on the device until ``step()``, where it is concatenated into one
 vector and read with the step's one host transfer: riding in the recorded step's
 transfer (:meth:`~backprobe.probe.stats.StepBuffer.add_extra`) or, on other steps, as
-its own. The host keeps the per-layer and global norms and, of the samples, their
-number, median, the total norm and the :data:`~backprobe.store.sentinel.TOP_SAMPLES`
+its own, which does not synchronise (:class:`Pending`): on a CUDA device a non-blocking
+copy into pinned memory, read at the next ``step()`` (waiting, if at all, for that
+step's work only, while the next step's is queued behind it), or earlier when the row is
+asked for (a :class:`~backprobe.Guard` asks at once: it must judge the step before the
+optimizer takes it). The host keeps the per-layer and global norms and, of the samples,
+their number, median, the total norm and the :data:`~backprobe.store.sentinel.TOP_SAMPLES`
 largest with their indices. Under a ``GradScaler`` the norms are unscaled. A compiled
 model's output hook runs only where it lies outside the compiled graph (the probe given
 the ``torch.compile`` wrapper); elsewhere the output norms of compiled steps are missing
@@ -103,6 +107,53 @@ def _stacked(norms: list[tuple[int, torch.Tensor]]) -> list[tuple[list[int], tor
     for position, norm in norms:
         groups.setdefault((norm.device, norm.dtype), []).append((position, norm))
     return [([k for k, _ in g], torch.stack([n for _, n in g])) for g in groups.values()]
+
+
+class Pending:
+    """An unrecorded step's gathered vector on its way to the host, without a
+    synchronisation: on a CUDA device a non-blocking copy into pinned memory followed by
+    an event; on the CPU the vector itself; elsewhere a plain (synchronous) copy. One
+    pinned buffer serves every step (the probe reads one pending copy before it starts
+    the next)."""
+
+    __slots__ = ("event", "gathered", "host", "scaled", "step")
+
+    def __init__(
+        self,
+        step: int,
+        gathered: Gathered,
+        scaled: bool,
+        host: torch.Tensor | None,
+        event: torch.cuda.Event | None,
+    ) -> None:
+        self.step, self.gathered, self.scaled = step, gathered, scaled
+        self.host, self.event = host, event
+
+    @staticmethod
+    def start(
+        step: int, gathered: Gathered, scaled: bool, pinned: torch.Tensor | None
+    ) -> tuple[Pending, torch.Tensor | None]:
+        """Start the copy of ``gathered``'s vector; returns the pending read and the pinned
+        buffer to keep for the next one."""
+        vector = gathered.vector
+        if vector is None or vector.device.type == "cpu":
+            return Pending(step, gathered, scaled, vector, None), pinned
+        if vector.device.type != "cuda":
+            return Pending(step, gathered, scaled, vector.cpu(), None), pinned
+        n = vector.numel()
+        if pinned is None or pinned.numel() < n or pinned.dtype != vector.dtype:
+            pinned = torch.empty(max(n, 64), dtype=vector.dtype, pin_memory=True)
+        host = pinned[:n]
+        host.copy_(vector, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(vector.device))
+        return Pending(step, gathered, scaled, host, event), pinned
+
+    def values(self) -> np.ndarray:
+        """The host values (waits for the copy if it has not finished)."""
+        if self.event is not None:
+            self.event.synchronize()
+        return np.zeros(0) if self.host is None else self.host.numpy()
 
 
 class Sentinel:
