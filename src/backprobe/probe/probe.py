@@ -22,6 +22,7 @@ the probe attached is bitwise identical to training without it.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import math
 import time
@@ -142,6 +143,19 @@ class _ParamHook:
 
     def __reduce__(self) -> tuple:
         return (_ParamHook, (None, self.index))
+
+
+#: Probes holding an unrecorded step's sentinel values on their way to the host.
+_unsettled: weakref.WeakSet[Probe] = weakref.WeakSet()
+
+
+@atexit.register
+def _settle_at_exit() -> None:
+    """Store the sentinel rows still on their way of probes never closed (a crash: the
+    last step is the one to see). Registered after the run writers' exit handler, so it
+    runs before they close the runs."""
+    for probe in list(_unsettled):
+        probe._settle_sentinel()
 
 
 class Probe(RunView):
@@ -629,6 +643,7 @@ class Probe(RunView):
             gathered = self._sentinel.gather(loss, self._current_scale())
             scaled = gathered.has_scale and self._grads_still_scaled()
             self._pending, self._pinned = Pending.start(self._step, gathered, scaled, self._pinned)
+            _unsettled.add(self)
         now = time.perf_counter()
         if self._step_started is not None:
             sentinel = now - started + self._sentinel.hook_seconds
@@ -737,6 +752,7 @@ class Probe(RunView):
         """Store the row of the unrecorded step whose values are on their way to the host
         (waiting for the copy if it has not finished)."""
         pending, self._pending = self._pending, None
+        _unsettled.discard(self)
         if pending is not None:
             self._keep_sentinel(pending.step, pending.gathered, pending.values(), pending.scaled)
 
