@@ -28,7 +28,11 @@ from backprobe.store import RunDatabase
 
 #: Accuracy above chance (25% for 4 classes) that counts as "learned" after the quick
 #: run's 250 steps; seeds 0-2 measured 60-65% (short sigmoid), 52-64% (deep ReLU + He).
-MARGIN = 0.15
+#: Seed 0's deep ReLU + He measured 49% with the avx2 and avx512 kernels and 40% with
+#: ATEN_CPU_CAPABILITY=default (1 or 2 threads): 50 ReLU layers amplify the kernels'
+#: rounding differences, so the margin leaves room for them (the deep sigmoid stays at
+#: exactly chance).
+MARGIN = 0.10
 
 
 @pytest.fixture(scope="module")

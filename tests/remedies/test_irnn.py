@@ -48,7 +48,7 @@ def _check_irnn_beats_tanh(make_probe, length: int, steps: int, hidden: int) -> 
 
 
 def test_irnn_beats_tanh_rnn_on_adding_quick(make_probe):
-    _check_irnn_beats_tanh(make_probe, length=30, steps=300, hidden=32)
+    _check_irnn_beats_tanh(make_probe, length=30, steps=500, hidden=32)
 
 
 @pytest.mark.slow
