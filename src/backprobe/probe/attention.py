@@ -195,7 +195,7 @@ def _block_stats(
     if allowed is not None:
         # −inf added, built at the mask's own (often broadcast) size: a masked_fill of
         # the full logits took four times as long
-        shut = torch.zeros(allowed.shape, device=raw.device).masked_fill_(~allowed, -math.inf)
+        shut = torch.zeros_like(allowed, dtype=raw.dtype).masked_fill_(~allowed, -math.inf)
         scores = scores + shut
         peak = (scores if bias is None else raw + shut).amax()
     else:

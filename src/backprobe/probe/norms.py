@@ -65,24 +65,39 @@ def stacked_norms(
     if not tensors:
         return torch.zeros(0, dtype=dtype)
     if foreach is False:
-        return torch.stack([torch.linalg.vector_norm(t, dtype=dtype) for t in tensors])
+        return torch.stack(_torch_norms(list(tensors), dtype, fused=False))
     blas = [k for k, t in enumerate(tensors) if _blas_ready(t, dtype)]
     if len(blas) == len(tensors):
         return torch.stack([torch.dot(f, f) for f in (t.view(-1) for t in tensors)]).sqrt_()
     taken = set(blas)
-    norms = _foreach_norms([t for k, t in enumerate(tensors) if k not in taken], dtype)
+    norms = _torch_norms([t for k, t in enumerate(tensors) if k not in taken], dtype)
     for k in blas:  # the contiguous ones, in their places
         flat = tensors[k].view(-1)
         norms.insert(k, torch.dot(flat, flat).sqrt())
     return torch.stack(norms)
 
 
-def _foreach_norms(tensors: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
-    """0-d norms accumulated in ``dtype``: one fused kernel (per-tensor on older torch)."""
-    try:
-        return list(torch._foreach_norm(tensors, 2, dtype=dtype))
-    except TypeError:  # older torch without the dtype argument
-        return [torch.linalg.vector_norm(t, dtype=dtype) for t in tensors]
+def _torch_norms(
+    tensors: list[torch.Tensor], dtype: torch.dtype, fused: bool = True
+) -> list[torch.Tensor]:
+    """0-d norms accumulated in ``dtype`` by torch's kernels: one fused kernel, or one
+    ``vector_norm`` each (``fused=False``, or an older torch without ``_foreach_norm``'s
+    dtype argument)."""
+    if fused:
+        try:
+            return list(torch._foreach_norm(tensors, 2, dtype=dtype))
+        except TypeError:  # older torch without the dtype argument
+            pass
+    return [torch.linalg.vector_norm(t, dtype=dtype) for t in tensors]
+
+
+def by_device_and_dtype(tensors: Sequence[torch.Tensor]) -> list[list[int]]:
+    """The positions of ``tensors`` grouped by (device, dtype), groups in order of first
+    appearance (what one stacked vector of values can hold)."""
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for position, t in enumerate(tensors):
+        groups.setdefault((t.device, t.dtype), []).append(position)
+    return list(groups.values())
 
 
 def grouped_norms(
@@ -93,13 +108,11 @@ def grouped_norms(
     """The L2 norms of dense tensors (e.g. :func:`dense_values`), one group per (device,
     dtype) in order of first appearance: ``(positions in values, norms [len(positions)]
     on the group's device)``, accumulated in ``dtype(the group's dtype)``."""
-    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for position, t in enumerate(values):
-        groups.setdefault((t.device, t.dtype), []).append(position)
-    return [
-        (positions, stacked_norms([values[i] for i in positions], dtype(d), foreach))
-        for (_, d), positions in groups.items()
-    ]
+    groups = []
+    for positions in by_device_and_dtype(values):
+        group = [values[i] for i in positions]
+        groups.append((positions, stacked_norms(group, dtype(group[0].dtype), foreach)))
+    return groups
 
 
 def global_norm(tensors: Sequence[torch.Tensor], foreach: bool | None = None) -> torch.Tensor:

@@ -45,7 +45,7 @@ from torch.nn.parameter import is_lazy
 
 from ..store.sentinel import TOP_SAMPLES, pack_row
 from .compiled import tracing
-from .norms import grouped_norms, local_values
+from .norms import by_device_and_dtype, grouped_norms, local_values
 from .outputs import floating_tensors
 from .stats import row_norms
 
@@ -103,10 +103,8 @@ class Gathered:
 def _stacked(norms: list[tuple[int, torch.Tensor]]) -> list[tuple[list[int], torch.Tensor]]:
     """0-d norms ``(position, norm)`` as :func:`~backprobe.probe.norms.grouped_norms`
     gives them: one stacked vector per device and dtype, with the positions it holds."""
-    groups: dict[tuple[torch.device, torch.dtype], list[tuple[int, torch.Tensor]]] = {}
-    for position, norm in norms:
-        groups.setdefault((norm.device, norm.dtype), []).append((position, norm))
-    return [([k for k, _ in g], torch.stack([n for _, n in g])) for g in groups.values()]
+    groups = by_device_and_dtype([n for _, n in norms])
+    return [([norms[i][0] for i in g], torch.stack([norms[i][1] for i in g])) for g in groups]
 
 
 class Pending:
