@@ -394,7 +394,8 @@ def test_block_statistics_skip_queries_that_attend_to_nothing():
     allowed[:, :, :, 0] = True
     allowed[1, 0, 2] = False  # query 2 of sequence 1 attends to nothing
     raw = q @ k.transpose(-1, -2)
-    peak, sums, counts = attention._block_stats(raw, allowed, None)
+    closed = attention._closed_where(~allowed)
+    peak, sums, counts = attention._block_stats(raw, closed, None, attention.Workspace())
     largest, mean, lowest = hand(q, k, allowed, 1.0)
     assert float(peak) == pytest.approx(largest, rel=1e-6)
     assert counts.tolist() == [14.0, 14.0]  # 3 sequences x 5 queries, less one, per head

@@ -78,6 +78,7 @@ from torch.utils.hooks import RemovableHandle
 from .compiled import tracing
 from .norms import stacked_norms
 from .outputs import floating_tensors
+from .scratch import Scratch
 from .stats import HostStep, StepBuffer
 
 #: Sequences of a call's batch whose attention is measured (the first ones).
@@ -150,6 +151,49 @@ def _masked_below(t: torch.Tensor) -> float:
     return torch.finfo(t.dtype).min / 2
 
 
+#: What a query-key pair a mask shuts adds to its logit (float32): finite, so that its
+#: exponential is 0 and 0 x logit is 0; an eighth of the lowest float32, so that the
+#: most a call's masks add (a bool mask, a float mask's flag and its clamped −inf, the
+#: causal mask) stays finite.
+_CLOSED = torch.finfo(torch.float32).min / 8
+
+
+#: The least t whose exponential is taken: e^-80 is a normal float32 (1.8e-35), while
+#: below -87 the result is subnormal or 0, which a CPU's vectorised exp computes 20 to
+#: 50 times slower (-inf too: 6 times), and closed pairs are half of a causal block.
+_LOWEST_EXPONENT = -80.0
+
+
+class Workspace:
+    """Reused memory for the statistics of a step's attention calls: the two block-sized
+    temporaries, the logits and their exponentials (:class:`~backprobe.probe.scratch.Scratch`:
+    on the CPU a fresh block of a GPT-2's logits costs more in page faults than in
+    arithmetic), and the causal masks' closed pairs, made once per step and block shape
+    instead of once per call."""
+
+    __slots__ = ("_causal", "exps", "logits")
+
+    def __init__(self) -> None:
+        self.logits, self.exps = Scratch(), Scratch()
+        self._causal: dict[tuple[int, int, int, torch.device], torch.Tensor] = {}
+
+    def causal(self, queries: slice, keys: int, device: torch.device) -> torch.Tensor:
+        """[queries, keys] float32: :data:`_CLOSED` where the key follows the query."""
+        key = (queries.start, queries.stop, keys, device)
+        closed = self._causal.get(key)
+        if closed is None:
+            rows = torch.arange(queries.start, queries.stop, device=device)
+            after = rows[:, None] < torch.arange(keys, device=device)
+            closed = self._causal[key] = _closed_where(after)
+        return closed
+
+    def new_step(self) -> None:
+        """Forget the views and masks of the step before (shapes may change)."""
+        self.logits.forget_views()
+        self.exps.forget_views()
+        self._causal.clear()
+
+
 class Masks:
     """What a call lets attend: 4-D masks broadcastable to ``[N, H, L, S]`` (not
     materialised), each boolean (``attends``: whether True marks a pair attended, as in
@@ -164,50 +208,69 @@ class Masks:
         self.causal = causal
 
     def block(
-        self, samples: slice, queries: slice, keys: int, device: torch.device
+        self, samples: slice, queries: slice, keys: int, device: torch.device, work: Workspace
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(pairs attended or None for all, float32 bias or None) of one block."""
-        allowed: torch.Tensor | None = None
+        """(closed, bias) of one block, float32 and broadcastable to it, or None for
+        none: ``closed`` is :data:`_CLOSED` at each pair a mask shuts (once per mask that
+        shuts it) and 0 elsewhere, ``bias`` the float masks' sum."""
+        closed: torch.Tensor | None = None
         bias: torch.Tensor | None = None
 
-        def both(a: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
-            return b if a is None else a & b
+        def plus(total: torch.Tensor | None, term: torch.Tensor) -> torch.Tensor:
+            return term if total is None else total + term
 
         for mask, attends in self.masks:
             part = _part(mask, samples, queries)
             if part.dtype == torch.bool:
-                allowed = both(allowed, part if attends else ~part)
+                closed = plus(closed, _closed_where(~part if attends else part))
             else:
-                allowed = both(allowed, ~(part <= _masked_below(part)))
-                bias = part.float() if bias is None else bias + part.float()
+                closed = plus(closed, _closed_where(part <= _masked_below(part)))
+                bias = plus(bias, part.float())
         if self.causal:
-            rows = torch.arange(queries.start, queries.stop, device=device)
-            allowed = both(allowed, rows[:, None] >= torch.arange(keys, device=device))
-        return allowed, bias
+            closed = plus(closed, work.causal(queries, keys, device))
+        return closed, bias
+
+
+def _closed_where(shut: torch.Tensor) -> torch.Tensor:
+    """float32 :data:`_CLOSED` where ``shut``, 0 elsewhere (at ``shut``'s own size)."""
+    return torch.zeros_like(shut, dtype=torch.float32).masked_fill_(shut, _CLOSED)
 
 
 def _block_stats(
-    raw: torch.Tensor, allowed: torch.Tensor | None, bias: torch.Tensor | None
+    logits: torch.Tensor,
+    closed: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    work: Workspace,
 ) -> CallStats:
-    """Statistics of one block of logits ``raw`` [n, H, l, S] (float32, without the
-    additive ``bias``); ``allowed`` the pairs attended (broadcastable, None: all)."""
-    scores = raw if bias is None else raw + bias
-    if allowed is not None:
-        # −inf added, built at the mask's own (often broadcast) size: a masked_fill of
-        # the full logits took four times as long
-        shut = torch.zeros_like(allowed, dtype=raw.dtype).masked_fill_(~allowed, -math.inf)
-        scores = scores + shut
-        peak = (scores if bias is None else raw + shut).amax()
-    else:
-        peak = raw.amax()
-    p = torch.softmax(scores, dim=-1)
-    # −Σ p log p as one dot per query, log p = −inf made finite where p = 0 (xlogy, and
-    # exp of −inf, each took several times as long on a GPT-2's logits); [n, H, l], NaN
-    # where no key is attended (the softmax of −inf alone is NaN)
-    log_p = torch.log_softmax(scores, dim=-1).clamp_(min=torch.finfo(scores.dtype).min)
-    entropy = -torch.linalg.vecdot(p, log_p)
-    valid = ~torch.isnan(entropy)
+    """Statistics of one block of ``logits`` [n, H, l, S] (float32, q·k·s without the
+    additive ``bias``; overwritten); ``closed`` the masks' :data:`_CLOSED` at the pairs
+    they shut (broadcastable, None: all open), as :meth:`Masks.block` gives them.
+
+    With t = logit − the query's largest and e = exp(t), Z = Σ e, the entropy of the
+    softmax is log Z − Σ e·t / Z: two terms that are never negative (no cancellation, so
+    near one-hot rows keep their small entropies), from one exponential and two sums
+    per query, where a softmax and a log-softmax took four passes more. A closed pair's
+    e and e·t are 0, and every t is raised to :data:`_LOWEST_EXPONENT` at least (e·t
+    there is below 1e-33, against a Z of 1 at least). A query with no key to attend to
+    (its largest logit is a closed one) is left out: its entropy is not defined; so is
+    one whose logits are not finite (the largest logit, kept, says so).
+    """
+    if closed is not None:
+        logits.add_(closed)
+    largest = logits.amax(dim=-1, keepdim=True)  # [n, H, l, 1]: before the bias
+    top = largest
+    if bias is not None:
+        logits.add_(bias.clamp(min=_CLOSED))  # −inf in a float mask: closed
+        top = logits.amax(dim=-1, keepdim=True)
+    t = logits.sub_(top).clamp_(min=_LOWEST_EXPONENT)
+    e = torch.exp(t, out=work.exps.get(t.shape, t.dtype, t.device))
+    z = e.sum(dim=-1)
+    entropy = torch.log(z) - e.mul_(t).sum(dim=-1) / z  # [n, H, l], NaN if not finite
+    peaks = largest.squeeze(-1)
+    shut = peaks <= _CLOSED  # no key open (a closed logit absorbs any plausible q·k)
+    valid = ~(torch.isnan(entropy) | shut)
     sums = torch.where(valid, entropy, 0.0).sum(dim=(0, 2), dtype=torch.float64)
+    peak = torch.where(shut, -math.inf, peaks).amax()
     return peak, sums, valid.sum(dim=(0, 2), dtype=torch.float64)
 
 
@@ -218,28 +281,37 @@ def _combine(parts: list[CallStats]) -> CallStats:
     return peak, sums, counts
 
 
-def logit_stats(q: torch.Tensor, k: torch.Tensor, scale: float, masks: Masks) -> CallStats:
+def logit_stats(
+    q: torch.Tensor, k: torch.Tensor, scale: float, masks: Masks, work: Workspace | None = None
+) -> CallStats:
     """Statistics of attention with queries ``q`` [N, H, L, E] and keys ``k`` [N, H, S, E]
     (heads matched), logits q·k·``scale``, over the pairs ``masks`` let attend."""
+    work = work or Workspace()
     n, heads, length, _ = q.shape
     keys = k.shape[2]
     parts = []
     for samples, queries in _blocks(n, heads, length, keys):
-        raw = torch.matmul(q[samples, :, queries].float(), k[samples].float().transpose(-1, -2))
-        allowed, bias = masks.block(samples, queries, keys, q.device)
-        parts.append(_block_stats(raw * scale, allowed, bias))
+        block = q[samples, :, queries]
+        shape = torch.Size((*block.shape[:-1], keys))
+        logits = work.logits.get(shape, torch.float32, q.device)
+        torch.matmul(block.float(), k[samples].float().transpose(-1, -2), out=logits)
+        closed, bias = masks.block(samples, queries, keys, q.device, work)
+        parts.append(_block_stats(logits.mul_(scale), closed, bias, work))
     return _combine(parts)
 
 
-def score_stats(scores: torch.Tensor) -> CallStats:
+def score_stats(scores: torch.Tensor, work: Workspace | None = None) -> CallStats:
     """Statistics of a softmax input ``scores`` [N, H, L, S] (logits with the mask
     added: entries at or below half the dtype's lowest value are masked)."""
+    work = work or Workspace()
     n, heads, length, keys = scores.shape
     below = _masked_below(scores)
     parts = []
     for samples, queries in _blocks(n, heads, length, keys):
-        raw = scores[samples, :, queries].float()
-        parts.append(_block_stats(raw, ~(raw <= below), None))
+        block = scores[samples, :, queries]
+        logits = work.logits.get(block.shape, torch.float32, scores.device).copy_(block)
+        logits.masked_fill_(logits <= below, _CLOSED)
+        parts.append(_block_stats(logits, None, None, work))
     return _combine(parts)
 
 
@@ -257,7 +329,9 @@ def _sdpa_arguments(
     return query, key, attn_mask, is_causal, scale
 
 
-def sdpa_stats(args: tuple, kwargs: Mapping[str, object], samples: int) -> CallStats:
+def sdpa_stats(
+    args: tuple, kwargs: Mapping[str, object], samples: int, work: Workspace | None = None
+) -> CallStats:
     """Statistics of one ``F.scaled_dot_product_attention(*args, **kwargs)`` call, over
     its first ``samples`` sequences."""
     query, key, attn_mask, causal, scale = _sdpa_arguments(*args, **kwargs)  # type: ignore[arg-type]
@@ -268,7 +342,7 @@ def sdpa_stats(args: tuple, kwargs: Mapping[str, object], samples: int) -> CallS
     if attn_mask is not None:
         full = torch.broadcast_to(attn_mask.detach(), (*query.shape[:-1], key.shape[-2]))
         masks.append((_four_d(full)[:samples], True))
-    return logit_stats(q, k, scale or 1 / math.sqrt(query.shape[-1]), Masks(masks, causal))
+    return logit_stats(q, k, scale or 1 / math.sqrt(query.shape[-1]), Masks(masks, causal), work)
 
 
 def _softmax_arguments(
@@ -278,7 +352,11 @@ def _softmax_arguments(
 
 
 def mha_stats(
-    module: nn.MultiheadAttention, args: tuple, kwargs: Mapping[str, object], samples: int
+    module: nn.MultiheadAttention,
+    args: tuple,
+    kwargs: Mapping[str, object],
+    samples: int,
+    work: Workspace | None = None,
 ) -> CallStats:
     """Statistics of one ``nn.MultiheadAttention`` call, from its input projection and
     the call's inputs and masks, over its first ``samples`` sequences."""
@@ -319,7 +397,7 @@ def mha_stats(
         mask = padding.detach()[:n, None, None, :]
         masks.append((F.pad(mask, (0, extra)) if extra else mask, False))
     masks = [(m[:n] if m.shape[0] > 1 else m, attends) for m, attends in masks]
-    return logit_stats(q, k, 1 / math.sqrt(q.shape[-1]), Masks(masks))
+    return logit_stats(q, k, 1 / math.sqrt(q.shape[-1]), Masks(masks), work)
 
 
 # -- where attention is: hooks and the function mode ----------------------------------
@@ -441,6 +519,7 @@ class AttentionWatch:
         self._depth = 0
         self._measured = False  # a training forward ran under the mode this step
         self._rows: dict[int, int] = {}
+        self._work = Workspace()
 
     # -- hooks --
 
@@ -448,6 +527,7 @@ class AttentionWatch:
         """A step begins: hooks for a recorded one, none otherwise."""
         self._remove()
         self._tallies, self._output, self._measured = {}, None, False
+        self._work.new_step()
         if not recording:
             return
         for mha in self._mha:
@@ -502,7 +582,7 @@ class AttentionWatch:
             return
         with torch.no_grad():
             if func is F.scaled_dot_product_attention:
-                stats = sdpa_stats(args, kwargs, self.samples)
+                stats = sdpa_stats(args, kwargs, self.samples, self._work)
             else:
                 scores, dim = _softmax_arguments(*args, **kwargs)
                 last = (-1, scores.dim() - 1)
@@ -510,14 +590,14 @@ class AttentionWatch:
                     return
                 if dim not in last:
                     return
-                stats = score_stats(_four_d(scores.detach())[: self.samples])
+                stats = score_stats(_four_d(scores.detach())[: self.samples], self._work)
         self._found[id(site)] = site
         self._add(site, stats)
 
     def on_mha(self, module: nn.MultiheadAttention, args: tuple, kwargs: dict) -> None:
         if _measured_now():
             with torch.no_grad():
-                self._add(module, mha_stats(module, args, kwargs, self.samples))
+                self._add(module, mha_stats(module, args, kwargs, self.samples, self._work))
 
     def on_output(self, output: object) -> None:
         logits = _logits(output) if _measured_now() else None

@@ -37,6 +37,7 @@ from ..errors import BackprobeError
 from ..store.statistics import LAYER_STATISTICS, Combine, LayerStatistic
 from .distributed import process_group
 from .norms import accumulator, grouped_norms, local_values, stacked_norms
+from .scratch import Scratch
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -266,8 +267,7 @@ class StatSlots:
     def __init__(self) -> None:
         self._storage: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self._used: dict[tuple[torch.device, torch.dtype], int] = defaultdict(int)
-        self._scratch: dict[torch.dtype, torch.Tensor] = {}  # CPU only
-        self._views: dict[tuple[torch.dtype, torch.Size], torch.Tensor] = {}
+        self._scratch = Scratch()
 
     def take(self, n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """A 1-D tensor of ``n`` uninitialised elements."""
@@ -281,30 +281,13 @@ class StatSlots:
 
     def scratch(self, like: torch.Tensor) -> torch.Tensor:
         """A tensor of ``like``'s shape, dtype and device for a temporary that a hook
-        uses and drops before it returns (the saturation mask).
-
-        On the CPU it is one buffer, grown to the largest such tensor and kept: a fresh
-        tensor of an activation's size is memory the kernel maps anew at each hook (in
-        the 16x512 tanh MLP of ``benchmarks/overhead.py``, 10-20 page faults per call and
-        half again the saturation count's time). Elsewhere the allocator caches freed
-        blocks, so a fresh tensor is as cheap and holds no memory between steps.
-        """
-        if not like.is_cpu:
-            return torch.empty_like(like, memory_format=torch.contiguous_format)
-        key = (like.dtype, like.shape)
-        view = self._views.get(key)  # the step's views, one per shape: made once
-        if view is None:
-            n = like.numel()
-            buffer = self._scratch.get(like.dtype)
-            if buffer is None or buffer.numel() < n:
-                buffer = self._scratch[like.dtype] = torch.empty(n, dtype=like.dtype)
-                self._views.clear()  # views of the old buffer
-            view = self._views[key] = buffer[:n].view(like.shape)
-        return view
+        uses and drops before it returns (the saturation mask): reused memory on the CPU
+        (:class:`~backprobe.probe.scratch.Scratch`)."""
+        return self._scratch.get(like.shape, like.dtype, like.device)
 
     def reset(self) -> None:
         """Start a step: everything taken before may be overwritten from now on."""
-        self._views.clear()  # shapes may differ from step to step: keep none for long
+        self._scratch.forget_views()
         for key, used in self._used.items():
             storage = self._storage.get(key)
             if storage is None or used > storage.numel():
