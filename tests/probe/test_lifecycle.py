@@ -54,6 +54,31 @@ def test_attach_registers_one_forward_hook_per_layer_and_one_on_the_model(make_p
     assert all(len(m._forward_hooks) <= 1 for m in model.modules() if m is not model)
 
 
+def test_unrecorded_steps_run_only_the_sentinels_hook(make_probe):
+    """The layers' hooks are there for recorded steps only; the model's (the sentinel's)
+    stays for every step."""
+    model = make_model("cnn")
+    probe = make_probe(model, every=2).attach()  # step 0 recorded, 1 not, 2 recorded
+    calls = {"layers": 0}
+    on_forward = probe._on_forward
+
+    def counted(*args):
+        calls["layers"] += 1
+        on_forward(*args)
+
+    probe._on_forward = counted
+    hooked = []
+    for _ in range(3):
+        hooked.append({name for name, m in model.named_modules() if m._forward_hooks})
+        before = calls["layers"]
+        recorded = train_step(model, probe, "cnn")
+        assert (calls["layers"] > before) == recorded
+    assert hooked[0] == hooked[2] == {"", "conv1", "act1", "conv2", "act2", "head"}
+    assert hooked[1] == {""}
+    assert probe.steps.tolist() == [0, 2]
+    assert np.isfinite(probe.history("act_std")).all()
+
+
 @pytest.mark.parametrize("how", ["detach", "close", "with"])
 def test_hooks_are_fully_removed(how, make_probe):
     model = make_model("residual")

@@ -15,8 +15,9 @@ tensor hook on it for the backward signal; ``step()`` adds the parameter norms, 
 everything to the host in one transfer and appends one row per statistic to the run.
 Residual blocks (:mod:`~backprobe.probe.blocks`) are probed too, by the residual stream
 at their output. The first recorded step also decides each layer's role and the layers'
-order from the graph it ran (:meth:`Probe._fix_layer_order`). On other steps the hooks
-return at once. The hooks never change a value: training with
+order from the graph it ran (:meth:`Probe._fix_layer_order`). The layers' hooks are
+registered for recorded steps only: other steps run just the sentinel's hook on the
+model (:mod:`~backprobe.probe.sentinel`). The hooks never change a value: training with
 the probe attached is bitwise identical to training without it.
 """
 
