@@ -53,8 +53,9 @@ Cost, on recorded steps only: the logits of the first :data:`ATTENTION_SAMPLES`
 sequences in float32, in chunks of at most :data:`CHUNK` logits, one exponential and a
 few reductions each, in two block-sized buffers reused from call to call
 (:class:`Workspace`); the TorchFunctionMode's Python dispatch of every torch call inside
-the attention modules (all of the forward at the first recorded step). The training computation is untouched: everything is computed from detached
-tensors without gradient, and the intercepted functions run with their own arguments.
+the attention modules (all of the forward at the first recorded step). The training
+computation is untouched: everything is computed from detached tensors without gradient,
+and the intercepted functions run with their own arguments.
 """
 
 from __future__ import annotations
