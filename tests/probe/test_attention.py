@@ -401,3 +401,27 @@ def test_block_statistics_skip_queries_that_attend_to_nothing():
     assert counts.tolist() == [14.0, 14.0]  # 3 sequences x 5 queries, less one, per head
     assert float(sums.sum() / counts.sum()) == pytest.approx(mean, rel=1e-5)
     assert float((sums / counts).min()) == pytest.approx(lowest, rel=1e-5)
+
+
+def test_float_mask_bias_counts_in_the_entropy_not_in_the_largest_logit():
+    """An additive float mask (finite biases, as ALiBi adds, and -inf where closed) with a
+    causal mask on top: the entropy is that of softmax(q·k·s + bias) over the open pairs,
+    the largest logit q·k·s alone over them; a query whose keys are all closed counts in
+    neither."""
+    torch.manual_seed(1)
+    q, k = torch.randn(2, 3, 5, 4) * 2, torch.randn(2, 3, 5, 4) * 2
+    bias = torch.randn(2, 1, 5, 5) * 3
+    bias[0, 0, 1, :2] = -math.inf  # query 1 of sequence 0: its only causal keys closed
+    bias[1, 0, 3, 2] = -math.inf
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()
+    peak, sums, counts = attention.logit_stats(
+        q, k, 0.5, attention.Masks([(bias, True)], causal=True)
+    )
+    raw = (q.double() @ k.double().transpose(-1, -2)) * 0.5
+    allowed = (causal & torch.isfinite(bias)).expand_as(raw)
+    p = torch.softmax((raw + bias.double()).masked_fill(~allowed, -math.inf), dim=-1)
+    entropy = -(p * torch.log(p)).nan_to_num(0.0).sum(-1)
+    valid = allowed.any(-1)
+    assert float(peak) == pytest.approx(float(raw.masked_fill(~allowed, -math.inf).max()))
+    assert counts.tolist() == valid.sum((0, 2)).double().tolist() == [9.0, 9.0, 9.0]
+    np.testing.assert_allclose(sums.numpy(), (entropy * valid).sum((0, 2)).numpy(), rtol=1e-5)
