@@ -79,6 +79,35 @@ def test_unrecorded_steps_run_only_the_sentinels_hook(make_probe):
     assert np.isfinite(probe.history("act_std")).all()
 
 
+class _Pair(nn.Module):
+    """A block candidate (a container's child with children) that is no residual block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin, self.act = nn.Linear(4, 4), nn.Tanh()
+
+    def forward(self, x):
+        return self.act(self.lin(x))
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_entries_not_measured_by_their_output_lose_their_hooks(make_probe, every):
+    """After the first recorded step fixed the roles, the next recorded step hooks only
+    the entries measured by their output: not the candidates that are no blocks, whether
+    or not an unrecorded step came between."""
+    model = nn.Sequential(_Pair(), _Pair())
+    probe = make_probe(model, every=every).attach()
+    hooked = []
+    for _ in range(3):
+        hooked.append({name for name, m in model.named_modules() if m._forward_hooks})
+        model(torch.randn(3, 4)).square().mean().backward()
+        probe.step()
+        model.zero_grad()
+    layers = {"0.lin", "0.act", "1.lin", "1.act"}
+    assert hooked[0] == {"", "0", "1"} | layers
+    assert hooked[2] == {""} | layers
+
+
 @pytest.mark.parametrize("how", ["detach", "close", "with"])
 def test_hooks_are_fully_removed(how, make_probe):
     model = make_model("residual")

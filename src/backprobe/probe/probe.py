@@ -897,6 +897,7 @@ class Probe(RunView):
             if is_block and i not in roles:
                 outer = next(j for j in roles if roles[j] == "block" and self._nested(i, j))
                 self._position[i] = self._position[outer]
+        self._hook_layers(False)  # the next recorded step hooks the measured entries only
         assert self._sink is not None
         self._sink.set_layers(self._layer_info)
         for sink in self._extra_sinks:
